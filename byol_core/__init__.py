@@ -1,0 +1,7 @@
+"""byol_core: BYOL (Grill et al. 2020, arXiv 2006.07733) as a small PyTorch library plus
+the four stage entry points of the pipeline: ingest, pretrain, evaluate, export.
+
+This package never imports dagster or dvc; those drive it from the outside.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,282 @@
+"""Typed, validated params: ``params.yaml`` parsed once into frozen config.
+
+Every value that changes an output lives in ``params.yaml``; nothing here has a default,
+so a missing key is reported instead of silently filled in. Values that follow from
+others (steps, warmup steps, the batch-scaled learning rate) are computed by
+:func:`derive_schedule`, never written down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from byol_core.errors import ByolError
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
+    return value
+
+
+class PathsConfig(_Section):
+    """Where the stages write. Relative paths are taken from the params file's directory."""
+
+    raw: Path  # where sources are looked for first and downloaded to
+    prepared: Path
+    models: Path
+    metrics: Path
+    resume: Path
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        root = (info.context or {}).get("root")
+        return value if value.is_absolute() or root is None else Path(root) / value
+
+    # The file names inside those folders: fixed, so each path is written in one place.
+    @property
+    def encoder(self) -> Path:
+        return self.models / "encoder.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.models / "checkpoint.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.models / "encoder.onnx"
+
+    @property
+    def onnx_meta(self) -> Path:
+        return self.models / "encoder.onnx.json"
+
+    @property
+    def pretrain_metrics(self) -> Path:
+        return self.metrics / "pretrain.json"
+
+    @property
+    def pretrain_curve(self) -> Path:
+        return self.metrics / "pretrain_curve.csv"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.metrics / "eval.json"
+
+    @property
+    def eval_predictions(self) -> Path:
+        return self.metrics / "eval_predictions.csv"
+
+    @property
+    def export_metrics(self) -> Path:
+        return self.metrics / "export.json"
+
+    @property
+    def resume_state(self) -> Path:
+        """Crash-resume state of an unfinished pretrain; outside every DVC output."""
+        return self.resume / "pretrain-state.pt"
+
+
+class DataConfig(_Section):
+    source: Literal["fashion-mnist"]
+    source_dir: Path | None  # null: <paths.raw>/fashion-mnist, then Debian's package, then download
+    max_train: PositiveInt | None  # null: all; else the first N images of the split
+    max_test: PositiveInt | None
+
+    @field_validator("source_dir", mode="after")
+    @classmethod
+    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        root = (info.context or {}).get("root")
+        if value is None or value.is_absolute() or root is None:
+            return value
+        return Path(root) / value
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet50"]
+    width: Annotated[float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
+    small_stem: bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
+    projector_hidden: PositiveInt
+    projector_out: PositiveInt
+    predictor_hidden: PositiveInt
+
+
+class AugmentConfig(_Section):
+    crop_scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
+    crop_ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    flip_p: Probability
+    jitter_p: Probability
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)]
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)]
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)]
+    hue: Annotated[float, Field(ge=0.0, le=0.5)]
+    grayscale_p: Probability
+    blur: Literal["auto", "on", "off"]  # auto: off for images <= 32 px, as solo-learn on CIFAR
+    blur_p: tuple[Probability, Probability]  # (view 1, view 2)
+    blur_sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    solarize_p: tuple[Probability, Probability]  # (view 1, view 2)
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma", mode="after")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        return _ordered_pair(value, info.field_name)
+
+
+class PretrainConfig(_Section):
+    epochs: PositiveInt
+    batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs at least two samples
+    base_lr: Annotated[float, Field(gt=0.0)]  # peak LR = base_lr * batch_size / 256
+    warmup_epochs: Annotated[float, Field(ge=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    trust_coefficient: Annotated[float, Field(gt=0.0)]
+    tau_base: Probability
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    checkpoint_every: PositiveInt  # epochs between resume checkpoints
+    log_every: PositiveInt  # steps between progress updates (each one syncs with the device)
+    monitor_bank: PositiveInt  # labelled train images for the per-epoch kNN monitor
+    monitor_queries: PositiveInt  # test images it classifies
+
+    @model_validator(mode="after")
+    def _warmup_within_run(self) -> PretrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+
+class KnnConfig(_Section):
+    k: PositiveInt
+    temperature: Annotated[float, Field(gt=0.0)]
+
+
+class EvaluateConfig(_Section):
+    val_fraction: Annotated[float, Field(gt=0.0, le=0.5)]  # carved from train to choose weight decay
+    weight_decays: Annotated[tuple[Annotated[float, Field(ge=0.0)], ...], Field(min_length=1)]
+    max_iter: PositiveInt  # L-BFGS iterations per probe fit
+    batch_size: PositiveInt  # feature-extraction batch
+
+
+class ExportConfig(_Section):
+    opset: Annotated[int, Field(ge=18, le=23)]
+    atol: Annotated[float, Field(gt=0.0)]
+    rtol: Annotated[float, Field(ge=0.0)]
+    parity_images: PositiveInt
+    max_batch: PositiveInt
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0)]
+    device: str  # auto | cpu | cuda | cuda:N
+    paths: PathsConfig
+    data: DataConfig
+    model: ModelConfig
+    augment: AugmentConfig
+    pretrain: PretrainConfig
+    knn: KnnConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _batch_fits_cap(self) -> Params:
+        cap = self.data.max_train
+        if cap is not None and self.pretrain.batch_size > cap:
+            raise ValueError(f"pretrain.batch_size ({self.pretrain.batch_size}) is larger than "
+                             f"data.max_train ({cap}): lower the batch or raise the cap")
+        return self
+
+
+def _describe(error: dict, section_keys: dict[str, list[str]]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) if loc else "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(loc[:-1])
+        known = section_keys.get(parent, [])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+        return f"{key}: unknown key{hint}. Known keys here: {', '.join(known)}"
+    if kind == "missing":
+        return f"{key}: missing; every param must be given in params.yaml"
+    message = error["msg"].removeprefix("Value error, ")
+    if loc:
+        return f"{key}: {message} (got {error.get('input')!r})"
+    return message
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    keys = {prefix: list(model.model_fields)}
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys.update(_known_keys(sub, f"{prefix}.{name}" if prefix else name))
+    return keys
+
+
+def parse_params(raw: object, source: str = "params.yaml", root: Path | None = None) -> Params:
+    """Validate a parsed YAML mapping; every problem is reported with its dotted key."""
+    try:
+        return Params.model_validate(raw, context={"root": root})
+    except ValidationError as exc:
+        keys = _known_keys(Params)
+        lines = [_describe(err, keys) for err in exc.errors()]
+        raise ByolError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``path``. Relative paths inside it are anchored at its directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ByolError(f"params file {path} not found. Run from the project root or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ByolError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise ByolError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}.")
+    return parse_params(raw, str(path), path.resolve().parent)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training-length values derived from the params and the dataset size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+
+def derive_schedule(cfg: PretrainConfig, n_train: int) -> Schedule:
+    """Steps come from epochs and batch size (the last partial batch is dropped); the peak
+    LR follows the paper's linear scaling rule, ``base_lr * batch_size / 256``."""
+    if cfg.batch_size > n_train:
+        raise ByolError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the {n_train} "
+                        "prepared training images: lower pretrain.batch_size or ingest more data.")
+    steps_per_epoch = n_train // cfg.batch_size
+    return Schedule(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=math.floor(cfg.warmup_epochs * steps_per_epoch),
+        peak_lr=cfg.base_lr * cfg.batch_size / 256,
+    )

@@ -1,0 +1,33 @@
+"""Device and precision choice: one code path for CPU and GPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from byol_core.errors import ByolError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ByolError(f"device: {name!r} asked for, but no CUDA GPU is visible. Set device: auto or cpu.")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``bf16``, and for ``auto`` on CUDA; plain fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (for honest wall-clock timings); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,137 @@
+"""How good is an encoder: frozen features, a linear probe, and a weighted kNN.
+
+The linear probe is multinomial logistic regression on standardised frozen features,
+fitted to convergence with full-batch L-BFGS. Its weight decay is chosen on a validation
+split carved from train (never on test), then the probe is refitted on all of train.
+The same probe runs on a random-init encoder of the same architecture and on raw pixels,
+so the BYOL figure always comes with the two baselines it has to beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from byol_core.augment import to_input
+from byol_core.config import EvaluateConfig, KnnConfig
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor, mean: torch.Tensor,
+                     std: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Eval-mode features of uint8 images (N, C, H, W) -> float32 (N, D) on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    mean, std = mean.to(device), std.to(device)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.as_tensor(images[start:start + batch_size]).to(device, non_blocking=True)
+        x = to_input(batch, mean, std).contiguous(memory_format=torch.channels_last)
+        chunks.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(chunks)
+
+
+def pixel_features(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Raw normalised pixels, flattened: the no-learning baseline. (N, C*H*W)."""
+    return to_input(torch.as_tensor(images), mean, std).flatten(1)
+
+
+@torch.no_grad()
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                cfg: KnnConfig, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN (Wu et al. 2018): cosine similarity, the k nearest bank entries vote
+    with weight ``exp(sim / temperature)``. bank (N, D), queries (M, D) -> labels (M,)."""
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(cfg.k, len(bank))
+    predictions = []
+    for start in range(0, len(queries), chunk):
+        q = F.normalize(queries[start:start + chunk].float(), dim=1)
+        sims, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), num_classes, dtype=sims.dtype, device=sims.device)
+        votes.scatter_add_(1, bank_labels[idx], (sims / cfg.temperature).exp())
+        predictions.append(votes.argmax(1))
+    return torch.cat(predictions)
+
+
+def knn_top1(bank, bank_labels, queries, query_labels, num_classes: int, cfg: KnnConfig) -> float:
+    predicted = knn_predict(bank, torch.as_tensor(bank_labels), queries, num_classes, cfg)
+    return int((predicted == torch.as_tensor(query_labels)).sum()) / len(predicted)
+
+
+def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mean = train.mean(0, keepdim=True)
+    std = train.std(0, keepdim=True).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Multinomial logistic regression, ``mean CE + wd/2 ||W||^2``, by full-batch L-BFGS.
+
+    x (N, D), y (N,). Returns weight (C, D), bias (C,) and the L-BFGS iterations used
+    (fewer than ``max_iter`` means it met its tolerance)."""
+    weight = torch.zeros(num_classes, x.shape[1]) if init is None else init[0].clone()
+    bias = torch.zeros(num_classes) if init is None else init[1].clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
+                               tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        solver.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    solver.step(closure)
+    iterations = solver.state[solver._params[0]].get("n_iter", 0)
+    return weight.detach(), bias.detach(), int(iterations)
+
+
+def _topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(1).sum()) / len(y)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    top1: float
+    top5: float
+    weight_decay: float
+    val_top1: float
+    iterations: int
+    predictions: np.ndarray  # (n_test,) predicted class per test image
+
+    def summary(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "weight_decay": self.weight_decay,
+                "val_top1": self.val_top1, "iterations": self.iterations}
+
+
+def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
+                 num_classes: int, cfg: EvaluateConfig, seed: int) -> ProbeResult:
+    """Choose weight decay on a held-out part of train, refit on all of train, score test."""
+    train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(cfg.val_fraction * len(train_x)))
+    val_idx, fit_idx = order[:n_val], order[n_val:]
+    fit_x, val_x = _standardise(train_x[fit_idx], train_x[val_idx])
+
+    best = None  # (val_top1, wd, params)
+    init = None
+    for wd in sorted(cfg.weight_decays, reverse=True):  # strongest first: each fit warm-starts the next
+        w, b, _ = fit_logistic(fit_x, train_y[fit_idx], num_classes, wd, cfg.max_iter, init)
+        init = (w, b)
+        val_top1 = _topk(val_x @ w.T + b, train_y[val_idx], 1)
+        if best is None or val_top1 > best[0]:
+            best = (val_top1, wd, (w, b))
+
+    val_top1, wd, start = best
+    all_x, test_x = _standardise(train_x, test_x)
+    w, b, iterations = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, start)
+    logits = test_x @ w.T + b
+    return ProbeResult(top1=_topk(logits, test_y, 1), top5=_topk(logits, test_y, 5), weight_decay=wd,
+                       val_top1=val_top1, iterations=iterations, predictions=logits.argmax(1).numpy())

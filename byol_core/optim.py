@@ -1,0 +1,73 @@
+"""LARS and the learning-rate schedule used by BYOL (You et al. 2017; BYOL appendix C).
+
+LARS scales each weight tensor's step by ``trust_coefficient * ||w|| / ||g + wd * w||``.
+As in BYOL, biases and BatchNorm parameters (every 1-D parameter) get neither weight
+decay nor this adaptation. The update follows the paper's reference implementation:
+decay -> trust ratio -> learning rate -> momentum (``v = m v + u; w -= v``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Split parameters: matrices/conv kernels get decay and adaptation, 1-D ones neither."""
+    params = list(params)
+    adapted = [p for p in params if p.ndim > 1]
+    plain = [p for p in params if p.ndim <= 1]
+    return [
+        {"params": adapted, "weight_decay": weight_decay, "lars": True},
+        {"params": plain, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling with momentum, using foreach kernels and no host syncs."""
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, trust_coefficient: float = 1e-3) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "trust_coefficient": trust_coefficient, "lars": True}
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401 - torch's signature
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                w_norm = torch._foreach_norm(params)
+                g_norm = torch._foreach_norm(grads)
+                ratios = [torch.where((w > 0) & (g > 0), group["trust_coefficient"] * w / g, torch.ones_like(w))
+                          for w, g in zip(w_norm, g_norm)]
+                grads = torch._foreach_mul(grads, ratios)
+            updates = torch._foreach_mul(grads, group["lr"])
+            buffers = []
+            for p, update in zip(params, updates):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_sub_(params, buffers)
+        return loss
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to 0 at
+    ``total_steps`` (BYOL appendix C; the reference ``learning_rate_schedule``)."""
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak_lr * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -1,0 +1,114 @@
+"""Atomic file writes and safe checkpoint loads.
+
+Every output is written to a temporary name in the same directory and renamed into
+place, so a crash or kill never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from byol_core.errors import ByolError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _ensure_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ByolError(f"cannot create directory {directory}: {exc.strerror}. "
+                        "Check the path in params.yaml and its permissions.") from exc
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    _ensure_dir(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ByolError(f"cannot write {path}: {exc.strerror}. "
+                        "Make the directory writable or point params.yaml elsewhere.") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: Path, what: str, fix: str) -> Any:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only).
+
+    A missing, truncated, corrupt or code-carrying file becomes a ``ByolError`` that
+    names the file, says what it should have been (``what``) and how to fix it (``fix``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ByolError(f"{what} not found at {path}. {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ByolError(f"{path} is not a readable {what} ({reason}). {fix}") from exc
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move a fully written ``staging`` directory to ``final``, replacing any old one.
+
+    The old directory is renamed aside first and removed only after the new one is in
+    place, so ``final`` is at every moment either the complete old or the complete new tree.
+    """
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh empty directory beside ``final`` to build its replacement in."""
+    final = Path(final)
+    _ensure_dir(final.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+        return staging
+    except OSError as exc:
+        raise ByolError(f"cannot write under {final.parent}: {exc.strerror}. "
+                        "Make it writable or point params.yaml elsewhere.") from exc

@@ -1,0 +1,54 @@
+"""Shared helpers: params files derived from the project's own params.yaml."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+# A network and data small enough for a CPU test: width 8 ResNet-18, small heads.
+TINY = {
+    "model.width": 0.125,
+    "model.projector_hidden": 128,
+    "model.projector_out": 32,
+    "model.predictor_hidden": 128,
+    "data.max_train": 512,
+    "data.max_test": 256,
+    "pretrain.epochs": 2,
+    "pretrain.batch_size": 64,
+    "pretrain.warmup_epochs": 0.5,
+    "pretrain.monitor_bank": 256,
+    "pretrain.monitor_queries": 128,
+    "pretrain.log_every": 4,
+    "evaluate.max_iter": 50,
+    "export.parity_images": 32,
+}
+
+
+def params_dict(**overrides) -> dict:
+    """The project's params with dotted-key overrides (``{"pretrain.epochs": 3}``)."""
+    raw = copy.deepcopy(DEFAULT_PARAMS)
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return raw
+
+
+def write_params(directory: Path, overrides: dict | None = None) -> Path:
+    """Write a params.yaml into ``directory`` (its relative paths then live there too)."""
+    path = Path(directory) / "params.yaml"
+    path.write_text(yaml.safe_dump(params_dict(**(overrides or {})), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    return write_params(tmp_path, TINY)

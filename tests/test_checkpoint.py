@@ -1,0 +1,84 @@
+import pickle
+
+import pytest
+import torch
+
+from byol_core.checkpoint import load_encoder, load_state, save_encoder, save_state
+from byol_core.config import load_params
+from byol_core.errors import ByolError
+from byol_core.nets import EncoderSpec
+from byol_core.train import TrainState, build_model, build_optimizer, train_step
+from byol_core.augment import byol_views
+
+
+def _trained_state(params_file):
+    params = load_params(params_file)
+    model = build_model(params, in_channels=1)
+    state = TrainState(model, build_optimizer(model, params))
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    train_step(state, images, byol_views(params.augment, 28), 28, torch.zeros(1), torch.ones(1), gen,
+               0.1, 0.99, "fp32")
+    return params, state
+
+
+def test_state_round_trip_is_exact(tiny_params_file, tmp_path):
+    params, state = _trained_state(tiny_params_file)
+    path = tmp_path / "state.pt"
+    save_state(path, state.to_checkpoint("key", params))
+    blob = load_state(path)
+    model = build_model(params, in_channels=1)
+    restored = TrainState(model, build_optimizer(model, params))
+    restored.restore(blob)
+    assert restored.step == state.step == 1
+    for (name, a), (_, b) in zip(state.model.state_dict().items(), restored.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    for a, b in zip(state.optimizer.state.values(), restored.optimizer.state.values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert blob["params"]["pretrain"]["epochs"] == params.pretrain.epochs  # resolved config travels along
+
+
+def test_encoder_round_trip_is_exact(tmp_path):
+    spec = EncoderSpec("resnet18", 0.125, 3, False)
+    from byol_core.nets import build_encoder
+    encoder = build_encoder(spec)
+    save_encoder(tmp_path / "enc.pt", encoder, spec, {"size": 32, "mean": [0.5] * 3, "std": [0.2] * 3})
+    loaded, loaded_spec, info = load_encoder(tmp_path / "enc.pt")
+    assert loaded_spec == spec and info["size"] == 32
+    for (name, a), (_, b) in zip(encoder.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_a_pickled_payload_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "x": _Payload()}, path)
+    with pytest.raises(ByolError, match="not a readable training checkpoint"):
+        load_state(path)
+    path.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(ByolError, match="not a readable encoder file"):
+        load_encoder(path)
+
+
+def test_truncated_checkpoint_is_refused_with_a_fix(tiny_params_file, tmp_path):
+    params, state = _trained_state(tiny_params_file)
+    path = tmp_path / "state.pt"
+    save_state(path, state.to_checkpoint("key", params))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ByolError, match="Delete it to start pretraining afresh"):
+        load_state(path)
+
+
+def test_encoder_of_another_architecture_is_refused(tmp_path):
+    from byol_core.nets import build_encoder
+    spec = EncoderSpec("resnet18", 0.125, 1, True)
+    save_encoder(tmp_path / "enc.pt", build_encoder(spec), spec, {"size": 28, "mean": [0.5], "std": [0.2]})
+    blob = torch.load(tmp_path / "enc.pt", weights_only=True)
+    blob["spec"]["width"] = 0.25
+    torch.save(blob, tmp_path / "enc.pt")
+    with pytest.raises(ByolError, match="weights do not fit the saved architecture"):
+        load_encoder(tmp_path / "enc.pt")

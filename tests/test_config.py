@@ -1,0 +1,97 @@
+import subprocess
+import sys
+
+import pytest
+
+from byol_core.config import derive_schedule, load_params, parse_params
+from byol_core.errors import ByolError
+from conftest import ROOT, params_dict, write_params
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ByolError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_project_params_load_and_are_frozen():
+    params = load_params(ROOT / "params.yaml")
+    assert params.pretrain.epochs >= 1
+    assert params.paths.prepared.is_absolute()
+    with pytest.raises(Exception):
+        params.pretrain.epochs = 5  # type: ignore[misc]
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    raw = params_dict()
+    raw["pretrain"]["epoch"] = raw["pretrain"].pop("epochs")
+    message = _error(raw)
+    assert "pretrain.epoch: unknown key" in message
+    assert "did you mean 'pretrain.epochs'" in message
+    assert "pretrain.epochs: missing" in message
+
+
+def test_unknown_section_is_named():
+    raw = params_dict()
+    raw["pretrian"] = {}
+    assert "pretrian: unknown key (did you mean 'pretrain'?)" in _error(raw)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("pretrain.epochs", "ten", "pretrain.epochs"),
+    ("pretrain.epochs", 0, "pretrain.epochs: Input should be greater than or equal to 1"),
+    ("pretrain.epochs", -3, "pretrain.epochs"),
+    ("pretrain.tau_base", 1.5, "pretrain.tau_base: Input should be less than or equal to 1"),
+    ("pretrain.tau_base", -0.1, "pretrain.tau_base"),
+    ("augment.flip_p", 2, "augment.flip_p"),
+    ("augment.crop_scale", [0.9, 0.1], "crop_scale must be [low, high]"),
+    ("model.arch", "vgg", "model.arch"),
+    ("device", "tpu", "device: must be auto, cpu, cuda or cuda:N"),
+    ("evaluate.weight_decays", [], "evaluate.weight_decays"),
+])
+def test_bad_values_name_their_key(key, value, fragment):
+    assert fragment in _error(params_dict(**{key: value}))
+
+
+def test_batch_larger_than_capped_data_is_rejected_up_front():
+    message = _error(params_dict(**{"data.max_train": 100, "pretrain.batch_size": 128}))
+    assert "pretrain.batch_size (128) is larger than data.max_train (100)" in message
+
+
+def test_batch_larger_than_prepared_data_is_rejected_at_schedule_time():
+    params = parse_params(params_dict(**{"pretrain.batch_size": 256}))
+    with pytest.raises(ByolError, match=r"pretrain.batch_size \(256\) is larger than the 100"):
+        derive_schedule(params.pretrain, 100)
+
+
+def test_derived_schedule_values():
+    params = parse_params(params_dict(**{"pretrain.epochs": 10, "pretrain.batch_size": 512,
+                                         "pretrain.warmup_epochs": 2, "pretrain.base_lr": 0.2}))
+    schedule = derive_schedule(params.pretrain, 60_000)
+    assert schedule.steps_per_epoch == 117  # last partial batch dropped
+    assert schedule.total_steps == 1170
+    assert schedule.warmup_steps == 234
+    assert schedule.peak_lr == pytest.approx(0.4)  # 0.2 * 512 / 256
+
+
+def test_relative_paths_are_anchored_at_the_params_file(tmp_path):
+    params = load_params(write_params(tmp_path))
+    assert params.paths.prepared == tmp_path / "data" / "prepared"
+    assert params.paths.encoder == tmp_path / "models" / "encoder.pt"
+
+
+def test_cli_reports_bad_params_without_traceback(tmp_path):
+    path = write_params(tmp_path, {"pretrain.tau_base": 2.0})
+    result = subprocess.run([sys.executable, "-m", "byol_core.cli", "pretrain", "--params", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "pretrain.tau_base" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_missing_params_file(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "byol_core.cli", "ingest", "--params", str(tmp_path / "nope.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "nope.yaml not found" in result.stderr

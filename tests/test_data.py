@@ -1,0 +1,119 @@
+import gzip
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from byol_core.config import load_params
+from byol_core.data import FASHION_MNIST_FILES, ingest, load_prepared, read_idx
+from byol_core.errors import ByolError
+from conftest import write_params
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_files(directory, n_train=40, n_test=12, size=28, seed=0):
+    """Four IDX files in the official Fashion-MNIST layout, with random content."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        image_file, label_file = FASHION_MNIST_FILES[split]
+        _write_idx(directory / image_file, rng.integers(0, 256, (n, size, size)))
+        _write_idx(directory / label_file, rng.integers(0, 10, n))
+    return directory
+
+
+def _params(tmp_path, **overrides):
+    return load_params(write_params(tmp_path, {"data.source_dir": str(tmp_path / "src"),
+                                               "pretrain.batch_size": 8, **overrides}))
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    _write_idx(tmp_path / "x.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
+
+
+def test_ingest_writes_arrays_manifest_and_card(tmp_path):
+    make_fashion_files(tmp_path / "src")
+    params = _params(tmp_path, **{"data.max_train": 30})
+    card = ingest(params.data, params.paths.raw, params.paths.prepared)
+    prepared = load_prepared(params.paths.prepared)
+    assert prepared.images["train"].shape == (30, 1, 28, 28) and prepared.images["train"].dtype == np.uint8
+    assert prepared.images["test"].shape == (12, 1, 28, 28)
+    assert prepared.labels["train"].dtype == np.int64
+    manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
+    assert list(manifest.columns) == ["index", "split", "label", "content_hash", "source"]
+    assert (manifest.split == "train").sum() == 30 and (manifest.split == "test").sum() == 12
+    assert manifest.content_hash.str.len().eq(16).all()
+    on_disk = json.loads((params.paths.prepared / "card.json").read_text())
+    assert on_disk["classes"][9] == "Ankle boot" and on_disk["splits"] == {"train": 30, "test": 12}
+    expected_mean = prepared.images["train"].mean() / 255
+    assert on_disk["mean"][0] == pytest.approx(expected_mean, rel=1e-9)
+    assert on_disk["std"][0] == pytest.approx((prepared.images["train"] / 255).std(), rel=1e-9)
+    assert on_disk["data_hash"] == card["data_hash"]
+    # Same data, same hash; a changed cap, another hash.
+    again = ingest(params.data, params.paths.raw, params.paths.prepared)
+    assert again["data_hash"] == card["data_hash"]
+    other = _params(tmp_path, **{"data.max_train": 20})
+    assert ingest(other.data, other.paths.raw, other.paths.prepared)["data_hash"] != card["data_hash"]
+
+
+def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
+    source = make_fashion_files(tmp_path / "src")
+    path = source / FASHION_MNIST_FILES["train"][0]
+    raw = gzip.decompress(path.read_bytes())
+    with gzip.open(path, "wb") as handle:
+        handle.write(raw[: len(raw) // 2])
+    params = _params(tmp_path)
+    with pytest.raises(ByolError, match="truncated or corrupt"):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+    assert not params.paths.prepared.exists()
+
+
+def test_cut_gzip_stream_is_refused(tmp_path):
+    source = make_fashion_files(tmp_path / "src")
+    path = source / FASHION_MNIST_FILES["test"][0]
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ByolError, match=str(path.name)):
+        read_idx(path)
+
+
+def test_label_count_mismatch_is_refused(tmp_path):
+    source = make_fashion_files(tmp_path / "src")
+    _write_idx(source / FASHION_MNIST_FILES["train"][1], np.zeros(39))
+    params = _params(tmp_path)
+    with pytest.raises(ByolError, match="40 images but 39 labels"):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+
+
+def test_missing_source_dir_is_named(tmp_path):
+    params = _params(tmp_path)
+    with pytest.raises(ByolError, match="data.source_dir .*src does not exist"):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ByolError, match="lacks train-images-idx3-ubyte.gz"):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+
+
+def test_failed_ingest_keeps_the_previous_prepared_data(tmp_path):
+    source = make_fashion_files(tmp_path / "src")
+    params = _params(tmp_path)
+    first = ingest(params.data, params.paths.raw, params.paths.prepared)
+    (source / FASHION_MNIST_FILES["test"][1]).write_bytes(b"garbage")
+    with pytest.raises(ByolError):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+    assert load_prepared(params.paths.prepared).card["data_hash"] == first["data_hash"]
+    leftovers = [p.name for p in params.paths.prepared.parent.iterdir() if p.name != "prepared"]
+    assert leftovers == []
+
+
+def test_load_prepared_without_ingest_says_what_to_do(tmp_path):
+    with pytest.raises(ByolError, match="Run `byol ingest` first"):
+        load_prepared(tmp_path / "nothing")

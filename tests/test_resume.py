@@ -1,0 +1,95 @@
+"""Pretraining resumes from its last checkpoint only under the same params and data, and a
+resumed run ends with exactly the weights of an uninterrupted one."""
+
+import pytest
+import torch
+
+import byol_core.train as train
+from byol_core.config import load_params
+from byol_core.data import ingest, load_prepared
+from byol_core.errors import ByolError
+from byol_core.stages import run_pretrain
+from conftest import TINY, write_params
+from test_data import make_fashion_files
+
+SMALL = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 3,
+         "pretrain.monitor_bank": 64, "pretrain.monitor_queries": 32}
+
+
+def _project(tmp_path, **overrides):
+    make_fashion_files(tmp_path / "src", n_train=256, n_test=64)
+    params = load_params(write_params(tmp_path, {**SMALL, "data.source_dir": str(tmp_path / "src"), **overrides}))
+    ingest(params.data, params.paths.raw, params.paths.prepared)
+    return params
+
+
+def _encoder_weights(params):
+    return torch.load(params.paths.encoder, weights_only=True)["state_dict"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after_checkpoint(monkeypatch, epochs_before_kill: int):
+    real_save = train.save_state
+    calls = {"n": 0}
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        calls["n"] += 1
+        if calls["n"] == epochs_before_kill:
+            raise _Killed
+
+    monkeypatch.setattr(train, "save_state", save_then_die)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    straight = _project(tmp_path / "a")
+    run_pretrain(straight)
+
+    resumed = _project(tmp_path / "b")
+    with monkeypatch.context() as patch:
+        _kill_after_checkpoint(patch, epochs_before_kill=2)
+        with pytest.raises(_Killed):
+            run_pretrain(resumed)
+    assert resumed.paths.resume_state.is_file()
+    assert not resumed.paths.encoder.exists()
+    run_pretrain(resumed)
+
+    a, b = _encoder_weights(straight), _encoder_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name  # bitwise: CPU kernels here are deterministic
+
+
+def test_state_from_other_params_is_not_resumed(tmp_path, monkeypatch, capsys):
+    params = _project(tmp_path)
+    with monkeypatch.context() as patch:
+        _kill_after_checkpoint(patch, epochs_before_kill=1)
+        with pytest.raises(_Killed):
+            run_pretrain(params)
+    changed = load_params(write_params(tmp_path, {**SMALL, "data.source_dir": str(tmp_path / "src"),
+                                                  "pretrain.base_lr": 0.5}))
+    state, _ = train.pretrain(changed, load_prepared(changed.paths.prepared), torch.device("cpu"))
+    assert "made under other params or data" in capsys.readouterr().err
+    assert [row["epoch"] for row in state.history] == [1, 2, 3]  # started fresh
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    params = _project(tmp_path, **{"pretrain.epochs": 2, "pretrain.log_every": 1})
+    real_step = train.train_step
+    calls = {"n": 0}
+
+    def poisoned(state, *args, **kwargs):
+        loss, collapse = real_step(state, *args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 5 else loss), collapse
+
+    monkeypatch.setattr(train, "train_step", poisoned)
+    with pytest.raises(ByolError, match="loss became nan by step 6"):
+        run_pretrain(params)
+    blob = torch.load(params.paths.resume_state, weights_only=True)
+    assert blob["epoch"] == 1  # the good epoch-1 checkpoint is intact
+    assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
+    assert not params.paths.encoder.exists()
