@@ -104,11 +104,12 @@ class ProbeResult:
     weight_decay: float
     val_top1: float
     iterations: int
+    converged: bool  # L-BFGS met its tolerance before max_iter
     predictions: np.ndarray  # (n_test,) predicted class per test image
 
     def summary(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "weight_decay": self.weight_decay,
-                "val_top1": self.val_top1, "iterations": self.iterations}
+                "val_top1": self.val_top1, "iterations": self.iterations, "converged": self.converged}
 
 
 def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
@@ -134,4 +135,5 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     w, b, iterations = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, start)
     logits = test_x @ w.T + b
     return ProbeResult(top1=_topk(logits, test_y, 1), top5=_topk(logits, test_y, 5), weight_decay=wd,
-                       val_top1=val_top1, iterations=iterations, predictions=logits.argmax(1).numpy())
+                       val_top1=val_top1, iterations=iterations, converged=iterations < cfg.max_iter,
+                       predictions=logits.argmax(1).numpy())

@@ -49,6 +49,16 @@ def write_params(directory: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def fashion_mnist_dir() -> Path | None:
+    """Where the real Fashion-MNIST files are: the project's data/raw first, then Debian's."""
+    from byol_core.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+
+    for directory in (ROOT / "data" / "raw" / "fashion-mnist", DEBIAN_FASHION_MNIST):
+        if all((directory / f).is_file() for pair in FASHION_MNIST_FILES.values() for f in pair):
+            return directory
+    return None
+
+
 @pytest.fixture
 def tiny_params_file(tmp_path: Path) -> Path:
     return write_params(tmp_path, TINY)

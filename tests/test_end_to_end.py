@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from byol_core.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
-from conftest import TINY, write_params
+from conftest import TINY, fashion_mnist_dir, write_params
 
 E2E = {
     **TINY,
@@ -34,11 +33,12 @@ def _byol(stage: str, params: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    if not all((DEBIAN_FASHION_MNIST / f).is_file() for pair in FASHION_MNIST_FILES.values() for f in pair):
-        pytest.fail(f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST}: run `make setup` "
-                    "(apt-get install -y dataset-fashion-mnist) first.")
+    source = fashion_mnist_dir()
+    if source is None:
+        pytest.fail("Fashion-MNIST is not installed: run `make setup` (it runs "
+                    "`apt-get install -y dataset-fashion-mnist`) or put the four .gz files in data/raw/fashion-mnist/.")
     root = tmp_path_factory.mktemp("project")
-    params = write_params(root, E2E)
+    params = write_params(root, {**E2E, "data.source_dir": str(source)})
     outputs = {}
     for stage in ("ingest", "pretrain", "evaluate", "export"):
         result = _byol(stage, params)

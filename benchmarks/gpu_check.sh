@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every GPU check of byol_core in one call on a lent GPU machine (about 5 minutes):
+#   1. the test suite; device: auto picks CUDA there, so the end-to-end test pretrains
+#      with bf16 autocast on the GPU and exports with the GPU-trained encoder;
+#   2. the default pipeline (params.yaml, full Fashion-MNIST) on the GPU, with its figures;
+#   3. training-step throughput for the default encoder and a full-width ResNet-18.
+# Expects data/raw/fashion-mnist/*.gz and, for packages the machine lacks, wheels in .whl/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+OUT=${OUT:-/tmp/byol-gpu-check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import torch, onnxruntime; print("torch", torch.__version__, "| onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers())' | tee -a "$OUT/gpu.txt"
+
+echo "== 1. tests"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 15 | tee "$OUT/tests.txt"
+
+echo "== 2. default pipeline on the GPU"
+start=$(date +%s)
+for stage in ingest pretrain evaluate export; do
+  timeout 200 python3 -m byol_core.cli "$stage" 2>&1 | tee -a "$OUT/pipeline.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "stage $stage failed"; break; }
+done
+echo "pipeline wall: $(( $(date +%s) - start )) s" | tee -a "$OUT/pipeline.txt"
+cp metrics/*.json "$OUT/" 2>/dev/null
+
+echo "== 3. step throughput"
+timeout 150 python3 benchmarks/pretrain_throughput.py --steps 30 2>&1 | tee "$OUT/throughput.txt"

@@ -1,0 +1,96 @@
+"""Throughput of one full BYOL training step (both views made on the device, online
+forward+backward, target forward, LARS step, EMA update), for a few encoder sizes.
+
+    python benchmarks/pretrain_throughput.py [--steps 30] [--configs default,r18-w1]
+
+Prints one JSON line per config and a Markdown table with the machine and the date, for
+benchmarks/RESULTS.md. Images are random uint8 of Fashion-MNIST's shape unless
+--data points at a prepared directory. Medians over timed steps, after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from byol_core.augment import byol_views  # noqa: E402
+from byol_core.config import load_params  # noqa: E402
+from byol_core.device import resolve_device, synchronize  # noqa: E402
+from byol_core.train import TrainState, build_model, build_optimizer, train_step  # noqa: E402
+
+# name -> (model overrides, batch size, precision)
+CONFIGS = {
+    "default": ({}, 256, "auto"),
+    "r18-w1-fp32": ({"width": 1.0, "projector_hidden": 4096, "projector_out": 256, "predictor_hidden": 4096}, 512, "fp32"),
+    "r18-w1-bf16": ({"width": 1.0, "projector_hidden": 4096, "projector_out": 256, "predictor_hidden": 4096}, 512, "bf16"),
+}
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def bench(name: str, steps: int, warmup: int, device: torch.device) -> dict:
+    overrides, batch, precision = CONFIGS[name]
+    params = load_params(ROOT / "params.yaml")
+    params = params.model_copy(update={"model": params.model.model_copy(update=overrides)})
+    model = build_model(params, in_channels=1).to(device, memory_format=torch.channels_last)
+    state = TrainState(model, build_optimizer(model, params))
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, device=device)
+    views = byol_views(params.augment, 28)
+    mean, std = torch.full((1,), 0.286, device=device), torch.full((1,), 0.353, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        synchronize(device)
+        started = time.perf_counter()
+        train_step(state, images, views, 28, mean, std, gen, 0.1, 0.99, precision)
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    result = {"config": name, "batch": batch, "precision": precision, "width": params.model.width,
+              "step_ms_median": median * 1000, "images_per_sec": batch / median}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    rows = []
+    for name in args.configs.split(","):
+        row = bench(name, args.steps, args.warmup, device)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{datetime.date.today()} - {machine()} - torch {torch.__version__}\n")
+    print("| config | batch | precision | step ms (median) | img/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['config']} | {row['batch']} | {row['precision']} | {row['step_ms_median']:.1f} "
+              f"| {row['images_per_sec']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
