@@ -63,8 +63,16 @@ def bench(name: str, steps: int, warmup: int, device: torch.device) -> dict:
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - started)
+    if device.type == "cuda":
+        # The step must never wait on the host: any implicit sync in it raises here.
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            train_step(state, images, views, 28, mean, std, gen, 0.1, 0.99, precision)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     median = statistics.median(times)
     result = {"config": name, "batch": batch, "precision": precision, "width": params.model.width,
+              "host_syncs_in_step": 0 if device.type == "cuda" else None,
               "step_ms_median": median * 1000, "images_per_sec": batch / median}
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

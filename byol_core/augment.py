@@ -107,8 +107,8 @@ def _draw_boxes(n: int, height: int, width: int, spec: ViewSpec, gen, device) ->
     h = torch.where(ok, h, torch.full_like(h, fb_h))
     x0 = torch.rand(n, generator=gen, device=device) * (width - w + 1).floor()
     y0 = torch.rand(n, generator=gen, device=device) * (height - h + 1).floor()
-    x0 = torch.where(ok, x0.floor(), (width - w) / 2)
-    y0 = torch.where(ok, y0.floor(), (height - h) / 2)
+    x0 = torch.where(ok, x0.floor(), ((width - w) / 2).floor())
+    y0 = torch.where(ok, y0.floor(), ((height - h) / 2).floor())
     return torch.stack([(x0 + w / 2) / width, (y0 + h / 2) / height, w / width, h / height], dim=1)
 
 
@@ -127,7 +127,8 @@ def draw_params(n: int, channels: int, height: int, width: int, spec: ViewSpec,
         _uniform(n, max(0.0, 1 - spec.saturation), 1 + spec.saturation, gen, device),
         _uniform(n, -spec.hue, spec.hue, gen, device),
     ], dim=1)
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
+    identity = torch.ones(4, device=device)  # made on the device: a host tensor would sync the stream
+    identity[3] = 0.0
     factors = torch.where(jitter.unsqueeze(1), factors, identity)
     order = torch.rand(n, 4 if channels == 3 else 2, generator=gen, device=device).argsort(dim=1)
     grayscale = _coin(n, spec.grayscale_p, gen, device)

@@ -27,6 +27,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies below it."""
+    return path == folder or folder in path.parents
+
+
 def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
     if value[0] > value[1]:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
@@ -47,6 +52,20 @@ class PathsConfig(_Section):
     def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
         root = (info.context or {}).get("root")
         return value if value.is_absolute() or root is None else Path(root) / value
+
+    @model_validator(mode="after")
+    def _prepared_is_its_own_folder(self, info: ValidationInfo) -> PathsConfig:
+        # ingest replaces paths.prepared wholesale, so it must not hold anything else.
+        prepared = self.prepared.resolve()
+        root = (info.context or {}).get("root")
+        if root is not None and _within(Path(root).resolve(), prepared):
+            raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
+                             "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
+        for name in ("raw", "models", "metrics", "resume"):
+            if _within(getattr(self, name).resolve(), prepared):
+                raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
+                                 f"({self.prepared}), which ingest replaces wholesale: move one of them")
+        return self
 
     # The file names inside those folders: fixed, so each path is written in one place.
     @property
@@ -175,11 +194,18 @@ class ExportConfig(_Section):
     atol: Annotated[float, Field(gt=0.0)]
     rtol: Annotated[float, Field(ge=0.0)]
     parity_images: PositiveInt
-    max_batch: PositiveInt
+    max_batch: Annotated[int, Field(ge=2)]  # upper bound of the ONNX batch axis
+
+    @model_validator(mode="after")
+    def _parity_within_bound(self) -> ExportConfig:
+        if self.parity_images > self.max_batch:
+            raise ValueError(f"parity_images ({self.parity_images}) exceeds max_batch ({self.max_batch}): "
+                             "the parity check runs them as one batch")
+        return self
 
 
 class Params(_Section):
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     device: str  # auto | cpu | cuda | cuda:N
     paths: PathsConfig
     data: DataConfig
@@ -196,6 +222,14 @@ class Params(_Section):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _source_outside_prepared(self) -> Params:
+        source = self.data.source_dir
+        if source is not None and _within(source.resolve(), self.paths.prepared.resolve()):
+            raise ValueError(f"data.source_dir ({source}) lies inside paths.prepared, which ingest "
+                             "replaces wholesale: keep the source elsewhere")
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_cap(self) -> Params:
@@ -219,9 +253,9 @@ def _describe(error: dict, section_keys: dict[str, list[str]]) -> str:
     if kind == "missing":
         return f"{key}: missing; every param must be given in params.yaml"
     message = error["msg"].removeprefix("Value error, ")
-    if loc:
-        return f"{key}: {message} (got {error.get('input')!r})"
-    return message
+    if kind == "value_error" and isinstance(error.get("input"), dict):  # a whole-section check
+        return message if not loc or message.startswith(f"{key}.") else f"{key}: {message}"
+    return f"{key}: {message} (got {error.get('input')!r})"
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:

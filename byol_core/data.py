@@ -190,7 +190,7 @@ def ingest(cfg: DataConfig, raw: Path, out_dir: Path) -> dict:
             np.save(staging / f"{split}_labels.npy", labels[split])
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir, marker="card.json")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

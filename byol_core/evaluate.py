@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from byol_core.augment import to_input
 from byol_core.config import EvaluateConfig, KnnConfig
+from byol_core.device import memory_format
 
 
 @torch.no_grad()
@@ -29,7 +30,7 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.as_tensor(images[start:start + batch_size]).to(device, non_blocking=True)
-        x = to_input(batch, mean, std).contiguous(memory_format=torch.channels_last)
+        x = to_input(batch, mean, std).contiguous(memory_format=memory_format(device))
         chunks.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(chunks)
@@ -52,7 +53,9 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
         q = F.normalize(queries[start:start + chunk].float(), dim=1)
         sims, idx = (q @ bank.T).topk(k, dim=1)
         votes = torch.zeros(len(q), num_classes, dtype=sims.dtype, device=sims.device)
-        votes.scatter_add_(1, bank_labels[idx], (sims / cfg.temperature).exp())
+        # Shift by each row's best similarity (topk sorts, so column 0) before exp: the vote
+        # is unchanged and a small temperature cannot overflow float32.
+        votes.scatter_add_(1, bank_labels[idx], ((sims - sims[:, :1]) / cfg.temperature).exp())
         predictions.append(votes.argmax(1))
     return torch.cat(predictions)
 
@@ -64,16 +67,16 @@ def knn_top1(bank, bank_labels, queries, query_labels, num_classes: int, cfg: Kn
 
 def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     mean = train.mean(0, keepdim=True)
-    std = train.std(0, keepdim=True).clamp_min(1e-6)
+    std = train.std(0, correction=0, keepdim=True).clamp_min(1e-6)
     return [(x - mean) / std for x in (train, *others)]
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression, ``mean CE + wd/2 ||W||^2``, by full-batch L-BFGS.
 
-    x (N, D), y (N,). Returns weight (C, D), bias (C,) and the L-BFGS iterations used
-    (fewer than ``max_iter`` means it met its tolerance)."""
+    x (N, D), y (N,). Returns weight (C, D), bias (C,), the L-BFGS iterations used, and
+    whether it stopped on its tolerance rather than on its iteration or evaluation budget."""
     weight = torch.zeros(num_classes, x.shape[1]) if init is None else init[0].clone()
     bias = torch.zeros(num_classes) if init is None else init[1].clone()
     weight.requires_grad_(True)
@@ -88,8 +91,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
         return loss
 
     solver.step(closure)
-    iterations = solver.state[solver._params[0]].get("n_iter", 0)
-    return weight.detach(), bias.detach(), int(iterations)
+    state = solver.state[solver._params[0]]
+    iterations, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+    max_eval = solver.defaults["max_eval"]
+    return weight.detach(), bias.detach(), iterations, iterations < max_iter and evaluations < max_eval
 
 
 def _topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -124,7 +129,7 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     best = None  # (val_top1, wd, params)
     init = None
     for wd in sorted(cfg.weight_decays, reverse=True):  # strongest first: each fit warm-starts the next
-        w, b, _ = fit_logistic(fit_x, train_y[fit_idx], num_classes, wd, cfg.max_iter, init)
+        w, b, _, _ = fit_logistic(fit_x, train_y[fit_idx], num_classes, wd, cfg.max_iter, init)
         init = (w, b)
         val_top1 = _topk(val_x @ w.T + b, train_y[val_idx], 1)
         if best is None or val_top1 > best[0]:
@@ -132,8 +137,8 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
 
     val_top1, wd, start = best
     all_x, test_x = _standardise(train_x, test_x)
-    w, b, iterations = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, start)
+    w, b, iterations, converged = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, start)
     logits = test_x @ w.T + b
     return ProbeResult(top1=_topk(logits, test_y, 1), top5=_topk(logits, test_y, 5), weight_decay=wd,
-                       val_top1=val_top1, iterations=iterations, converged=iterations < cfg.max_iter,
+                       val_top1=val_top1, iterations=iterations, converged=converged,
                        predictions=logits.argmax(1).numpy())

@@ -33,12 +33,17 @@ def export_onnx(encoder: torch.nn.Module, example: torch.Tensor, path: Path, ops
     batch = torch.export.Dim("batch", min=1, max=max_batch)
 
     def write(tmp: Path) -> None:
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(encoder, (example,), dynamo=True, opset_version=opset,
-                                        input_names=["images"], output_names=["features"],
-                                        dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+            onnx_log.setLevel(logging.ERROR)  # the exporter narrates each pass at INFO
+            try:
+                program = torch.onnx.export(encoder, (example,), dynamo=True, opset_version=opset,
+                                            input_names=["images"], output_names=["features"],
+                                            dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+            finally:
+                onnx_log.setLevel(level)
         model = program.model_proto
         for key, value in metadata.items():
             entry = model.metadata_props.add()

@@ -46,11 +46,12 @@ class LARS(torch.optim.Optimizer):
             if group["weight_decay"]:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if group["lars"]:
-                w_norm = torch._foreach_norm(params)
-                g_norm = torch._foreach_norm(grads)
-                ratios = [torch.where((w > 0) & (g > 0), group["trust_coefficient"] * w / g, torch.ones_like(w))
-                          for w, g in zip(w_norm, g_norm)]
-                grads = torch._foreach_mul(grads, ratios)
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                # Trust ratio eta * ||w|| / ||g||, or 1 where either norm is zero.
+                ratios = torch.where((w_norm > 0) & (g_norm > 0),
+                                     group["trust_coefficient"] * w_norm / g_norm.clamp_min(1e-30), 1.0)
+                grads = torch._foreach_mul(grads, list(ratios.unbind()))
             updates = torch._foreach_mul(grads, group["lr"])
             buffers = []
             for p, update in zip(params, updates):

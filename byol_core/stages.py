@@ -53,7 +53,7 @@ def run_pretrain(params: Params) -> StageResult:
     encoder = state.model.encoder
     save_encoder(params.paths.encoder, encoder, state.model.spec,
                  {"size": card["height"], "mean": card["mean"], "std": card["std"]})
-    save_state(params.paths.checkpoint, state.to_checkpoint(run_key(params, card["data_hash"]), params))
+    save_state(params.paths.checkpoint, state.to_checkpoint(run_key(params, card["data_hash"], device), params))
     history = state.history
     last = history[-1]
     total_images = sum(row["images_per_sec"] * row["seconds"] for row in history)
@@ -107,7 +107,8 @@ def run_evaluate(params: Params) -> StageResult:
     features["pixels"] = (pixel_features(x_train, mean, std), pixel_features(x_test, mean, std))
     probes = {name: linear_probe(f_train, y_train, f_test, y_test, len(classes), cfg, params.seed)
               for name, (f_train, f_test) in features.items()}
-    knn = knn_top1(*features["byol"][:1], y_train, features["byol"][1], y_test, len(classes), params.knn)
+    byol_train, byol_test = features["byol"]
+    knn = knn_top1(byol_train, y_train, byol_test, y_test, len(classes), params.knn)
 
     metrics = {
         "linear_top1": probes["byol"].top1,
@@ -157,14 +158,16 @@ def run_export(params: Params) -> StageResult:
         if not parity["parity_ok"]:
             raise ByolError(f"export: onnxruntime ({provider}) disagrees with PyTorch: max abs diff "
                             f"{parity['max_abs_diff']:.3g} exceeds atol={cfg.atol}, rtol={cfg.rtol} on "
-                            f"{len(images)} test images. The ONNX file was not written.")
+                            f"{len(images)} test images. No new ONNX file was written; anything at "
+                            f"{paths.onnx} is from an earlier run.")
         metrics = {**parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
                    **measure_latency(session, images.numpy())}
+        # Sidecar and metrics first, the model last: its arrival marks a complete export.
+        write_json(paths.onnx_meta, sidecar)
+        write_json(paths.export_metrics, metrics)
         os.replace(candidate, paths.onnx)
     finally:
         candidate.unlink(missing_ok=True)
-    write_json(paths.onnx_meta, sidecar)
-    write_json(paths.export_metrics, metrics)
     line = (f"export: {paths.onnx} (opset {cfg.opset}, dynamic batch), parity max abs diff "
             f"{metrics['max_abs_diff']:.2e} on {provider}, {metrics['latency_ms_batch1']:.2f} ms at batch 1")
     return line, metrics

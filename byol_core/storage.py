@@ -84,13 +84,18 @@ def load_torch(path: Path, what: str, fix: str) -> Any:
         raise ByolError(f"{path} is not a readable {what} ({reason}). {fix}") from exc
 
 
-def replace_dir(staging: Path, final: Path) -> None:
+def replace_dir(staging: Path, final: Path, marker: str) -> None:
     """Move a fully written ``staging`` directory to ``final``, replacing any old one.
 
     The old directory is renamed aside first and removed only after the new one is in
     place, so ``final`` is at every moment either the complete old or the complete new tree.
+    An existing ``final`` is only replaced if it holds ``marker`` (it is one of ours), so a
+    mistyped path never deletes someone's folder.
     """
     final = Path(final)
+    if final.exists() and not (final / marker).exists():
+        raise ByolError(f"refusing to replace {final}: it exists but has no {marker}, so it was not written "
+                        "by this stage. Point the path at a new folder, or remove that folder yourself.")
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)

@@ -25,7 +25,7 @@ from byol_core.byol import BYOL, collapse_std, target_tau
 from byol_core.checkpoint import load_state, save_state
 from byol_core.config import Params, Schedule, derive_schedule
 from byol_core.data import Prepared
-from byol_core.device import autocast, synchronize
+from byol_core.device import autocast, memory_format, synchronize
 from byol_core.errors import ByolError
 from byol_core.evaluate import extract_features, knn_top1
 from byol_core.nets import EncoderSpec
@@ -49,12 +49,15 @@ def build_optimizer(model: BYOL, params: Params) -> LARS:
                 momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient)
 
 
-def run_key(params: Params, data_hash: str) -> str:
-    """A hash of everything that shapes the trained weights: a resume state is only ever
-    continued under the same key, so a stale state never leaks into another run."""
-    shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain", "knn"})
-    shaping["pretrain"].pop("log_every")  # how often we print does not change the result
-    blob = json.dumps({"params": shaping, "data": data_hash}, sort_keys=True)
+def run_key(params: Params, data_hash: str, device: torch.device) -> str:
+    """A hash of everything that shapes the trained weights (params, data, device type):
+    a resume state is only ever continued under the same key, so a stale state never
+    leaks into another run. Knobs that only change logging or monitoring are left out, so
+    changing them does not throw away a half-finished run."""
+    shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
+    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries"):
+        shaping["pretrain"].pop(knob)
+    blob = json.dumps({"params": shaping, "data": data_hash, "device": device.type}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -98,7 +101,8 @@ def train_step(state: TrainState, images: torch.Tensor, views: tuple[ViewSpec, V
     device tensors, without waiting for the device."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    view1, view2 = (make_view(images, spec, size, mean, std, gen).contiguous(memory_format=torch.channels_last)
+    layout = memory_format(images.device)
+    view1, view2 = (make_view(images, spec, size, mean, std, gen).contiguous(memory_format=layout)
                     for spec in views)
     with autocast(images.device, precision):
         loss, z = state.model(view1, view2)
@@ -110,10 +114,10 @@ def train_step(state: TrainState, images: torch.Tensor, views: tuple[ViewSpec, V
     return loss.detach(), collapse_std(z.detach())
 
 
-def _check_finite(value: torch.Tensor, state: TrainState, resume_path: Path) -> None:
+def _check_finite(value: torch.Tensor, state: TrainState, resume_path: Path, what: str = "the loss") -> None:
     if not torch.isfinite(value):
         raise ByolError(
-            f"pretrain: the loss became {float(value)} by step {state.step} (epoch {state.epoch + 1}). "
+            f"pretrain: {what} became {float(value)} by step {state.step} (epoch {state.epoch + 1}). "
             f"The last good checkpoint, if any, is intact at {resume_path}. Lower pretrain.base_lr, "
             "raise pretrain.warmup_epochs or use precision: fp32, then run again.")
 
@@ -155,10 +159,9 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
     views = byol_views(params.augment, size)
     monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
 
-    # channels_last: NHWC convolutions are ~1.7x faster on these CPUs and the fast layout on GPUs.
-    model = build_model(params, card["channels"]).to(device, memory_format=torch.channels_last)
+    model = build_model(params, card["channels"]).to(device, memory_format=memory_format(device))
     state = TrainState(model, build_optimizer(model, params))
-    key = run_key(params, card["data_hash"])
+    key = run_key(params, card["data_hash"], device)
     resume_path = params.paths.resume_state
     if resume_path.is_file():
         blob = load_state(resume_path)
@@ -209,5 +212,8 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
         log(f"epoch {state.epoch}/{cfg.epochs}  loss {row['loss']:.4f}  lr {lr:.4g}  tau {tau:.5f}  "
             f"collapse {row['collapse_std']:.3f}  knn {row['knn_top1']:.4f}  {row['images_per_sec']:.0f} img/s")
         if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
+            # The loss is computed before the last update: check the weights themselves too.
+            weight_norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).sum()
+            _check_finite(weight_norm, state, resume_path, "the weight norm")
             save_state(resume_path, state.to_checkpoint(key, params))
     return state, schedule

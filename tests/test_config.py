@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -95,3 +96,31 @@ def test_cli_missing_params_file(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "nope.yaml not found" in result.stderr
+
+
+@pytest.mark.parametrize("prepared, fragment", [
+    (".", "is the project folder or above it"),
+    ("..", "is the project folder or above it"),
+    ("data", "lies inside paths.prepared"),
+    ("models/x/..", "paths.models"),
+])
+def test_prepared_folder_cannot_swallow_other_paths(tmp_path, prepared, fragment):
+    path = write_params(tmp_path, {"paths.prepared": prepared})
+    with pytest.raises(ByolError, match=re.escape(fragment)):
+        load_params(path)
+
+
+def test_source_dir_inside_prepared_is_refused(tmp_path):
+    path = write_params(tmp_path, {"data.source_dir": "data/prepared/src"})
+    with pytest.raises(ByolError, match="data.source_dir .* lies inside paths.prepared"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("seed", 2**40, "seed: Input should be less than or equal to"),
+    ("export.max_batch", 1, "export.max_batch"),
+    ("export.parity_images", 9000, "parity_images (9000) exceeds max_batch (4096)"),
+    ("pretrain.warmup_epochs", 50, "pretrain: warmup_epochs (50.0) must be smaller than epochs"),
+])
+def test_values_that_would_crash_later_are_refused_now(key, value, fragment):
+    assert fragment in _error(params_dict(**{key: value}))

@@ -117,3 +117,13 @@ def test_failed_ingest_keeps_the_previous_prepared_data(tmp_path):
 def test_load_prepared_without_ingest_says_what_to_do(tmp_path):
     with pytest.raises(ByolError, match="Run `byol ingest` first"):
         load_prepared(tmp_path / "nothing")
+
+
+def test_ingest_never_replaces_a_folder_it_did_not_write(tmp_path):
+    make_fashion_files(tmp_path / "src")
+    params = _params(tmp_path, **{"paths.prepared": "mine"})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(ByolError, match="refusing to replace .*mine: it exists but has no card.json"):
+        ingest(params.data, params.paths.raw, params.paths.prepared)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"

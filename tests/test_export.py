@@ -65,3 +65,17 @@ def test_parity_check_can_fail(exported):
                 p.sub_(0.01)
     assert not result["parity_ok"]
     assert result["max_abs_diff"] > 1e-3
+
+
+def test_knn_votes_survive_a_tiny_temperature():
+    from byol_core.config import KnnConfig
+    from byol_core.evaluate import knn_predict
+
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16) * 5
+    bank_labels = torch.arange(4).repeat_interleave(50)
+    bank = centres[bank_labels] + torch.randn(200, 16)
+    queries = centres + 0.1 * torch.randn(4, 16)
+    for temperature in (0.5, 0.01, 0.001):
+        predicted = knn_predict(bank, bank_labels, queries, 4, KnnConfig(k=20, temperature=temperature))
+        assert predicted.tolist() == [0, 1, 2, 3], temperature
