@@ -185,7 +185,8 @@ class KnnConfig(_Section):
 class EvaluateConfig(_Section):
     val_fraction: Annotated[float, Field(gt=0.0, le=0.5)]  # carved from train to choose weight decay
     weight_decays: Annotated[tuple[Annotated[float, Field(ge=0.0)], ...], Field(min_length=1)]
-    max_iter: PositiveInt  # L-BFGS iterations per probe fit
+    max_iter: PositiveInt  # L-BFGS iteration budget per probe fit
+    tolerance: Annotated[float, Field(gt=0.0)]  # converged when max |gradient| of the probe loss is below this
     batch_size: PositiveInt  # feature-extraction batch
 
 

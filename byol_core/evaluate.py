@@ -72,7 +72,7 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+                 tolerance: float, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression, ``mean CE + wd/2 ||W||^2``, by full-batch L-BFGS.
 
     x (N, D), y (N,). Returns weight (C, D), bias (C,), the L-BFGS iterations used, and
@@ -81,8 +81,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     bias = torch.zeros(num_classes) if init is None else init[1].clone()
     weight.requires_grad_(True)
     bias.requires_grad_(True)
-    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                               tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
+                               tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         solver.zero_grad()
@@ -129,7 +129,7 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     best = None  # (val_top1, wd, params)
     init = None
     for wd in sorted(cfg.weight_decays, reverse=True):  # strongest first: each fit warm-starts the next
-        w, b, _, _ = fit_logistic(fit_x, train_y[fit_idx], num_classes, wd, cfg.max_iter, init)
+        w, b, _, _ = fit_logistic(fit_x, train_y[fit_idx], num_classes, wd, cfg.max_iter, cfg.tolerance, init)
         init = (w, b)
         val_top1 = _topk(val_x @ w.T + b, train_y[val_idx], 1)
         if best is None or val_top1 > best[0]:
@@ -137,7 +137,7 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
 
     val_top1, wd, start = best
     all_x, test_x = _standardise(train_x, test_x)
-    w, b, iterations, converged = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, start)
+    w, b, iterations, converged = fit_logistic(all_x, train_y, num_classes, wd, cfg.max_iter, cfg.tolerance, start)
     logits = test_x @ w.T + b
     return ProbeResult(top1=_topk(logits, test_y, 1), top5=_topk(logits, test_y, 5), weight_decay=wd,
                        val_top1=val_top1, iterations=iterations, converged=converged,

@@ -54,6 +54,7 @@ class _Payload:
         return (print, ("this would run code",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickled_payload_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "x": _Payload()}, path)
