@@ -109,7 +109,7 @@ class ProbeResult:
     weight_decay: float
     val_top1: float
     iterations: int
-    converged: bool  # L-BFGS met its tolerance before max_iter
+    converged: bool  # L-BFGS met its tolerance within its iteration and evaluation budget
     predictions: np.ndarray  # (n_test,) predicted class per test image
 
     def summary(self) -> dict:

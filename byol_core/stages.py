@@ -8,21 +8,22 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import time
 
 import torch
 
 from byol_core import data
 from byol_core.augment import to_input
-from byol_core.checkpoint import load_encoder, save_encoder, save_state
+from byol_core.checkpoint import load_encoder, save_encoder
 from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
 from byol_core.evaluate import extract_features, knn_top1, linear_probe, pixel_features
 from byol_core.export import check_parity, export_onnx, measure_latency, open_session
 from byol_core.nets import build_encoder, count_parameters
-from byol_core.storage import write_json, write_text
-from byol_core.train import pretrain, run_key
+from byol_core.storage import atomic_write, write_json, write_text
+from byol_core.train import pretrain
 
 StageResult = tuple[str, dict]
 
@@ -53,7 +54,10 @@ def run_pretrain(params: Params) -> StageResult:
     encoder = state.model.encoder
     save_encoder(params.paths.encoder, encoder, state.model.spec,
                  {"size": card["height"], "mean": card["mean"], "std": card["std"]})
-    save_state(params.paths.checkpoint, state.to_checkpoint(run_key(params, card["data_hash"], device), params))
+    # The loop always checkpoints its last epoch, so the resume state *is* the final full
+    # state: publish a copy of it rather than serialising the same state again.
+    resume = params.paths.resume_state
+    atomic_write(params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp))
     history = state.history
     last = history[-1]
     total_images = sum(row["images_per_sec"] * row["seconds"] for row in history)
@@ -71,7 +75,7 @@ def run_pretrain(params: Params) -> StageResult:
     }
     write_json(params.paths.pretrain_metrics, metrics)
     write_text(params.paths.pretrain_curve, _curve_csv(history))
-    params.paths.resume_state.unlink(missing_ok=True)  # finished: nothing left to resume
+    resume.unlink()  # finished: nothing left to resume
     line = (f"pretrain: {metrics['epochs']} epochs, {state.step} steps on {device} in "
             f"{time.perf_counter() - started:.0f}s, loss {metrics['final_loss']:.4f}, "
             f"collapse {metrics['collapse_std']:.3f}, knn {metrics['knn_top1']:.4f}, "
