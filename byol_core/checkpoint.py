@@ -54,3 +54,8 @@ def load_state(path: Path) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
         raise ByolError(f"{path} is not a training checkpoint of this version. Delete it to start afresh.")
     return blob
+
+
+def input_normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) tensors from an encoder file's ``input`` record."""
+    return torch.tensor(info["mean"]), torch.tensor(info["std"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +33,12 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _anchored(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths are taken from the params file's folder (passed as context "root")."""
+    root = (info.context or {}).get("root")
+    return path if path.is_absolute() or root is None else Path(root) / path
+
+
 def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
     if value[0] > value[1]:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
@@ -41,7 +48,6 @@ def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
 class PathsConfig(_Section):
     """Where the stages write. Relative paths are taken from the params file's directory."""
 
-    raw: Path  # where sources are looked for first and downloaded to
     prepared: Path
     models: Path
     metrics: Path
@@ -50,8 +56,7 @@ class PathsConfig(_Section):
     @field_validator("*", mode="after")
     @classmethod
     def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
-        root = (info.context or {}).get("root")
-        return value if value.is_absolute() or root is None else Path(root) / value
+        return _anchored(value, info)
 
     @model_validator(mode="after")
     def _prepared_is_its_own_folder(self, info: ValidationInfo) -> PathsConfig:
@@ -61,7 +66,7 @@ class PathsConfig(_Section):
         if root is not None and _within(Path(root).resolve(), prepared):
             raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
                              "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
-        for name in ("raw", "models", "metrics", "resume"):
+        for name in ("models", "metrics", "resume"):
             if _within(getattr(self, name).resolve(), prepared):
                 raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
                                  f"({self.prepared}), which ingest replaces wholesale: move one of them")
@@ -112,17 +117,14 @@ class PathsConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["fashion-mnist"]
-    source_dir: Path | None  # null: <paths.raw>/fashion-mnist, then Debian's package, then download
+    source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
     max_train: PositiveInt | None  # null: all; else the first N images of the split
     max_test: PositiveInt | None
 
     @field_validator("source_dir", mode="after")
     @classmethod
-    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        root = (info.context or {}).get("root")
-        if value is None or value.is_absolute() or root is None:
-            return value
-        return Path(root) / value
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return _anchored(value, info)
 
 
 class ModelConfig(_Section):
@@ -227,7 +229,7 @@ class Params(_Section):
     @model_validator(mode="after")
     def _source_outside_prepared(self) -> Params:
         source = self.data.source_dir
-        if source is not None and _within(source.resolve(), self.paths.prepared.resolve()):
+        if _within(source.resolve(), self.paths.prepared.resolve()):
             raise ValueError(f"data.source_dir ({source}) lies inside paths.prepared, which ingest "
                              "replaces wholesale: keep the source elsewhere")
         return self
@@ -276,6 +278,32 @@ def parse_params(raw: object, source: str = "params.yaml", root: Path | None = N
         keys = _known_keys(Params)
         lines = [_describe(err, keys) for err in exc.errors()]
         raise ByolError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def restrict(params: Params, keys: Iterable[str]) -> Params:
+    """A copy of ``params`` that holds only ``keys``: a whole section (``"knn"``), a
+    top-level value (``"seed"``) or one value of a section (``"paths.models"``). Reading
+    anything else raises AttributeError, so a stage run on it can read no key that its
+    declared list (and so dvc.yaml's ``params``) leaves out."""
+    picked: dict[str, set[str] | None] = {}
+    for key in keys:
+        head, _, leaf = key.partition(".")
+        if head not in Params.model_fields:
+            raise KeyError(f"no params key {key!r}")
+        if not leaf:
+            picked[head] = None
+        elif picked.get(head, set()) is not None:
+            picked.setdefault(head, set()).add(leaf)
+    values = {}
+    for head, leaves in picked.items():
+        value = getattr(params, head)
+        if leaves is not None:
+            unknown = leaves - set(type(value).model_fields)
+            if unknown:
+                raise KeyError(f"no params key '{head}.{sorted(unknown)[0]}'")
+            value = type(value).model_construct(**{leaf: getattr(value, leaf) for leaf in leaves})
+        values[head] = value
+    return Params.model_construct(**values)
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,46 +71,46 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _fashion_mnist_candidates(cfg: DataConfig, raw: Path) -> list[Path]:
-    if cfg.source_dir is not None:
-        return [cfg.source_dir]
-    return [raw / "fashion-mnist", DEBIAN_FASHION_MNIST]
+def _missing_files(directory: Path) -> list[str]:
+    return [name for pair in FASHION_MNIST_FILES.values() for name in pair if not (directory / name).is_file()]
 
 
-def _has_all(directory: Path) -> bool:
-    return all((directory / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
-
-
-def _download_fashion_mnist(raw: Path) -> Path:
-    """torchvision's downloader, for machines with a network. Returns the folder of .gz files."""
+def _download_fashion_mnist(target: Path) -> None:
+    """torchvision's downloader, for machines with a network: the four .gz files land in
+    ``target`` (moved there only once all four arrived)."""
     from torchvision.datasets import FashionMNIST
 
-    target = raw
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
     try:
-        FashionMNIST(root=str(target), train=True, download=True)
-        FashionMNIST(root=str(target), train=False, download=True)
+        for train in (True, False):
+            FashionMNIST(root=str(scratch), train=train, download=True)
+        target.mkdir(exist_ok=True)
+        for pair in FASHION_MNIST_FILES.values():
+            for name in pair:
+                os.replace(scratch / "FashionMNIST" / "raw" / name, target / name)
     except Exception as exc:  # no network, or the mirror is down
         raise ByolError(
-            f"Fashion-MNIST not found in {raw / 'fashion-mnist'}/ or "
-            f"{DEBIAN_FASHION_MNIST}/, and downloading it failed ({type(exc).__name__}). "
-            "Install it with `apt-get install -y dataset-fashion-mnist`, or set data.source_dir "
-            "to a folder holding the four *-ubyte.gz files.") from None
-    return target / "FashionMNIST" / "raw"
+            f"data.source_dir {target} holds no Fashion-MNIST files and downloading them failed "
+            f"({type(exc).__name__}). `make setup` copies them from Debian's package "
+            f"(apt-get install -y dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}/); "
+            "or copy the four *-ubyte.gz files there yourself.") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def locate_fashion_mnist(cfg: DataConfig, raw: Path) -> Path:
-    """The first folder holding all four IDX files: data.source_dir if set (and only it),
-    else <raw>/fashion-mnist/, then Debian's package, then torchvision's downloader."""
-    for candidate in _fashion_mnist_candidates(cfg, raw):
-        if _has_all(candidate):
-            return candidate
-    if cfg.source_dir is not None:
-        if not cfg.source_dir.is_dir():
-            raise ByolError(f"data.source_dir {cfg.source_dir} does not exist. Create it or fix the path.")
-        missing = [n for pair in FASHION_MNIST_FILES.values() for n in pair if not (cfg.source_dir / n).is_file()]
-        raise ByolError(f"data.source_dir {cfg.source_dir} lacks {', '.join(missing)}. "
-                        "Put the four Fashion-MNIST IDX .gz files there.")
-    return _download_fashion_mnist(raw)
+def locate_fashion_mnist(cfg: DataConfig) -> Path:
+    """``data.source_dir`` when it holds all four IDX files. When the folder is missing or
+    empty, torchvision's downloader fills it; a folder with only some files is an error."""
+    directory = cfg.source_dir
+    missing = _missing_files(directory)
+    if not missing:
+        return directory
+    if directory.is_dir() and any(directory.iterdir()):
+        raise ByolError(f"data.source_dir {directory} lacks {', '.join(missing)}. "
+                        "Put all four Fashion-MNIST IDX .gz files there.")
+    _download_fashion_mnist(directory)
+    return directory
 
 
 def load_fashion_mnist(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -141,12 +143,13 @@ def data_hash(images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> s
     return digest.hexdigest()[:16]
 
 
-def build_card(images, labels, classes, source: str, source_dir: str) -> dict:
+def build_card(images, labels, classes, source: str) -> dict:
+    """The dataset card. It holds nothing about where the files were (no absolute paths),
+    so the same data gives the same prepared folder, and the same DVC hash, anywhere."""
     train = images["train"].astype(np.float64) / 255.0
     channels, height, width = images["train"].shape[1:]
     return {
         "source": source,
-        "source_dir": source_dir,
         "channels": int(channels),
         "height": int(height),
         "width": int(width),
@@ -172,15 +175,15 @@ def build_manifest(images, labels, source: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def ingest(cfg: DataConfig, raw: Path, out_dir: Path) -> dict:
+def ingest(cfg: DataConfig, out_dir: Path) -> dict:
     """Read the configured source, cap it, and write the prepared directory. Returns the card."""
     started = time.perf_counter()
-    source_dir = locate_fashion_mnist(cfg, raw)
+    source_dir = locate_fashion_mnist(cfg)
     images, labels = load_fashion_mnist(source_dir)
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
         if cap is not None:
             images[split], labels[split] = images[split][:cap], labels[split][:cap]
-    card = build_card(images, labels, FASHION_MNIST_CLASSES, cfg.source, str(source_dir))
+    card = build_card(images, labels, FASHION_MNIST_CLASSES, cfg.source)
     manifest = build_manifest(images, labels, cfg.source)
 
     staging = staging_dir(out_dir)

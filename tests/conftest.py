@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from byol_core.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -49,10 +54,26 @@ def write_params(directory: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def write_idx(path, array):
+    """One gzipped IDX file of unsigned bytes (the MNIST format)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_files(directory, n_train=40, n_test=12, size=28, seed=0):
+    """Four IDX files in the official Fashion-MNIST layout, with random content."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        image_file, label_file = FASHION_MNIST_FILES[split]
+        write_idx(directory / image_file, rng.integers(0, 256, (n, size, size)))
+        write_idx(directory / label_file, rng.integers(0, 10, n))
+    return directory
+
+
 def fashion_mnist_dir() -> Path | None:
     """Where the real Fashion-MNIST files are: the project's data/raw first, then Debian's."""
-    from byol_core.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
-
     for directory in (ROOT / "data" / "raw" / "fashion-mnist", DEBIAN_FASHION_MNIST):
         if all((directory / f).is_file() for pair in FASHION_MNIST_FILES.values() for f in pair):
             return directory

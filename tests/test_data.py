@@ -1,6 +1,5 @@
 import gzip
 import json
-import struct
 
 import numpy as np
 import pandas as pd
@@ -9,24 +8,7 @@ import pytest
 from byol_core.config import load_params
 from byol_core.data import FASHION_MNIST_FILES, ingest, load_prepared, read_idx
 from byol_core.errors import ByolError
-from conftest import write_params
-
-
-def _write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_fashion_files(directory, n_train=40, n_test=12, size=28, seed=0):
-    """Four IDX files in the official Fashion-MNIST layout, with random content."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        image_file, label_file = FASHION_MNIST_FILES[split]
-        _write_idx(directory / image_file, rng.integers(0, 256, (n, size, size)))
-        _write_idx(directory / label_file, rng.integers(0, 10, n))
-    return directory
+from conftest import make_fashion_files, write_idx, write_params
 
 
 def _params(tmp_path, **overrides):
@@ -36,14 +18,14 @@ def _params(tmp_path, **overrides):
 
 def test_idx_round_trip(tmp_path):
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    _write_idx(tmp_path / "x.gz", array)
+    write_idx(tmp_path / "x.gz", array)
     assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
 
 
 def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.max_train": 30})
-    card = ingest(params.data, params.paths.raw, params.paths.prepared)
+    card = ingest(params.data, params.paths.prepared)
     prepared = load_prepared(params.paths.prepared)
     assert prepared.images["train"].shape == (30, 1, 28, 28) and prepared.images["train"].dtype == np.uint8
     assert prepared.images["test"].shape == (12, 1, 28, 28)
@@ -59,10 +41,10 @@ def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     assert on_disk["std"][0] == pytest.approx((prepared.images["train"] / 255).std(), rel=1e-9)
     assert on_disk["data_hash"] == card["data_hash"]
     # Same data, same hash; a changed cap, another hash.
-    again = ingest(params.data, params.paths.raw, params.paths.prepared)
+    again = ingest(params.data, params.paths.prepared)
     assert again["data_hash"] == card["data_hash"]
     other = _params(tmp_path, **{"data.max_train": 20})
-    assert ingest(other.data, other.paths.raw, other.paths.prepared)["data_hash"] != card["data_hash"]
+    assert ingest(other.data, other.paths.prepared)["data_hash"] != card["data_hash"]
 
 
 def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
@@ -73,7 +55,7 @@ def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
         handle.write(raw[: len(raw) // 2])
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="truncated or corrupt"):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
+        ingest(params.data, params.paths.prepared)
     assert not params.paths.prepared.exists()
 
 
@@ -87,28 +69,42 @@ def test_cut_gzip_stream_is_refused(tmp_path):
 
 def test_label_count_mismatch_is_refused(tmp_path):
     source = make_fashion_files(tmp_path / "src")
-    _write_idx(source / FASHION_MNIST_FILES["train"][1], np.zeros(39))
+    write_idx(source / FASHION_MNIST_FILES["train"][1], np.zeros(39))
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="40 images but 39 labels"):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
+        ingest(params.data, params.paths.prepared)
 
 
-def test_missing_source_dir_is_named(tmp_path):
+def test_missing_source_tries_the_downloader_then_says_how_to_get_the_files(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *args, **kwargs):
+            raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
     params = _params(tmp_path)
-    with pytest.raises(ByolError, match="data.source_dir .*src does not exist"):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
-    (tmp_path / "src").mkdir()
+    with pytest.raises(ByolError, match="data.source_dir .*src holds no Fashion-MNIST files and downloading "
+                                        "them failed .*make setup"):
+        ingest(params.data, params.paths.prepared)
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no scratch folder left behind
+
+
+def test_partial_source_dir_names_the_missing_files(tmp_path):
+    source = make_fashion_files(tmp_path / "src")
+    (source / FASHION_MNIST_FILES["train"][0]).unlink()
+    params = _params(tmp_path)
     with pytest.raises(ByolError, match="lacks train-images-idx3-ubyte.gz"):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
+        ingest(params.data, params.paths.prepared)
 
 
 def test_failed_ingest_keeps_the_previous_prepared_data(tmp_path):
     source = make_fashion_files(tmp_path / "src")
     params = _params(tmp_path)
-    first = ingest(params.data, params.paths.raw, params.paths.prepared)
+    first = ingest(params.data, params.paths.prepared)
     (source / FASHION_MNIST_FILES["test"][1]).write_bytes(b"garbage")
     with pytest.raises(ByolError):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
+        ingest(params.data, params.paths.prepared)
     assert load_prepared(params.paths.prepared).card["data_hash"] == first["data_hash"]
     leftovers = [p.name for p in params.paths.prepared.parent.iterdir() if p.name != "prepared"]
     assert leftovers == []
@@ -125,5 +121,5 @@ def test_ingest_never_replaces_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(ByolError, match="refusing to replace .*mine: it exists but has no card.json"):
-        ingest(params.data, params.paths.raw, params.paths.prepared)
+        ingest(params.data, params.paths.prepared)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"

@@ -8,7 +8,7 @@ import byol_core.train as train
 from byol_core.config import load_params
 from byol_core.data import ingest, load_prepared
 from byol_core.errors import ByolError
-from byol_core.stages import run_pretrain
+from byol_core.stages.pretrain import run as run_pretrain
 from conftest import TINY, write_params
 from test_data import make_fashion_files
 
@@ -19,7 +19,7 @@ SMALL = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 
 def _project(tmp_path, **overrides):
     make_fashion_files(tmp_path / "src", n_train=256, n_test=64)
     params = load_params(write_params(tmp_path, {**SMALL, "data.source_dir": str(tmp_path / "src"), **overrides}))
-    ingest(params.data, params.paths.raw, params.paths.prepared)
+    ingest(params.data, params.paths.prepared)
     return params
 
 

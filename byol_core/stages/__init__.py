@@ -1,0 +1,36 @@
+"""The four stage entry points: ingest -> pretrain -> evaluate -> export.
+
+Each stage is a module with ``PARAMS`` (the params keys it reads: exactly what dvc.yaml
+lists for it) and ``run(params) -> (one-line summary, metrics)``. :func:`run` hands a stage
+only its declared keys, so reading anything else fails at once instead of silently making
+DVC's params tracking wrong. Stage modules are imported on demand, so running one stage
+imports only the code it needs (the ``byol_core`` files dvc.yaml lists as its deps).
+The CLI and any orchestrator call :func:`run`; no stage knows who called it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from byol_core.config import Params, restrict
+
+StageResult = tuple[str, dict]
+
+STAGES = {
+    "ingest": "read the source dataset and write the prepared arrays, manifest and card",
+    "pretrain": "train the BYOL encoder on the prepared train split",
+    "evaluate": "linear probe and kNN on frozen features, with baselines",
+    "export": "export the encoder to ONNX and check parity with onnxruntime",
+}
+
+
+def load(name: str) -> ModuleType:
+    if name not in STAGES:
+        raise KeyError(f"no stage {name!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"byol_core.stages.{name}")
+
+
+def run(name: str, params: Params) -> StageResult:
+    stage = load(name)
+    return stage.run(restrict(params, stage.PARAMS))

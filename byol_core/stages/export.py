@@ -1,0 +1,59 @@
+"""export: the encoder -> one ONNX file with a dynamic batch, checked against PyTorch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from byol_core import data
+from byol_core.augment import to_input
+from byol_core.checkpoint import input_normalisation, load_encoder
+from byol_core.config import Params
+from byol_core.errors import ByolError
+from byol_core.export import check_parity, export_onnx, measure_latency, open_session
+from byol_core.storage import write_json
+
+PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")
+
+
+def run(params: Params) -> tuple[str, dict]:
+    cfg = params.export
+    paths = params.paths
+    encoder, spec, info = load_encoder(paths.encoder)
+    prepared = data.load_prepared(paths.prepared)
+    mean, std = input_normalisation(info)
+    images = to_input(torch.as_tensor(prepared.images["test"][:cfg.parity_images]), mean, std)
+    if images.shape[1] != spec.in_channels:
+        raise ByolError(f"{paths.encoder} expects {spec.in_channels}-channel images but the prepared test "
+                        f"images have {images.shape[1]}. Run `byol pretrain` on this data again.")
+    sidecar = {
+        "input_name": "images", "output_name": "features",
+        "input_shape": ["batch", spec.in_channels, info["size"], info["size"]],
+        "input_dtype": "float32", "channels": spec.in_channels,
+        "normalisation": {"scale": "uint8 / 255", "mean": info["mean"], "std": info["std"]},
+        "output_dim": spec.feature_dim, "encoder": spec.to_dict(), "opset": cfg.opset,
+    }
+    candidate = paths.onnx.with_name(f".{paths.onnx.name}.candidate")
+    export_onnx(encoder, images[:2], candidate, cfg.opset, cfg.max_batch,
+                {"byol.input": str(sidecar["input_shape"]), "byol.mean": str(info["mean"]),
+                 "byol.std": str(info["std"]), "byol.encoder": str(spec.to_dict())})
+    try:
+        session, provider = open_session(candidate)
+        parity = check_parity(session, encoder, images, cfg.atol, cfg.rtol)
+        if not parity["parity_ok"]:
+            raise ByolError(f"export: onnxruntime ({provider}) disagrees with PyTorch: max abs diff "
+                            f"{parity['max_abs_diff']:.3g} exceeds atol={cfg.atol}, rtol={cfg.rtol} on "
+                            f"{len(images)} test images. No new ONNX file was written; anything at "
+                            f"{paths.onnx} is from an earlier run.")
+        metrics = {**parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
+                   **measure_latency(session, images.numpy())}
+        # Sidecar and metrics first, the model last: its arrival marks a complete export.
+        write_json(paths.onnx_meta, sidecar)
+        write_json(paths.export_metrics, metrics)
+        os.replace(candidate, paths.onnx)
+    finally:
+        candidate.unlink(missing_ok=True)
+    line = (f"export: {paths.onnx} (opset {cfg.opset}, dynamic batch), parity max abs diff "
+            f"{metrics['max_abs_diff']:.2e} on {provider}, {metrics['latency_ms_batch1']:.2f} ms at batch 1")
+    return line, metrics
