@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for byol-pipeline; safe to run again (it only redoes what changed).
-#  1. Fashion-MNIST from Debian's package `dataset-fashion-mnist`, where apt-get exists.
+#  1. Fashion-MNIST from Debian's package `dataset-fashion-mnist`, where apt-get exists,
+#     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir, a DVC dependency).
 #  2. A virtual environment in .venv with the project installed (editable) and its test tools.
+#  3. dvc in an environment of its own (.venv-dvc), reached through .venv/bin/dvc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-FASHION=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEBIAN=/usr/share/datasets/fashion-mnist
+RAW=data/raw/fashion-mnist
+FILES="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
 
-if [ ! -f "$FASHION" ] && [ ! -f data/raw/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+has_all() { for f in $FILES; do [ -f "$1/$f" ] || return 1; done; }
+
+if ! has_all "$DEBIAN" && ! has_all "$RAW"; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -16,9 +22,16 @@ if [ ! -f "$FASHION" ] && [ ! -f data/raw/fashion-mnist/train-images-idx3-ubyte.
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
-    echo "setup: no apt-get here; put the four Fashion-MNIST .gz files in data/raw/fashion-mnist/" \
+    echo "setup: no apt-get here; put the four Fashion-MNIST .gz files in $RAW/" \
          "(byol ingest also tries torchvision's downloader)"
   fi
+fi
+mkdir -p "$RAW"
+if ! has_all "$RAW" && has_all "$DEBIAN"; then
+  for f in $FILES; do
+    cp "$DEBIAN/$f" "$RAW/.$f.tmp" && mv "$RAW/.$f.tmp" "$RAW/$f"
+  done
+  echo "setup: copied Fashion-MNIST from $DEBIAN/ to $RAW/"
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -35,4 +48,23 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-echo "setup: ready (.venv/bin/byol)"
+# dvc: its own environment, pinned in scripts/dvc-requirements.txt. Nothing imports it.
+dvc_stamp=".venv-dvc/.installed-$(sha256sum scripts/dvc-requirements.txt | cut -c1-16)"
+if [ ! -f "$dvc_stamp" ]; then
+  echo "setup: installing dvc into .venv-dvc (its own environment)"
+  "$PYTHON" -m venv .venv-dvc
+  .venv-dvc/bin/python -m pip install -q -r scripts/dvc-requirements.txt
+  rm -f .venv-dvc/.installed-*
+  touch "$dvc_stamp"
+fi
+# .venv/bin/dvc runs that dvc with .venv/bin first on PATH, so dvc.yaml's `byol` commands
+# (and Dagster, which looks beside its own Python) find the project's command.
+here=$(pwd)
+cat > .venv/bin/.dvc.tmp <<SHIM
+#!/bin/sh
+# Written by scripts/setup.sh: dvc lives in $here/.venv-dvc (its own environment).
+PATH="$here/.venv/bin:\$PATH" exec "$here/.venv-dvc/bin/dvc" "\$@"
+SHIM
+chmod +x .venv/bin/.dvc.tmp
+mv .venv/bin/.dvc.tmp .venv/bin/dvc
+echo "setup: ready (.venv/bin/byol, .venv/bin/dvc)"
