@@ -2,11 +2,15 @@
 
 Each stage prints one summary line on stdout (progress goes to stderr). A user mistake
 prints ``byol <stage>: error: ...`` and exits 1 without a traceback; a bug keeps its traceback.
+When an orchestrator launched the stage through Dagster Pipes (``DAGSTER_PIPES_CONTEXT``
+is set, and passes through ``dvc repro``), the summary and metrics are also sent back to
+it; otherwise nothing is, and ``dagster_pipes`` is never imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from byol_core import stages
@@ -22,11 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_to_orchestrator(stage: str, line: str, metrics: dict) -> None:
+    """Send the stage's summary and metrics through Dagster Pipes, if Dagster launched us."""
+    if "DAGSTER_PIPES_CONTEXT" not in os.environ:
+        return
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        pipes.report_custom_message({"stage": stage, "summary": line, "metrics": metrics})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params)
-        line, _ = stages.run(args.stage, params)
+        line, metrics = stages.run(args.stage, params)
     except ByolError as exc:
         print(f"byol {args.stage}: error: {exc}", file=sys.stderr)
         return 1
@@ -34,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"byol {args.stage}: interrupted", file=sys.stderr)
         return 130
     print(line)
+    report_to_orchestrator(args.stage, line, metrics)
     return 0
 
 

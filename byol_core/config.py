@@ -207,6 +207,14 @@ class ExportConfig(_Section):
         return self
 
 
+class ChecksConfig(_Section):
+    """Thresholds of the asset checks an orchestrator runs on the outputs (no stage reads them)."""
+
+    min_feature_spread: Annotated[float, Field(gt=0.0)]  # collapse: spread of the encoder's features
+    min_probe_margin: float  # linear probe top-1 minus the random-init probe's, at least this
+    images: PositiveInt  # test images the collapse and parity checks run through the encoder
+
+
 class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     device: str  # auto | cpu | cuda | cuda:N
@@ -218,6 +226,7 @@ class Params(_Section):
     knn: KnnConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    checks: ChecksConfig
 
     @field_validator("device")
     @classmethod

@@ -1,4 +1,3 @@
-"""Dagster definitions for the pipeline (assets, checks, schedules, sensors) live here.
-
-Kept apart from ``byol_core`` so that the BYOL library never imports Dagster.
-"""
+"""Dagster definitions for byol-pipeline: one asset per DVC stage, asset checks, a
+retraining job with a weekly schedule and a new-data sensor. Thin by design: every asset
+runs its stage through `dvc repro` and reports what the stage wrote."""

@@ -1,0 +1,63 @@
+"""Asset checks. All are blocking: a failure stops the assets after it in the same run,
+and says why with the numbers. Thresholds come from params.yaml's ``checks`` section."""
+
+import dagster as dg
+
+from pipelines.assets import byol_encoder, linear_eval, onnx_encoder
+from pipelines.resources import DvcProject, json_file
+
+
+@dg.asset_check(asset=byol_encoder, blocking=True,
+                description="The encoder has not collapsed: its features of test images still spread out.")
+def encoder_not_collapsed(dvc: DvcProject) -> dg.AssetCheckResult:
+    from byol_core.checks import feature_spread
+
+    params = dvc.params()
+    floor = params.checks.min_feature_spread
+    found = feature_spread(params.paths.encoder, params.paths.prepared, params.checks.images)
+    passed = found["feature_spread"] >= floor
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=None if passed else (
+            f"collapsed encoder: feature spread {found['feature_spread']:.4f} < {floor} on "
+            f"{found['n_images']} test images (0 means every image gets the same features)"),
+        metadata={"feature spread": found["feature_spread"], "threshold": floor, "images": found["n_images"]})
+
+
+@dg.asset_check(asset=linear_eval, blocking=True,
+                description="The linear probe on BYOL features beats the same probe on a random-init encoder.")
+def probe_beats_random_init(dvc: DvcProject) -> dg.AssetCheckResult:
+    params = dvc.params()
+    metrics = json_file(params.paths.eval_metrics)
+    margin = metrics["linear_top1"] - metrics["random_init_linear_top1"]
+    wanted = params.checks.min_probe_margin
+    passed = margin >= wanted
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=None if passed else (
+            f"probe top-1 {metrics['linear_top1']:.4f} beats the random-init encoder's "
+            f"{metrics['random_init_linear_top1']:.4f} by {margin:+.4f}, less than the {wanted} required"),
+        metadata={"linear top-1": metrics["linear_top1"], "random-init top-1": metrics["random_init_linear_top1"],
+                  "margin": margin, "required margin": wanted})
+
+
+@dg.asset_check(asset=onnx_encoder, blocking=True,
+                description="onnxruntime on the shipped ONNX file matches the PyTorch encoder on test images.")
+def onnx_matches_pytorch(dvc: DvcProject) -> dg.AssetCheckResult:
+    from byol_core.checks import onnx_parity
+
+    params = dvc.params()
+    tol = params.export
+    found = onnx_parity(params.paths.onnx, params.paths.encoder, params.paths.prepared,
+                        params.checks.images, tol.atol, tol.rtol)
+    passed = bool(found["parity_ok"])
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=None if passed else (
+            f"ONNX and PyTorch disagree: max abs diff {found['max_abs_diff']:.3g} beyond atol={tol.atol}, "
+            f"rtol={tol.rtol} on {found['n_images']} test images ({found['provider']})"),
+        metadata={"max abs diff": found["max_abs_diff"], "atol": tol.atol, "rtol": tol.rtol,
+                  "provider": found["provider"], "images": found["n_images"]})
+
+
+CHECKS = [encoder_not_collapsed, probe_beats_random_init, onnx_matches_pytorch]
