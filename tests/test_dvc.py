@@ -4,37 +4,19 @@ and bad params."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, make_fashion_files, write_params
+from conftest import SOURCE, TINY_DVC, dvc, edit_params, git, make_fashion_files, make_project, rename_param
 
-DVC = Path(sys.executable).parent / "dvc"
 STAGES = ("ingest", "pretrain", "evaluate", "export")
-SOURCE = "data/raw/fashion-mnist"  # params.yaml's data.source_dir, relative as in the project
-TINY_DVC = {**TINY, "data.source_dir": SOURCE, "data.max_train": 256, "data.max_test": 128,
-            "pretrain.epochs": 1, "pretrain.monitor_bank": 128, "pretrain.monitor_queries": 64,
-            "evaluate.max_iter": 30, "export.parity_images": 16}
 OUTPUTS = {"data/prepared", "models/encoder.pt", "models/checkpoint.pt", "models/encoder.onnx",
            "models/encoder.onnx.json", "metrics/pretrain.json", "metrics/pretrain_curve.csv",
            "metrics/eval.json", "metrics/eval_predictions.csv", "metrics/export.json"}
-
-
-def dvc(root: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(DVC), *args], cwd=root, capture_output=True, text=True, timeout=900)
-    if ok:
-        assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
 
 
 def ran(result: subprocess.CompletedProcess) -> set[str]:
@@ -50,44 +32,10 @@ def lock_outs(root: Path) -> dict[str, str]:
     return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
-def edit_params(root: Path, dotted: str, value) -> None:
-    path = root / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    *parents, leaf = dotted.split(".")
-    node = raw
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def rename_param(root: Path, dotted: str, new_leaf: str) -> None:
-    path = root / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    section, leaf = dotted.split(".")
-    raw[section] = {new_leaf if key == leaf else key: value for key, value in raw[section].items()}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """The project (dvc.yaml, .dvc/, byol_core/) on tiny params and tiny random data, after
-    one `dvc repro`, committed to a fresh git repository."""
-    if not DVC.is_file():
-        pytest.fail(f"{DVC} is missing: run `make setup` (it installs dvc in .venv-dvc and links it there)")
-    root = tmp_path_factory.mktemp("dvc") / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(ROOT / name, root / name)
-    (root / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(ROOT / ".dvc" / name, root / ".dvc" / name)
-    shutil.copytree(ROOT / "byol_core", root / "byol_core", ignore=shutil.ignore_patterns("__pycache__"))
-    write_params(root, TINY_DVC)
-    make_fashion_files(root / SOURCE, n_train=320, n_test=160)
-    git(root, "init", "-q")
-    git(root, "config", "user.name", "byol tests")
-    git(root, "config", "user.email", "tests@byol.invalid")
+    """The project on tiny params and tiny random data after one `dvc repro`, committed."""
+    root = make_project(tmp_path_factory.mktemp("dvc") / "project", TINY_DVC)
     first = dvc(root, "repro")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "tiny pipeline, reproduced")
@@ -111,7 +59,7 @@ def test_repro_runs_the_four_stages_and_caches_every_output(base):
     assert set(outs) == OUTPUTS
     assert outs["data/prepared"].endswith(".dir")
     # Nothing is written outside the declared outputs (the resume state is gone once done).
-    known = {".git", ".dvc", "byol_core", "dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", SOURCE}
+    known = {".git", ".dvc", "byol_core", "dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", "dagster.yaml", SOURCE}
     written = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()

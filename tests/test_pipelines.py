@@ -1,0 +1,202 @@
+"""Dagster on top of the real dvc: in-process materialization of the four assets on a
+tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from byol_core.checkpoint import load_encoder, save_encoder
+from byol_core.config import load_params
+from conftest import SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
+from pipelines.assets import ASSETS, POOL
+from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch, probe_beats_random_init
+from pipelines.definitions import defs
+from pipelines.resources import DvcProject, StageRun
+from pipelines.schedules import RETRAIN_CRON, new_source_data, weekly_retrain
+
+KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder"]
+STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export"]))
+
+
+def test_definitions_load_with_four_assets_three_checks_a_job_schedule_and_sensor():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert sorted(key.to_user_string() for key in graph.get_all_asset_keys()) == sorted(KEYS)
+    assert {c.name for c in graph.asset_check_keys} == {"encoder_not_collapsed", "probe_beats_random_init",
+                                                        "onnx_matches_pytorch"}
+    for asset in ASSETS:
+        assert asset.op.pool == POOL
+    assert all(spec.blocking for check in CHECKS for spec in check.check_specs)
+    assert defs.resolve_job_def("retrain") is not None
+    assert weekly_retrain.cron_schedule == RETRAIN_CRON
+
+
+def _materialize(root, **kwargs):
+    return dg.materialize([*ASSETS, *CHECKS], resources={"dvc": DvcProject(project_dir=str(root))},
+                          instance=dg.DagsterInstance.ephemeral(), **kwargs)
+
+
+def _materializations(result) -> dict:
+    return {event.asset_key.to_user_string(): event.step_materialization_data.materialization
+            for event in result.get_asset_materialization_events()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("dagster") / "project", TINY_DVC)
+    first = _materialize(root)
+    assert first.success
+    return root, first
+
+
+def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(project):
+    root, first = project
+    found = _materializations(first)
+    assert sorted(found) == sorted(KEYS)
+    dvc_project = DvcProject(project_dir=str(root))
+    for key, materialization in found.items():
+        meta = materialization.metadata
+        assert meta["dvc stage"].value == "ran"
+        # The summary line came back from the byol process through Dagster Pipes.
+        assert meta["summary"].value.startswith(f"{STAGE_OF[key]}:")
+        outs = dvc_project.lock_outs(STAGE_OF[key])
+        assert outs and all(meta[f"dvc md5 {path}"].value == md5 for path, md5 in outs.items())
+        assert materialization.tags["dagster/data_version"] == _version_of(outs)
+    assert found["prepared_dataset"].metadata["train images"].value == 256
+    assert 0.0 <= found["linear_eval"].metadata["linear top-1"].value <= 1.0
+    assert found["linear_eval"].metadata["probe vs baselines"].value.records[0].data["features"] == "BYOL encoder"
+    assert found["byol_encoder"].metadata["training curves"].value.startswith("![training curves](data:image/png;base64,")
+    assert found["onnx_encoder"].metadata["parity ok"].value is True
+    evaluations = {e.asset_check_key.name: e.passed for e in first.get_asset_check_evaluations()}
+    assert evaluations == {"encoder_not_collapsed": True, "probe_beats_random_init": True, "onnx_matches_pytorch": True}
+
+
+def _version_of(outs: dict) -> str:
+    return StageRun("x", True, 0.0, outs).data_version.value
+
+
+def test_a_second_materialization_is_skipped_by_dvc_and_keeps_the_versions(project):
+    root, first = project
+    again = _materialize(root)
+    assert again.success
+    before, after = _materializations(first), _materializations(again)
+    for key in KEYS:
+        assert after[key].metadata["dvc stage"].value == "skipped by DVC: its inputs did not change"
+        assert "summary" not in after[key].metadata
+        assert after[key].tags["dagster/data_version"] == before[key].tags["dagster/data_version"]
+
+
+def test_collapse_check_fails_on_a_planted_collapsed_encoder(project, tmp_path):
+    root, _ = project
+    params = load_params(root / "params.yaml")
+    encoder, spec, info = load_encoder(params.paths.encoder)
+    original = params.paths.encoder.read_bytes()
+    with torch.no_grad():
+        encoder.layer4[-1].bn2.weight.zero_()  # the last block now adds a constant
+        for block in encoder.layer4:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.weight.zero_()
+    try:
+        save_encoder(params.paths.encoder, encoder, spec, info)
+        result = encoder_not_collapsed(dvc=DvcProject(project_dir=str(root)))
+    finally:
+        params.paths.encoder.write_bytes(original)
+    assert not result.passed
+    assert result.metadata["feature spread"].value < 0.05
+    assert "collapsed encoder: feature spread" in result.description
+    healthy = encoder_not_collapsed(dvc=DvcProject(project_dir=str(root)))
+    assert healthy.passed and healthy.metadata["feature spread"].value > 0.05
+
+
+def test_parity_check_fails_on_a_planted_onnx_error(project):
+    root, _ = project
+    path = load_params(root / "params.yaml").paths.onnx
+    original = path.read_bytes()
+    model = onnx.load(str(path))
+    target = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(target).copy()
+    target.CopyFrom(numpy_helper.from_array(array + np.float32(0.5), target.name))
+    try:
+        onnx.save(model, str(path))
+        result = onnx_matches_pytorch(dvc=DvcProject(project_dir=str(root)))
+    finally:
+        path.write_bytes(original)
+    assert not result.passed
+    assert result.metadata["max abs diff"].value > 1e-3
+    assert "ONNX and PyTorch disagree: max abs diff" in result.description
+    assert onnx_matches_pytorch(dvc=DvcProject(project_dir=str(root))).passed
+
+
+def test_probe_check_fails_when_the_probe_does_not_beat_random_init(project):
+    root, _ = project
+    path = load_params(root / "params.yaml").paths.eval_metrics
+    original = path.read_text()
+    metrics = json.loads(original)
+    metrics["linear_top1"] = metrics["random_init_linear_top1"] + 0.005
+    params_text = (root / "params.yaml").read_text()
+    try:
+        edit_params(root, "checks.min_probe_margin", 0.02)  # read by no DVC stage
+        path.write_text(json.dumps(metrics))
+        result = probe_beats_random_init(dvc=DvcProject(project_dir=str(root)))
+    finally:
+        path.write_text(original)
+        (root / "params.yaml").write_text(params_text)
+    assert not result.passed
+    assert result.metadata["margin"].value == pytest.approx(0.005)
+    assert "+0.0050, less than the 0.02 required" in result.description
+
+
+def test_a_failed_stage_fails_its_asset_with_the_stage_message_and_is_not_retried(tmp_path):
+    root = make_project(tmp_path / "project", TINY_DVC)
+    rename_param(root, "pretrain.epochs", "epohcs")  # every stage validates the whole file first
+    result = _materialize(root, raise_on_error=False)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["prepared_dataset"]
+    message = failures[0].step_failure_data.user_failure_data.description
+    assert "pretrain.epohcs: unknown key (did you mean 'pretrain.epochs'?)" in message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert _materializations(result) == {}  # and nothing after it ran
+
+
+def test_transient_dvc_failures_are_retryable_and_stage_errors_are_not():
+    lock = DvcProject._failure("ingest", 1, ["ERROR: Unable to acquire lock. Most likely another DVC process is running"])
+    killed = DvcProject._failure("pretrain", 255, ["ERROR: failed to reproduce 'pretrain': failed to run: byol pretrain, exited with -9"])
+    stage = DvcProject._failure("pretrain", 1, ["Running stage 'pretrain':", "byol pretrain: error: bad data",
+                                                "ERROR: failed to reproduce 'pretrain': failed to run: byol pretrain, exited with 1"])
+    assert lock.allow_retries and killed.allow_retries
+    assert not stage.allow_retries and stage.description.endswith("(exit 1): byol pretrain: error: bad data")
+
+
+def test_the_schedule_ticks_a_retrain_run():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=timezone.utc))
+    requests = weekly_retrain.evaluate_tick(context).run_requests
+    assert len(requests) == 1 and requests[0].job_name in (None, "retrain")
+    assert weekly_retrain.job_name == "retrain"
+
+
+def test_the_sensor_fires_once_per_change_of_the_source(tmp_path):
+    root = make_project(tmp_path / "project", TINY_DVC)
+    resource = DvcProject(project_dir=str(root))
+
+    def tick(cursor):
+        context = dg.build_sensor_context(cursor=cursor, resources={"dvc": resource})
+        result = new_source_data(context)
+        return result, context.cursor
+
+    first, cursor = tick(None)
+    assert isinstance(first, dg.SkipReason) and cursor
+    same, cursor_again = tick(cursor)
+    assert isinstance(same, dg.SkipReason) and cursor_again == cursor
+    make_fashion_files(root / SOURCE, n_train=330, n_test=160, seed=3)  # new data arrives
+    fired, new_cursor = tick(cursor)
+    assert isinstance(fired, dg.RunRequest) and new_cursor != cursor
+    quiet, _ = tick(new_cursor)
+    assert isinstance(quiet, dg.SkipReason)
