@@ -6,11 +6,14 @@ so an asset whose stage DVC skipped keeps its version. No hyperparameter is set 
 params.yaml is their only source, and run config holds only run knobs.
 """
 
+from collections.abc import Callable
+
 import dagster as dg
 from pydantic import Field
 
+from byol_core.config import Params
 from pipelines.plots import curves_markdown
-from pipelines.resources import DvcProject, StageRun, json_file
+from pipelines.resources import DvcProject, json_file
 
 GROUP = "byol"
 POOL = "dvc"  # DVC locks the whole repository: every asset that runs it shares this pool (limit 1)
@@ -25,18 +28,24 @@ class StageConfig(dg.Config):
                         "change (`dvc repro --force`); otherwise DVC skips an up-to-date stage.")
 
 
-def _result(run: StageRun, metadata: dict) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={**metadata, **run.metadata()}, data_version=run.data_version)
+def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
+                describe: Callable[[Params], dict]) -> dg.AssetsDefinition:
+    """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``."""
+
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=deps,
+              kinds={"dvc", *kinds}, description=description)
+    def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
+        run = dvc.repro(context, stage, config.force)
+        return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata()},
+                                    data_version=run.data_version)
+
+    return _asset
 
 
-@dg.asset(group_name=GROUP, pool=POOL, retry_policy=RETRY, kinds={"dvc", "numpy"},
-          description="`byol ingest`: the source images as uint8 arrays, a manifest and a dataset card "
-                      "(data/prepared/).")
-def prepared_dataset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-    run = dvc.repro(context, "ingest", config.force)
-    prepared = dvc.params().paths.prepared
+def _dataset(params: Params) -> dict:
+    prepared = params.paths.prepared
     card = json_file(prepared / "card.json")
-    return _result(run, {
+    return {
         "source": card["source"],
         "train images": dg.MetadataValue.int(card["splits"]["train"]),
         "test images": dg.MetadataValue.int(card["splits"]["test"]),
@@ -44,16 +53,13 @@ def prepared_dataset(context: dg.AssetExecutionContext, config: StageConfig, dvc
         "classes": dg.MetadataValue.int(len(card["classes"])),
         "data hash": card["data_hash"],
         "path": dg.MetadataValue.path(str(prepared)),
-    })
+    }
 
 
-@dg.asset(group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=[prepared_dataset], kinds={"dvc", "pytorch"},
-          description="`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.")
-def byol_encoder(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-    run = dvc.repro(context, "pretrain", config.force)
-    paths = dvc.params().paths
+def _encoder(params: Params) -> dict:
+    paths = params.paths
     metrics = json_file(paths.pretrain_metrics)
-    return _result(run, {
+    return {
         "final loss": dg.MetadataValue.float(metrics["final_loss"]),
         "epochs": dg.MetadataValue.int(metrics["epochs"]),
         "steps": dg.MetadataValue.int(metrics["steps"]),
@@ -65,7 +71,7 @@ def byol_encoder(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dv
         "training curves": curves_markdown(paths.pretrain_curve),
         "encoder": dg.MetadataValue.path(str(paths.encoder)),
         "checkpoint": dg.MetadataValue.path(str(paths.checkpoint)),
-    })
+    }
 
 
 def _probe_table(metrics: dict) -> dg.MetadataValue:
@@ -78,15 +84,9 @@ def _probe_table(metrics: dict) -> dg.MetadataValue:
                                    for name, top1, top5 in rows], schema=schema)
 
 
-@dg.asset(group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=[prepared_dataset, byol_encoder],
-          kinds={"dvc", "pytorch"},
-          description="`byol evaluate`: linear probe and kNN on frozen features, against a random-init "
-                      "encoder and raw pixels (metrics/eval.json).")
-def linear_eval(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-    run = dvc.repro(context, "evaluate", config.force)
-    paths = dvc.params().paths
-    metrics = json_file(paths.eval_metrics)
-    return _result(run, {
+def _evaluation(params: Params) -> dict:
+    metrics = json_file(params.paths.eval_metrics)
+    return {
         "linear top-1": dg.MetadataValue.float(metrics["linear_top1"]),
         "linear top-5": dg.MetadataValue.float(metrics["linear_top5"]),
         "kNN top-1": dg.MetadataValue.float(metrics["knn_top1"]),
@@ -94,26 +94,39 @@ def linear_eval(context: dg.AssetExecutionContext, config: StageConfig, dvc: Dvc
         "pixels linear top-1": dg.MetadataValue.float(metrics["pixels_linear_top1"]),
         "test images": dg.MetadataValue.int(metrics["n_test"]),
         "probe vs baselines": _probe_table(metrics),
-        "metrics": dg.MetadataValue.path(str(paths.eval_metrics)),
-    })
+        "metrics": dg.MetadataValue.path(str(params.paths.eval_metrics)),
+    }
 
 
-@dg.asset(group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=[prepared_dataset, byol_encoder, linear_eval],
-          kinds={"dvc", "onnx"},
-          description="`byol export`: the encoder as one ONNX file with a dynamic batch, checked against "
-                      "PyTorch. Runs after linear_eval so that its blocking check gates what ships.")
-def onnx_encoder(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-    run = dvc.repro(context, "export", config.force)
-    paths = dvc.params().paths
-    metrics = json_file(paths.export_metrics)
-    return _result(run, {
+def _onnx(params: Params) -> dict:
+    metrics = json_file(params.paths.export_metrics)
+    return {
         "parity max abs diff": dg.MetadataValue.float(metrics["max_abs_diff"]),
         "parity ok": dg.MetadataValue.bool(metrics["parity_ok"]),
         "provider": metrics["provider"],
         "opset": dg.MetadataValue.int(metrics["opset"]),
         "latency ms at batch 1": dg.MetadataValue.float(round(metrics["latency_ms_batch1"], 3)),
-        "onnx": dg.MetadataValue.path(str(paths.onnx)),
-    })
+        "onnx": dg.MetadataValue.path(str(params.paths.onnx)),
+    }
 
+
+prepared_dataset = stage_asset(
+    "prepared_dataset", "ingest", [], {"numpy"},
+    "`byol ingest`: the source images as uint8 arrays, a manifest and a dataset card (data/prepared/).",
+    _dataset)
+byol_encoder = stage_asset(
+    "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},
+    "`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.",
+    _encoder)
+linear_eval = stage_asset(
+    "linear_eval", "evaluate", [prepared_dataset, byol_encoder], {"pytorch"},
+    "`byol evaluate`: linear probe and kNN on frozen features, against a random-init encoder and raw "
+    "pixels (metrics/eval.json).",
+    _evaluation)
+onnx_encoder = stage_asset(
+    "onnx_encoder", "export", [prepared_dataset, byol_encoder, linear_eval], {"onnx"},
+    "`byol export`: the encoder as one ONNX file with a dynamic batch, checked against PyTorch. Runs "
+    "after linear_eval so that its blocking check gates what ships.",
+    _onnx)
 
 ASSETS = [prepared_dataset, byol_encoder, linear_eval, onnx_encoder]
