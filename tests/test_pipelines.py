@@ -2,7 +2,10 @@
 tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,7 +16,7 @@ from onnx import numpy_helper
 
 from byol_core.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
-from conftest import SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
+from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
 from pipelines.assets import ASSETS, POOL
 from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch, probe_beats_random_init
 from pipelines.definitions import defs
@@ -200,3 +203,10 @@ def test_the_sensor_fires_once_per_change_of_the_source(tmp_path):
     assert isinstance(fired, dg.RunRequest) and new_cursor != cursor
     quiet, _ = tick(new_cursor)
     assert isinstance(quiet, dg.SkipReason)
+
+
+def test_dg_check_defs_loads_the_project_from_its_root():
+    dg_command = Path(sys.executable).parent / "dg"
+    result = subprocess.run([str(dg_command), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
