@@ -27,7 +27,7 @@ KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder"]
 
 def screenshot(url: str, out: Path) -> None:
     subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1500,900", "--virtual-time-budget=20000", f"--screenshot={out}", url],
+                    "--window-size=1800,950", "--virtual-time-budget=20000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
 
 
@@ -55,6 +55,7 @@ def main() -> None:
             inside.append(run["endTime"] - run["startTime"])
             stages = {key: ui.latest_materialization(key)["metadata"]["dvc stage"]["text"] for key in KEYS}
         if args.screenshot:
+            ui.query("mutation { setNuxSeen }")  # no "join the community" pop-up over the graph
             screenshot(f"{ui.url}/asset-groups/byol", args.screenshot.resolve())
 
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; date {date.today()}")

@@ -19,4 +19,7 @@ defs = dg.Definitions(
     schedules=[weekly_retrain],
     sensors=[new_source_data],
     resources={"dvc": DvcProject(project_dir=os.environ.get("BYOL_PROJECT_DIR", str(REPO_ROOT)))},
+    # One process per run, not one per step: the steps take turns in the "dvc" pool anyway,
+    # and a fresh process per step would re-import torch for each of the seven.
+    executor=dg.in_process_executor,
 )
