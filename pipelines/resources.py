@@ -100,8 +100,14 @@ class DvcProject(dg.ConfigurableResource):
         with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
                                    message_reader=dg.PipesTempFileMessageReader()) as session:
             env = {**os.environ, **session.get_bootstrap_env_vars()}
-            with subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) as process:
+            try:
+                process = subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+            except FileNotFoundError:
+                raise dg.Failure(description=f"the dvc command {self.dvc!r} was not found: run `make setup` "
+                                             "(it installs dvc in .venv-dvc and links .venv/bin/dvc)",
+                                 allow_retries=False) from None
+            with process:
                 for line in process.stdout:
                     sys.stdout.write(line)  # the step's captured output in the UI
                     tail.append(line.rstrip("\n"))

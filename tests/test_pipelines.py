@@ -210,3 +210,12 @@ def test_dg_check_defs_loads_the_project_from_its_root():
     result = subprocess.run([str(dg_command), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_a_missing_dvc_command_fails_with_what_to_do(project):
+    root, _ = project
+    result = dg.materialize([ASSETS[0]], raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+                            resources={"dvc": DvcProject(project_dir=str(root), dvc=str(root / "no-such-dvc"))})
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert len(failures) == 1
+    assert "was not found: run `make setup`" in failures[0].step_failure_data.user_failure_data.description
