@@ -1,7 +1,8 @@
 """What a scheduled retraining run costs when the data did not change, through the real
 UI stack: `dagster dev` over this project, "Materialize all" launched through GraphQL, DVC
 skipping every stage, the three asset checks running. Prints the figures (and, with
---screenshot, saves a picture of the asset graph taken by headless Chromium).
+--screenshots DIR, saves pictures of the asset graph and the encoder's page taken by
+headless Chromium).
 
 Run it on a project whose `dvc repro` is up to date:  python benchmarks/retrain_unchanged.py
 """
@@ -25,16 +26,17 @@ from pipelines.devserver import DagsterDev  # noqa: E402
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder"]
 
 
-def screenshot(url: str, out: Path) -> None:
+def screenshot(url: str, out: Path, height: int) -> None:
     subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1800,950", "--virtual-time-budget=20000", f"--screenshot={out}", url],
+                    f"--window-size=1800,{height}", "--virtual-time-budget=20000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--screenshot", type=Path, help="save the asset graph here (PNG)")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR",
+                        help="save the asset graph and the encoder's page as PNGs in DIR")
     args = parser.parse_args()
     checks = {spec.asset_key.to_user_string(): spec.name for c in CHECKS for spec in c.check_specs}
     dvc = Path(sys.executable).parent / "dvc"
@@ -54,9 +56,10 @@ def main() -> None:
             run = ui.run(run_id)
             inside.append(run["endTime"] - run["startTime"])
             stages = {key: ui.latest_materialization(key)["metadata"]["dvc stage"]["text"] for key in KEYS}
-        if args.screenshot:
+        if args.screenshots:
             ui.query("mutation { setNuxSeen }")  # no "join the community" pop-up over the graph
-            screenshot(f"{ui.url}/asset-groups/byol", args.screenshot.resolve())
+            screenshot(f"{ui.url}/asset-groups/byol", args.screenshots.resolve() / "asset-graph.png", 950)
+            screenshot(f"{ui.url}/assets/byol_encoder", args.screenshots.resolve() / "byol-encoder.png", 1300)
 
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; date {date.today()}")
     print(f"dvc repro with nothing to do: {noop_repro:.2f} s")
