@@ -1,6 +1,4 @@
-import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
