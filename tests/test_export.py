@@ -1,4 +1,3 @@
-
 import onnx
 import pytest
 import torch
