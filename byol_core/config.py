@@ -34,9 +34,20 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def _anchored(path: Path, info: ValidationInfo) -> Path:
-    """Relative paths are taken from the params file's folder (passed as context "root")."""
+    """Relative paths are taken from the params file's folder (passed as context "root"),
+    and must stay inside it: a ``..`` or a symlink that leads out of the project is refused,
+    so a shared params file cannot make a stage read or replace files elsewhere. An
+    absolute path is the user's explicit choice and is taken as written."""
     root = (info.context or {}).get("root")
-    return path if path.is_absolute() or root is None else Path(root) / path
+    if path.is_absolute() or root is None:
+        return path
+    anchored = Path(root) / path
+    real_root, real = Path(root).resolve(), anchored.resolve()
+    if not _within(real, real_root):
+        how = "through '..'" if ".." in path.parts else "through a symlink"
+        raise ValueError(f"'{path}' leads outside the project folder {real_root} ({how}, to {real}). "
+                         "Use a path inside the project, or write the absolute path if you mean to go outside it")
+    return anchored
 
 
 def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:

@@ -100,7 +100,7 @@ def test_cli_missing_params_file(tmp_path):
 
 @pytest.mark.parametrize("prepared, fragment", [
     (".", "is the project folder or above it"),
-    ("..", "is the project folder or above it"),
+    ("..", "leads outside the project folder"),
     ("data", "lies inside paths.prepared"),
     ("models/x/..", "paths.models"),
 ])
@@ -124,3 +124,33 @@ def test_source_dir_inside_prepared_is_refused(tmp_path):
 ])
 def test_values_that_would_crash_later_are_refused_now(key, value, fragment):
     assert fragment in _error(params_dict(**{key: value}))
+
+
+@pytest.mark.parametrize("key", ["paths.prepared", "paths.models", "paths.metrics", "paths.resume", "data.source_dir"])
+def test_relative_paths_cannot_leave_the_project_through_dotdot(tmp_path, key):
+    project = tmp_path / "project"
+    project.mkdir()
+    path = write_params(project, {key: "data/../../outside"})
+    with pytest.raises(ByolError, match=re.escape(f"{key}: 'data/../../outside' leads outside the project folder "
+                                                  f"{project} (through '..', to {tmp_path / 'outside'})")):
+        load_params(path)
+
+
+def test_relative_paths_cannot_leave_the_project_through_a_symlink(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (project / "data").symlink_to(tmp_path / "elsewhere")
+    path = write_params(project, {"paths.models": "data/models"})
+    with pytest.raises(ByolError, match="paths.models: 'data/models' leads outside the project folder .*through a symlink"):
+        load_params(path)
+
+
+def test_absolute_paths_and_inner_symlinks_are_taken_as_written(tmp_path):
+    project = tmp_path / "project"
+    (project / "real").mkdir(parents=True)
+    (project / "alias").symlink_to(project / "real")  # a symlink that stays inside is fine
+    outside = tmp_path / "big-disk" / "models"
+    params = load_params(write_params(project, {"paths.models": str(outside), "paths.metrics": "alias/metrics"}))
+    assert params.paths.models == outside
+    assert params.paths.metrics == project / "alias" / "metrics"
