@@ -17,7 +17,7 @@ from byol_core.export import check_parity, open_session
 
 
 def _test_images(prepared_dir: Path, n: int) -> torch.Tensor:
-    return torch.as_tensor(load_prepared(prepared_dir).images["test"][:n])
+    return torch.as_tensor(load_prepared(prepared_dir, ("test",)).images["test"][:n])
 
 
 def feature_spread(encoder_path: Path, prepared_dir: Path, n_images: int) -> dict:

@@ -127,15 +127,27 @@ class PathsConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["fashion-mnist"]
+    source: Literal["fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder"]
     source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
+    channels: Literal[1, 3] | None  # null: the source's own (1 for Fashion-MNIST, else 3)
+    image_size: Annotated[int, Field(ge=8)] | None  # null: native size; else short side, centre crop
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/
+    on_corrupt: Literal["fail", "skip"]  # an unreadable, too small or non-image file
     max_train: PositiveInt | None  # null: all; else the first N images of the split
     max_test: PositiveInt | None
+    max_unlabeled: PositiveInt | None
 
     @field_validator("source_dir", mode="after")
     @classmethod
     def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
         return _anchored(value, info)
+
+    @model_validator(mode="after")
+    def _folder_needs_a_size(self) -> DataConfig:
+        if self.source == "imagefolder" and self.image_size is None:
+            raise ValueError("data.image_size: an imagefolder source has mixed sizes, so it needs "
+                             "an image_size (e.g. 32 or 96)")
+        return self
 
 
 class ModelConfig(_Section):

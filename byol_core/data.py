@@ -1,42 +1,35 @@
-"""Ingest: read a source dataset and write the prepared format every later stage reads.
+"""The prepared dataset: the one format every stage after ingest reads.
 
-Prepared format (one directory, written atomically):
-  ``{split}_images.npy``  uint8, (N, C, H, W)
-  ``{split}_labels.npy``  int64, (N,)
-  ``manifest.parquet``    one row per image: index, split, label, content hash, source
+One directory, written atomically by :mod:`byol_core.ingest`:
+  ``{split}_images.npy``  uint8, (N, C, H, W), for ``train``, ``test`` and, when the source
+                          has one, ``unlabeled`` (pretraining only)
+  ``{split}_labels.npy``  int64, (N,); -1 throughout ``unlabeled``
+  ``manifest.parquet``    one row per image: index, split, label, content hash, source (the
+                          image's place in the source), duplicate (an identical image came
+                          earlier), status (``ok``, or ``skipped: <reason>`` for a file left
+                          out under ``data.on_corrupt: skip``; those rows have index -1)
   ``card.json``           shape, class names, per-channel mean/std (train split, [0, 1] scale),
-                          split sizes and a hash of all arrays (``data_hash``)
+                          split sizes, duplicate and skip counts and a hash of all arrays
+                          (``data_hash``)
+
+This module knows nothing of the sources, so a change to a source reader reruns ingest
+alone (and nothing after it, when the prepared data comes out the same).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import os
-import shutil
-import struct
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from byol_core.config import DataConfig
 from byol_core.errors import ByolError
-from byol_core.storage import replace_dir, staging_dir
 
-SPLITS = ("train", "test")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-_IDX_DTYPES = {0x08: np.uint8}
+LABELLED = ("train", "test")
+SPLITS = ("train", "test", "unlabeled")
+UNLABELED = -1  # the label of every image in the ``unlabeled`` split
 
 
 @dataclass(frozen=True)
@@ -47,169 +40,35 @@ class Prepared:
     labels: dict[str, np.ndarray]
     card: dict
 
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file (the MNIST format) into an array, checking header and size."""
-    try:
-        with gzip.open(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as exc:
-        raise ByolError(f"{path}: cannot read gzipped IDX data ({exc}). The file is truncated or "
-                        "corrupt: delete it and fetch it again.") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ByolError(f"{path}: not an IDX file of unsigned bytes (bad magic number). "
-                        "Point data.source_dir at the original Fashion-MNIST .gz files.")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ByolError(f"{path}: IDX header is cut short. The file is truncated: fetch it again.")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
-        raise ByolError(f"{path}: header promises {expected} bytes for shape {shape} but the file holds "
-                        f"{len(raw) - header}. The file is truncated or corrupt: fetch it again.")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _missing_files(directory: Path) -> list[str]:
-    return [name for pair in FASHION_MNIST_FILES.values() for name in pair if not (directory / name).is_file()]
-
-
-def _download_fashion_mnist(target: Path) -> None:
-    """torchvision's downloader, for machines with a network: the four .gz files land in
-    ``target`` (moved there only once all four arrived)."""
-    from torchvision.datasets import FashionMNIST
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
-    try:
-        for train in (True, False):
-            FashionMNIST(root=str(scratch), train=train, download=True)
-        target.mkdir(exist_ok=True)
-        for pair in FASHION_MNIST_FILES.values():
-            for name in pair:
-                os.replace(scratch / "FashionMNIST" / "raw" / name, target / name)
-    except Exception as exc:  # no network, or the mirror is down
-        raise ByolError(
-            f"data.source_dir {target} holds no Fashion-MNIST files and downloading them failed "
-            f"({type(exc).__name__}). `make setup` copies them from Debian's package "
-            f"(apt-get install -y dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}/); "
-            "or copy the four *-ubyte.gz files there yourself.") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def locate_fashion_mnist(cfg: DataConfig) -> Path:
-    """``data.source_dir`` when it holds all four IDX files. When the folder is missing or
-    empty, torchvision's downloader fills it; a folder with only some files is an error."""
-    directory = cfg.source_dir
-    missing = _missing_files(directory)
-    if not missing:
-        return directory
-    if directory.is_dir() and any(directory.iterdir()):
-        raise ByolError(f"data.source_dir {directory} lacks {', '.join(missing)}. "
-                        "Put all four Fashion-MNIST IDX .gz files there.")
-    _download_fashion_mnist(directory)
-    return directory
-
-
-def load_fashion_mnist(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    images, labels = {}, {}
-    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
-        x = read_idx(directory / image_file)
-        y = read_idx(directory / label_file)
-        if x.ndim != 3 or y.ndim != 1:
-            raise ByolError(f"{directory / image_file}: expected (N, H, W) images and (N,) labels, "
-                            f"got {x.shape} and {y.shape}.")
-        if len(x) != len(y):
-            raise ByolError(f"{directory}: {split} has {len(x)} images but {len(y)} labels "
-                            f"({image_file} vs {label_file}). Fetch matching files.")
-        images[split] = x[:, None, :, :]
-        labels[split] = y.astype(np.int64)
-    return images, labels
-
-
-def _row_hashes(images: np.ndarray) -> list[str]:
-    flat = images.reshape(len(images), -1)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
+    @property
+    def pretrain_images(self) -> np.ndarray:
+        """What BYOL trains on: the unlabeled split and the train split (labels unused), as
+        solo-learn does for STL-10; just train when there is no unlabeled split."""
+        if "unlabeled" not in self.images:
+            return self.images["train"]
+        return np.concatenate([self.images["unlabeled"], self.images["train"]])
 
 
 def data_hash(images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for split in SPLITS:
-        for array in (images[split], labels[split]):
-            digest.update(str(array.shape).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
+        if split in images:
+            for array in (images[split], labels[split]):
+                digest.update(str(array.shape).encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
 
 
-def build_card(images, labels, classes, source: str) -> dict:
-    """The dataset card. It holds nothing about where the files were (no absolute paths),
-    so the same data gives the same prepared folder, and the same DVC hash, anywhere."""
-    train = images["train"].astype(np.float64) / 255.0
-    channels, height, width = images["train"].shape[1:]
-    return {
-        "source": source,
-        "channels": int(channels),
-        "height": int(height),
-        "width": int(width),
-        "classes": list(classes),
-        "splits": {split: int(len(labels[split])) for split in SPLITS},
-        "mean": [float(v) for v in train.mean(axis=(0, 2, 3))],
-        "std": [float(v) for v in train.std(axis=(0, 2, 3))],
-        "data_hash": data_hash(images, labels),
-    }
-
-
-def build_manifest(images, labels, source: str) -> pd.DataFrame:
-    frames = []
-    for split in SPLITS:
-        n = len(labels[split])
-        frames.append(pd.DataFrame({
-            "index": np.arange(n, dtype=np.int64),
-            "split": split,
-            "label": labels[split],
-            "content_hash": _row_hashes(images[split]),
-            "source": source,
-        }))
-    return pd.concat(frames, ignore_index=True)
-
-
-def ingest(cfg: DataConfig, out_dir: Path) -> dict:
-    """Read the configured source, cap it, and write the prepared directory. Returns the card."""
-    started = time.perf_counter()
-    source_dir = locate_fashion_mnist(cfg)
-    images, labels = load_fashion_mnist(source_dir)
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
-        if cap is not None:
-            images[split], labels[split] = images[split][:cap], labels[split][:cap]
-    card = build_card(images, labels, FASHION_MNIST_CLASSES, cfg.source)
-    manifest = build_manifest(images, labels, cfg.source)
-
-    staging = staging_dir(out_dir)
-    try:
-        for split in SPLITS:
-            np.save(staging / f"{split}_images.npy", images[split])
-            np.save(staging / f"{split}_labels.npy", labels[split])
-        manifest.to_parquet(staging / "manifest.parquet", index=False)
-        (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        replace_dir(staging, out_dir, marker="card.json")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    card["seconds"] = time.perf_counter() - started
-    return card
-
-
-def load_prepared(directory: Path) -> Prepared:
-    """Read what :func:`ingest` wrote; a missing piece is an error that says to run ingest."""
+def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Prepared:
+    """Read what :func:`ingest` wrote (only ``splits``, when given); a missing piece is an
+    error that says to run ingest."""
     directory = Path(directory)
     card_path = directory / "card.json"
     if not card_path.is_file():
         raise ByolError(f"no prepared dataset at {directory} (card.json missing). Run `byol ingest` first.")
     card = json.loads(card_path.read_text())
     images, labels = {}, {}
-    for split in SPLITS:
+    for split in splits or card["splits"]:
         for kind, store in (("images", images), ("labels", labels)):
             path = directory / f"{split}_{kind}.npy"
             try:

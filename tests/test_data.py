@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from byol_core.config import load_params
-from byol_core.data import FASHION_MNIST_FILES, ingest, load_prepared, read_idx
+from byol_core.data import load_prepared
+from byol_core.ingest import ingest
+from byol_core.sources.fashion_mnist import FILES as FASHION_MNIST_FILES, read_idx
 from byol_core.errors import ByolError
 from conftest import make_fashion_files, write_idx, write_params
 
@@ -31,8 +33,10 @@ def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     assert prepared.images["test"].shape == (12, 1, 28, 28)
     assert prepared.labels["train"].dtype == np.int64
     manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
-    assert list(manifest.columns) == ["index", "split", "label", "content_hash", "source"]
+    assert list(manifest.columns) == ["index", "split", "label", "content_hash", "source", "duplicate", "status"]
     assert (manifest.split == "train").sum() == 30 and (manifest.split == "test").sum() == 12
+    assert manifest.source.iloc[3] == "train-images-idx3-ubyte.gz#3"
+    assert (manifest.status == "ok").all() and not manifest.duplicate.any()
     assert manifest.content_hash.str.len().eq(16).all()
     on_disk = json.loads((params.paths.prepared / "card.json").read_text())
     assert on_disk["classes"][9] == "Ankle boot" and on_disk["splits"] == {"train": 30, "test": 12}
@@ -123,3 +127,67 @@ def test_ingest_never_replaces_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(ByolError, match="refusing to replace .*mine: it exists but has no card.json"):
         ingest(params.data, params.paths.prepared)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
+
+
+def test_exact_duplicates_are_counted_and_test_leaks_named(tmp_path):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "src"
+    source.mkdir()
+    train = rng.integers(0, 256, (20, 28, 28))
+    train[7] = train[2]  # a duplicate within train
+    test = rng.integers(0, 256, (6, 28, 28))
+    test[0] = train[5]  # a test image that is also in train
+    test[1] = train[5]
+    for split, images in (("train", train), ("test", test)):
+        write_idx(source / FASHION_MNIST_FILES[split][0], images)
+        write_idx(source / FASHION_MNIST_FILES[split][1], rng.integers(0, 10, len(images)))
+    params = _params(tmp_path)
+    card = ingest(params.data, params.paths.prepared)
+    manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
+    assert card["duplicates"] == 3 and card["test_in_train"] == 2
+    assert manifest.index[manifest.duplicate].tolist() == [7, 20, 21]
+    assert manifest.content_hash[7] == manifest.content_hash[2]
+
+
+def test_channels_and_size_are_conformed(tmp_path):
+    make_fashion_files(tmp_path / "src")
+    params = _params(tmp_path, **{"data.channels": 3, "data.image_size": 16})
+    card = ingest(params.data, params.paths.prepared)
+    prepared = load_prepared(params.paths.prepared)
+    assert prepared.images["train"].shape == (40, 3, 16, 16) and card["channels"] == 3
+    x = prepared.images["test"]
+    assert np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2])  # grey repeated
+    # Square 28 px -> 16 px is a pure antialiased resize: per-image means survive within rounding.
+    raw = read_idx(tmp_path / "src" / FASHION_MNIST_FILES["test"][0]).astype(float)
+    assert np.abs(x[:, 0].mean(axis=(1, 2)) - raw.mean(axis=(1, 2))).max() < 1.0
+
+
+def test_upscaling_is_refused(tmp_path):
+    make_fashion_files(tmp_path / "src")
+    params = _params(tmp_path, **{"data.image_size": 32})
+    with pytest.raises(ByolError, match="images are 28x28 px, smaller than data.image_size 32"):
+        ingest(params.data, params.paths.prepared)
+    assert not params.paths.prepared.exists()
+
+
+def test_unlabeled_folder_adds_a_pretraining_split(tmp_path):
+    from PIL import Image
+
+    make_fashion_files(tmp_path / "src")
+    extra = tmp_path / "src" / "unlabeled" / "batch1"
+    extra.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(extra / f"{i}.png")
+    params = _params(tmp_path, **{"data.max_unlabeled": 4})
+    card = ingest(params.data, params.paths.prepared)
+    prepared = load_prepared(params.paths.prepared)
+    assert card["splits"] == {"train": 40, "test": 12, "unlabeled": 4}
+    assert prepared.images["unlabeled"].shape == (4, 1, 28, 28)  # the labelled split's shape
+    assert (prepared.labels["unlabeled"] == -1).all()
+    assert len(prepared.pretrain_images) == 44
+    manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
+    kept = manifest.source[manifest.split == "unlabeled"].tolist()
+    assert len(kept) == 4 and set(kept) < {f"unlabeled/batch1/{i}.png" for i in range(5)}
+    only_test = load_prepared(params.paths.prepared, ("test",))
+    assert set(only_test.images) == {"test"}

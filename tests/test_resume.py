@@ -6,7 +6,8 @@ import torch
 
 import byol_core.train as train
 from byol_core.config import load_params
-from byol_core.data import ingest, load_prepared
+from byol_core.data import load_prepared
+from byol_core.ingest import ingest
 from byol_core.errors import ByolError
 from byol_core.stages.pretrain import run as run_pretrain
 from conftest import TINY, write_params

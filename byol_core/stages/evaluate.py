@@ -19,7 +19,7 @@ PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "
 
 
 def run(params: Params) -> tuple[str, dict]:
-    prepared = data.load_prepared(params.paths.prepared)
+    prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
     if spec.in_channels != prepared.card["channels"]:
         raise ByolError(f"{params.paths.encoder} expects {spec.in_channels}-channel images but the prepared "

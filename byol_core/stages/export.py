@@ -21,7 +21,7 @@ def run(params: Params) -> tuple[str, dict]:
     cfg = params.export
     paths = params.paths
     encoder, spec, info = load_encoder(paths.encoder)
-    prepared = data.load_prepared(paths.prepared)
+    prepared = data.load_prepared(paths.prepared, ("test",))
     mean, std = input_normalisation(info)
     images = to_input(torch.as_tensor(prepared.images["test"][:cfg.parity_images]), mean, std)
     if images.shape[1] != spec.in_channels:

@@ -1,0 +1,264 @@
+"""A folder tree of image files, one folder per class.
+
+Two layouts: ``train/<class>/...`` beside ``test/<class>/...`` (or ``val/``), or plain
+``<class>/...`` folders, split per file by a hash of its path, so adding files never moves
+an old one to the other split. ``unlabeled/`` directly under ``data.source_dir`` is never a
+class: the central code reads it as the unlabeled split (with :func:`list_images` and
+:func:`convert_files`). Files lying loose in ``data.source_dir`` belong to no class and are
+ignored, as are dotfiles and dot-folders.
+
+Every image becomes ``data.channels`` (None: 3) channels of 8 bits, upright by its EXIF
+orientation; transparent pixels are composited over white (how a page shows them). The
+short side is resized to ``data.image_size`` (bicubic, which antialiases) and the centre
+cut square. A file that cannot be used fails the run or, under ``on_corrupt: skip``, is
+listed and left out; a problem with the tree itself always fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from byol_core.config import DataConfig
+from byol_core.errors import ByolError
+from byol_core.sources import SourceData
+
+NAME = "imagefolder"
+NATIVE_CHANNELS = None
+RESERVED = "unlabeled"  # read by the central code as the unlabeled split, for every source
+BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
+PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more
+_GREY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
+_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
+_ADVICE = {
+    "type": "Convert or remove it, or set data.on_corrupt: skip.",
+    "read": "Remove or replace it, or set data.on_corrupt: skip to leave it out.",
+    "small": "Remove it, lower data.image_size, or set data.on_corrupt: skip.",
+}
+
+
+@functools.cache
+def _extensions() -> frozenset[str]:
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in _extensions()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every file below ``folder`` except dotfiles and anything in a dot-folder, sorted by
+    POSIX path relative to ``folder``. Files of other types are kept, so they can be
+    reported rather than silently passed over."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(parent) / name for name in names if not name.startswith("."))
+    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def _to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> "L" or "RGB". Wide greyscale is scaled, never clipped: 0..65535 maps
+    onto 0..255, and 32-bit values beyond that range stretch it to fit."""
+    if image.mode in _GREY_WIDE:
+        a = np.asarray(image).astype(np.int64)
+        lo, hi = min(0, int(a.min())), max(65535, int(a.max()))
+        image = Image.fromarray((((a - lo) * 255 + (hi - lo) // 2) // (hi - lo)).astype(np.uint8), "L")
+    if image.mode in _ALPHA or (image.mode == "P" and "transparency" in image.info):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND), image.convert("RGBA"))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def convert_one(path: str, channels: int, size: int) -> tuple[np.ndarray | None, str, str]:
+    """(uint8 (C, size, size), "", "") or (None, problem kind, what is wrong)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _extensions():
+        return None, "type", f"unsupported file type '{suffix}' (not an image format PIL reads)"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if min(width, height) >= size:
+                image.draft(image.mode, (size, size))  # JPEG: decode at a reduced scale >= size
+            image.load()
+            image = _to_mode(ImageOps.exif_transpose(image), channels)
+    except _READ_ERRORS as exc:
+        return None, "read", f"cannot be read as an image ({str(exc) or type(exc).__name__})"
+    if min(width, height) < size:
+        return None, "small", f"{width}x{height} px is smaller than data.image_size {size} (images are never upscaled)"
+    w, h = image.size
+    new = (max(size, round(w * size / min(w, h))), max(size, round(h * size / min(w, h))))
+    if new != (w, h):
+        image = image.resize(new, Image.Resampling.BICUBIC)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)))
+    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)), "", ""
+
+
+def _convert_chunk(paths: list[str], channels: int, size: int) -> list[tuple[np.ndarray | None, str, str]]:
+    return [convert_one(path, channels, size) for path in paths]
+
+
+def _results(paths: list[str], channels: int, size: int, split: str, workers: int) -> Iterator[tuple]:
+    """convert_one's result for each path, in order; in worker processes for long lists."""
+    with tqdm(total=len(paths), desc=f"{split} images", unit="img", disable=None, file=sys.stderr) as bar:
+        if workers <= 1 or len(paths) < PARALLEL_FROM:
+            for path in paths:
+                yield convert_one(path, channels, size)
+                bar.update()
+            return
+        step = max(1, min(256, -(-len(paths) // (workers * 8))))
+        chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)))
+        try:
+            for chunk in pool.map(_convert_chunk, chunks, repeat(channels), repeat(size)):
+                yield from chunk
+                bar.update(len(chunk))
+        finally:  # a failure stops the run: drop the chunks not started yet
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def convert_files(files: list[Path], root: Path, channels: int, size: int, on_corrupt: str, split: str,
+                  *, workers: int | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
+    """``files`` as uint8 (N, channels, size, size), their origins (POSIX paths relative to
+    ``root``) and the ``skipped`` records of the files left out. ``workers``: processes to
+    convert in (None: one per CPU; 1: in this process)."""
+    out = np.empty((len(files), channels, size, size), dtype=np.uint8)
+    origins: list[str] = []
+    skipped: list[dict] = []
+    results = _results([str(f) for f in files], channels, size, split, workers or os.cpu_count() or 1)
+    with contextlib.closing(results):
+        for path, (pixels, kind, problem) in zip(files, results):
+            origin = path.relative_to(root).as_posix()
+            if pixels is None:
+                if on_corrupt != "skip":
+                    raise ByolError(f"{path}: {problem}. {_ADVICE[kind]}")
+                skipped.append({"split": split, "origin": origin, "reason": problem})
+                continue
+            out[len(origins)] = pixels
+            origins.append(origin)
+    return out[:len(origins)], origins, skipped
+
+
+def _class_files(folder: Path, reserved: tuple[str, ...] = ()) -> dict[str, list[Path]]:
+    """Class name -> its files, for each (non-dot) folder in ``folder``."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and d.name not in reserved)
+    found = {}
+    for name in classes:
+        files = list_images(folder / name)
+        if not any(is_image_name(f) for f in files):
+            raise ByolError(f"{folder}: class folder '{name}' holds no images. Add images or remove the folder.")
+        found[name] = files
+    if not found:
+        raise ByolError(f"{folder} holds no class folders. Put each class's images in a folder named after the "
+                        f"class (a folder named {RESERVED}/ directly in data.source_dir is not a class).")
+    return found
+
+
+def split_share(relative: str) -> float:
+    """A stable, uniform number in [0, 1) for a file's POSIX path below data.source_dir."""
+    return int.from_bytes(hashlib.blake2b(relative.encode("utf-8"), digest_size=8).digest(), "big") / 2.0**64
+
+
+def _split_layout(root: Path) -> tuple[Path, Path] | None:
+    """(train folder, test folder) when ``root`` holds split folders, else None."""
+    present = [name for name in ("train", "test", "val") if (root / name).is_dir()]
+    if present == ["train", "test", "val"]:
+        raise ByolError(f"{root} holds both test/ and val/: the probe tests on one of them. Merge or remove one.")
+    if "train" in present and len(present) == 2:
+        return root / "train", root / present[1]
+    for name in present:  # a split folder without its partner, unless it is a class after all
+        if not any(f.is_file() and is_image_name(f) for f in (root / name).iterdir()) and \
+                any(d.is_dir() for d in (root / name).iterdir()):
+            partner = "test/ (or val/)" if name == "train" else "train/"
+            raise ByolError(f"{root / name} looks like a split folder of classes, but {root} has no {partner}. "
+                            f"Add it, or move the class folders up if {name}/ is not meant as a split.")
+    return None
+
+
+def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Path]], dict[str, int]]:
+    """Class names, each split's files in order, and each file's label by its origin."""
+    root = cfg.source_dir
+    layout = _split_layout(root)
+    if layout is not None:
+        train, test = (_class_files(folder) for folder in layout)
+        stray = sorted(set(test) - set(train))
+        if stray:
+            raise ByolError(f"{layout[1]}: class folder(s) {', '.join(stray)} have no match in {layout[0]}. "
+                            "Every test class must be a train class: rename or remove them.")
+        classes = sorted(train)
+        groups = {"train": train, "test": test}
+    else:
+        by_class = _class_files(root, reserved=(RESERVED,))
+        classes = sorted(by_class)
+        groups = {"train": {}, "test": {}}
+        for name, files in by_class.items():
+            for split in groups:
+                groups[split][name] = [f for f in files if (split_share(f.relative_to(root).as_posix())
+                                                            < cfg.test_fraction) == (split == "test")]
+    index = {name: i for i, name in enumerate(classes)}
+    label = {f.relative_to(root).as_posix(): index[name]
+             for group in groups.values() for name, files in group.items() for f in files}
+    splits = {s: sample_order([f for files in g.values() for f in files], root) for s, g in groups.items()}
+    for split, files in splits.items():
+        if not files:  # only a hash split can leave one empty: every class folder holds an image
+            raise ByolError(f"{root}: none of its {len(label)} files fell in the {split} split at data.test_fraction "
+                            f"{cfg.test_fraction} (each file's place is fixed by a hash of its path). Add images, "
+                            "change data.test_fraction, or use train/ and test/ folders.")
+    return classes, splits, label
+
+
+def sample_order(files: list[Path], root: Path) -> list[Path]:
+    """``files`` in the order of their path hash: stable, and mixed across classes, so the
+    first N (a ``data.max_*`` cap) is a fair sample rather than the first class or two."""
+    return sorted(files, key=lambda f: (split_share(f.relative_to(root).as_posix()), f.relative_to(root).as_posix()))
+
+
+def convert_capped(files: list[Path], root: Path, channels: int, size: int, on_corrupt: str, split: str,
+                   cap: int | None) -> tuple[np.ndarray, list[str], list[dict]]:
+    """The first ``cap`` usable images of ``files``: a cap converts only the first files, and
+    as many more as were left out, so a capped demo never converts the whole folder."""
+    images, origins, skipped, done = [], [], [], 0
+    while done < len(files) and (cap is None or len(origins) < cap):
+        want = len(files) - done if cap is None else cap - len(origins)
+        x, more, left_out = convert_files(files[done:done + want], root, channels, size, on_corrupt, split)
+        images.append(x)
+        origins += more
+        skipped += left_out
+        done += want
+    return (images[0] if len(images) == 1 else np.concatenate(images)), origins, skipped
+
+
+def read(cfg: DataConfig) -> SourceData:
+    root = cfg.source_dir
+    if not root.is_dir():
+        raise ByolError(f"data.source_dir {root} does not exist. Point it at a folder of class folders "
+                        "(or train/ and test/ of them).")
+    classes, splits, label = _split_files(cfg)
+    images, labels, origins, skipped = {}, {}, {}, []
+    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
+        images[split], origins[split], left_out = convert_capped(splits[split], root, cfg.channels or 3,
+                                                                 cfg.image_size, cfg.on_corrupt, split, cap)
+        skipped += left_out
+        if not origins[split]:
+            raise ByolError(f"{root}: the {split} split holds no usable images: all {len(left_out)} were left out "
+                            f"under data.on_corrupt: skip (first: {left_out[0]['origin']}: {left_out[0]['reason']}). "
+                            "Fix or replace them.")
+        labels[split] = np.array([label[o] for o in origins[split]], dtype=np.int64)
+    return SourceData(images=images, labels=labels, origins=origins, classes=classes, skipped=skipped).check(root)

@@ -1,0 +1,354 @@
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torchvision.datasets
+from PIL import Image
+
+from byol_core.config import DataConfig
+from byol_core.errors import ByolError
+from byol_core.sources import cifar10, cifar100, imagefolder, stl10
+from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
+
+
+def _cfg(source, directory, **overrides):
+    values = dict(source=source, source_dir=directory, channels=None, image_size=None, test_fraction=0.5,
+                  on_corrupt="fail", max_train=None, max_test=None, max_unlabeled=None)
+    if source == "imagefolder":
+        values["image_size"] = 32
+    return DataConfig(**{**values, **overrides})
+
+
+def _assert_read(data, made, splits=("train", "test")):
+    for split in splits:
+        assert data.images[split].dtype == np.uint8 and data.labels[split].dtype == np.int64
+        assert np.array_equal(data.images[split], made["images"][split])
+        assert np.array_equal(data.labels[split], made["labels"][split])
+    assert data.classes == made["classes"]
+
+
+# --- CIFAR ---------------------------------------------------------------------------------
+
+def test_cifar10_reads_batches_exactly(tmp_path):
+    made = make_cifar10(tmp_path, per_batch=3, test=4)
+    data = cifar10.read(_cfg("cifar10", tmp_path))
+    _assert_read(data, made)
+    assert data.images["train"].shape == (15, 3, 32, 32) and "unlabeled" not in data.images
+    assert data.origins["train"][4] == "cifar-10-batches-py/data_batch_2#1"
+    assert data.origins["test"] == [f"cifar-10-batches-py/test_batch#{i}" for i in range(4)]
+    # Row-major 3072 values: the first 1024 are the red plane.
+    raw = made["images"]["train"][0].reshape(-1)
+    assert np.array_equal(data.images["train"][0, 0].reshape(-1), raw[:1024])
+
+
+def test_cifar100_uses_fine_labels_and_str_keys(tmp_path):
+    made = make_cifar100(tmp_path, train=5, test=3)
+    data = cifar100.read(_cfg("cifar100", tmp_path))
+    _assert_read(data, made)
+    assert len(data.classes) == 100 and data.origins["train"][2] == "cifar-100-python/train#2"
+
+
+def test_cifar_cap_reads_only_the_batches_it_needs(tmp_path):
+    made = make_cifar10(tmp_path, per_batch=2, test=4)
+    last = tmp_path / "cifar-10-batches-py" / "data_batch_5"
+    last.write_bytes(last.read_bytes()[:50])  # damaged, but beyond the cap
+    data = cifar10.read(_cfg("cifar10", tmp_path, max_train=3, max_test=2))
+    assert np.array_equal(data.images["train"], made["images"]["train"][:3])
+    assert np.array_equal(data.labels["test"], made["labels"]["test"][:2])
+    with pytest.raises(ByolError, match="data_batch_5: not a readable CIFAR pickle.*fetch it again"):
+        cifar10.read(_cfg("cifar10", tmp_path))
+
+
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _Open:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("payload", [_System, _Open])
+def test_malicious_cifar_pickle_is_refused_without_running(tmp_path, payload):
+    make_cifar10(tmp_path / "src")
+    proof, marker = tmp_path / "proof", tmp_path / "marker"
+    pickle.loads(pickle.dumps(payload(proof)))  # the payload does run when unpickled plainly
+    assert proof.exists()
+    batch = tmp_path / "src" / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": payload(marker), "labels": [0]}, protocol=2))
+    with pytest.raises(ByolError, match=r"data_batch_1: refers to (posix\.system|io\.open), which a CIFAR "
+                                        r"batch never does; refusing to load it \(a pickle can run code\)"):
+        cifar10.read(_cfg("cifar10", tmp_path / "src"))
+    assert not marker.exists()
+
+
+def test_cifar_bad_files_name_the_file(tmp_path):
+    make_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    batch = folder / "data_batch_3"
+    batch.write_bytes(pickle.dumps({"data": np.zeros((3, 3072), np.uint8), "labels": [1, 2]}))
+    with pytest.raises(ByolError, match="data_batch_3: 3 images but 2 'labels'"):
+        cifar10.read(_cfg("cifar10", tmp_path))
+    batch.write_bytes(pickle.dumps({"data": np.zeros((2, 1000), np.uint8), "labels": [1, 2]}))
+    with pytest.raises(ByolError, match=r"data_batch_3: 'data' should be uint8 rows of 3072"):
+        cifar10.read(_cfg("cifar10", tmp_path))
+    batch.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]}))
+    with pytest.raises(ByolError, match=r"data_batch_3: 'labels' must be integers 0..9"):
+        cifar10.read(_cfg("cifar10", tmp_path))
+
+
+def test_cifar_folder_layout_errors(tmp_path):
+    make_cifar10(tmp_path / "root")
+    with pytest.raises(ByolError, match="Point data.source_dir at its parent folder"):
+        cifar10.read(_cfg("cifar10", tmp_path / "root" / "cifar-10-batches-py"))
+    (tmp_path / "root" / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(ByolError, match="lacks cifar-10-batches-py/test_batch for CIFAR-10"):
+        cifar10.read(_cfg("cifar10", tmp_path / "root"))
+
+
+def test_cifar_and_stl_download_into_an_empty_folder(tmp_path, monkeypatch):
+    made = {}
+
+    def fake_cifar(root, train, download):
+        assert download
+        made["cifar"] = make_cifar100(root)
+
+    def fake_stl(root, split, download):
+        made["stl"] = make_stl10(root)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar)
+    monkeypatch.setattr(torchvision.datasets, "STL10", fake_stl)
+    _assert_read(cifar100.read(_cfg("cifar100", tmp_path / "c100")), made["cifar"])
+    _assert_read(stl10.read(_cfg("stl10", tmp_path / "stl")), made["stl"], ("train", "test", "unlabeled"))
+    assert sorted(p.name for p in (tmp_path / "c100").iterdir()) == ["cifar-100-python"]
+
+
+# --- STL-10 --------------------------------------------------------------------------------
+
+def test_stl10_reads_all_three_splits_column_major(tmp_path):
+    made = make_stl10(tmp_path, train=3, test=2, unlabeled=4)
+    data = stl10.read(_cfg("stl10", tmp_path))
+    _assert_read(data, made, ("train", "test", "unlabeled"))
+    assert data.images["unlabeled"].shape == (4, 3, 96, 96)
+    assert (data.labels["unlabeled"] == -1).all()
+    assert data.origins["unlabeled"][3] == "stl10_binary/unlabeled_X.bin#3"
+    # Independent of the helper: byte 96 of the file is row 0 of column 1 of the red plane.
+    raw = (tmp_path / "stl10_binary" / "train_X.bin").read_bytes()
+    assert data.images["train"][0, 0, 0, 1] == raw[96] and data.images["train"][0, 0, 1, 0] == raw[1]
+    labels = (tmp_path / "stl10_binary" / "train_y.bin").read_bytes()
+    assert data.labels["train"].tolist() == [b - 1 for b in labels]
+
+
+def test_stl10_caps_read_only_the_first_images(tmp_path):
+    made = make_stl10(tmp_path, train=3, test=2, unlabeled=5)
+    data = stl10.read(_cfg("stl10", tmp_path, max_train=2, max_test=1, max_unlabeled=2))
+    assert np.array_equal(data.images["unlabeled"], made["images"]["unlabeled"][:2])
+    assert np.array_equal(data.images["train"], made["images"]["train"][:2])
+    assert data.labels["test"].tolist() == made["labels"]["test"][:1].tolist()
+    assert len(data.origins["unlabeled"]) == 2
+
+
+def test_stl10_bad_files(tmp_path):
+    make_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    with pytest.raises(ByolError, match="Point data.source_dir at its parent folder"):
+        stl10.read(_cfg("stl10", folder))
+    images = folder / "unlabeled_X.bin"
+    images.write_bytes(images.read_bytes()[:-5])
+    with pytest.raises(ByolError, match=r"unlabeled_X.bin: \d+ bytes is not a whole number.*truncated"):
+        stl10.read(_cfg("stl10", tmp_path))
+    make_stl10(tmp_path)
+    (folder / "train_y.bin").write_bytes(bytes([1, 2]))
+    with pytest.raises(ByolError, match="train_y.bin: 2 labels for the 3 images in train_X.bin"):
+        stl10.read(_cfg("stl10", tmp_path))
+    (folder / "train_y.bin").write_bytes(bytes([1, 11, 3]))
+    with pytest.raises(ByolError, match=r"train_y.bin: label 11 at index 1 is outside 1..10"):
+        stl10.read(_cfg("stl10", tmp_path))
+
+
+# --- image folder --------------------------------------------------------------------------
+
+def test_imagefolder_class_folders_convert_every_mode(tmp_path):
+    written = make_imagefolder(tmp_path, per_class=6)
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "dog" / ".hidden").mkdir()
+    (tmp_path / "dog" / ".hidden" / "x.txt").write_text("junk")
+    make_imagefolder(tmp_path, classes=("unlabeled",), per_class=2)  # reserved, never a class
+    for channels in (None, 1):
+        data = imagefolder.read(_cfg("imagefolder", tmp_path, channels=channels, image_size=24))
+        c = channels or 3
+        assert data.classes == ["cat", "dog"] and data.skipped == []
+        assert data.images["train"].shape[1:] == (c, 24, 24) and data.images["test"].shape[1:] == (c, 24, 24)
+        origins = data.origins["train"] + data.origins["test"]
+        assert sorted(origins) == sorted(written) and len(origins) == 12
+        for split in ("train", "test"):
+            shares = [imagefolder.split_share(o) for o in data.origins[split]]
+            assert shares == sorted(shares)  # the hash order, mixed across classes
+            assert data.labels[split].tolist() == [int(o.startswith("dog/")) for o in data.origins[split]]
+            for image in data.images[split]:  # random content: nothing collapsed to one colour
+                assert image.std() > 10
+
+
+def _save(path, image, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kw)
+    return path
+
+
+def test_imagefolder_pixels_16_bit_alpha_and_palette(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    k = rng.integers(0, 256, (32, 32))
+    alpha = np.zeros((32, 32, 4), np.uint8)
+    alpha[:16] = [10, 20, 30, 255]  # opaque top half, transparent bottom half
+    palette = Image.fromarray(np.repeat([[0], [1]], 16, axis=0).repeat(32, axis=1).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 200, 100, 50])
+    files = [_save(tmp_path / "a" / "rgb.png", Image.fromarray(rgb)),
+             _save(tmp_path / "a" / "grey16.png", Image.fromarray((k * 257).astype(np.uint16))),
+             _save(tmp_path / "a" / "rgba.png", Image.fromarray(alpha, "RGBA")),
+             _save(tmp_path / "a" / "p.png", palette, transparency=0)]
+    assert Image.open(files[1]).mode in ("I;16", "I")
+    x, origins, _ = imagefolder.convert_files(files, tmp_path, 3, 32, "fail", "train")
+    assert origins == ["a/rgb.png", "a/grey16.png", "a/rgba.png", "a/p.png"]
+    assert np.array_equal(x[0], rgb.transpose(2, 0, 1))  # same size: untouched
+    assert np.array_equal(x[1, 0], k) and np.array_equal(x[1, 1], k)  # 257*k -> k, not clipped
+    assert x[2, :, 0, 0].tolist() == [10, 20, 30] and (x[2, :, 20:] == 255).all()  # alpha over white
+    assert (x[3, :, :16] == 255).all() and x[3, :, 20, 0].tolist() == [200, 100, 50]
+
+
+def test_imagefolder_resize_crop_and_exif(tmp_path):
+    half = np.zeros((20, 40), np.uint8)
+    half[:, 20:] = 255  # left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
+    plain = _save(tmp_path / "a" / "plain.png", Image.fromarray(half))
+    turned = _save(tmp_path / "a" / "turned.png", Image.fromarray(half), exif=exif)
+    x, _, _ = imagefolder.convert_files([plain, turned], tmp_path, 1, 10, "fail", "train")
+    assert x.shape == (2, 1, 10, 10)
+    assert (x[0, 0, :, :3] < 30).all() and (x[0, 0, :, -3:] > 225).all()  # split left/right
+    assert (x[1, 0, :3] < 30).all() and (x[1, 0, -3:] > 225).all()  # split top/bottom
+
+
+def test_imagefolder_split_folders_and_val(tmp_path):
+    make_imagefolder(tmp_path, classes=("a", "b", "c"), per_class=2, prefix="train/")
+    make_imagefolder(tmp_path, classes=("b", "c"), per_class=1, prefix="val/", seed=1)
+    data = imagefolder.read(_cfg("imagefolder", tmp_path))
+    assert data.classes == ["a", "b", "c"]
+    assert data.origins["test"] == ["val/b/000.png", "val/c/000.png"] and data.labels["test"].tolist() == [1, 2]
+    assert len(data.origins["train"]) == 6 and sorted(data.labels["train"].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert data.labels["train"].tolist() == ["abc".index(o.split("/")[1]) for o in data.origins["train"]]
+    make_imagefolder(tmp_path, classes=("z",), per_class=1, prefix="val/")
+    with pytest.raises(ByolError, match=r"val: class folder\(s\) z have no match in .*train"):
+        imagefolder.read(_cfg("imagefolder", tmp_path))
+
+
+def test_imagefolder_hash_split_is_stable_when_files_are_added(tmp_path):
+    make_imagefolder(tmp_path, per_class=8)
+    before = imagefolder.read(_cfg("imagefolder", tmp_path, test_fraction=0.3))
+    assert before.origins["train"] and before.origins["test"]
+    make_imagefolder(tmp_path, per_class=8, start=8, seed=5)
+    after = imagefolder.read(_cfg("imagefolder", tmp_path, test_fraction=0.3))
+    for split in ("train", "test"):
+        assert set(before.origins[split]) < set(after.origins[split])
+    share = [imagefolder.split_share(o) for o in after.origins["test"]]
+    assert max(share) < 0.3 <= min(imagefolder.split_share(o) for o in after.origins["train"])
+    assert 2 <= len(share) <= 10  # about 30% of 32
+
+
+def test_imagefolder_caps_convert_only_the_first_files(tmp_path):
+    make_imagefolder(tmp_path, per_class=6)
+    full = imagefolder.read(_cfg("imagefolder", tmp_path))
+    last = tmp_path / full.origins["train"][-1]
+    last.write_bytes(b"corrupt, but beyond the cap")
+    capped = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=2, max_test=1))
+    assert capped.origins["train"] == full.origins["train"][:2] and capped.origins["test"] == full.origins["test"][:1]
+    assert np.array_equal(capped.images["train"], full.images["train"][:2])
+    mixed = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=4))
+    assert set(mixed.labels["train"].tolist()) == {0, 1}  # a cap samples every class, not the first
+    (tmp_path / full.origins["train"][0]).write_bytes(b"corrupt, within the cap")
+    skipping = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=2, on_corrupt="skip"))
+    assert skipping.origins["train"] == full.origins["train"][1:3]  # the next file fills in
+    assert [s["origin"] for s in skipping.skipped] == [full.origins["train"][0]]
+
+
+BAD_FILES = [
+    ("bad.png", lambda p: p.write_bytes(b"not a png at all"),
+     r"bad.png: cannot be read as an image \(.+\)\. Remove or replace it, or set data.on_corrupt: skip to leave it out\.",
+     "cannot be read as an image ("),
+    ("cut.png", lambda p: p.write_bytes(_png_bytes()[:300]),
+     r"cut.png: cannot be read as an image \(.+\)\. Remove or replace it", "cannot be read as an image ("),
+    ("tiny.png", lambda p: Image.new("RGB", (12, 40)).save(p),
+     r"tiny.png: 12x40 px is smaller than data.image_size 32 \(images are never upscaled\)\. Remove it, lower "
+     r"data.image_size, or set data.on_corrupt: skip\.", "12x40 px is smaller than data.image_size 32"),
+    ("notes.txt", lambda p: p.write_text("hello"),
+     r"notes.txt: unsupported file type '\.txt' \(not an image format PIL reads\)\. Convert or remove it, or set "
+     r"data.on_corrupt: skip\.", "unsupported file type '.txt'"),
+]
+
+
+def _png_bytes():
+    buffer = io.BytesIO()
+    image_of("RGB", 64, 64, np.random.default_rng(0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, make, message, reason", BAD_FILES)
+def test_imagefolder_file_problems_fail_or_skip(tmp_path, name, make, message, reason):
+    make_imagefolder(tmp_path, per_class=6)
+    make(tmp_path / "cat" / name)
+    with pytest.raises(ByolError, match=message):
+        imagefolder.read(_cfg("imagefolder", tmp_path))
+    data = imagefolder.read(_cfg("imagefolder", tmp_path, on_corrupt="skip"))
+    assert [(s["origin"], s["split"] in ("train", "test")) for s in data.skipped] == [(f"cat/{name}", True)]
+    assert data.skipped[0]["reason"].startswith(reason)
+    assert len(data.origins["train"]) + len(data.origins["test"]) == 12
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda d: None, r"does not exist\. Point it at a folder of class folders"),
+    (lambda d: d.mkdir(), "holds no class folders"),
+    (lambda d: make_imagefolder(d, classes=("unlabeled",), per_class=1), "holds no class folders"),
+    (lambda d: (make_imagefolder(d, per_class=2), (d / "empty").mkdir(), (d / "empty" / "a.txt").write_text("x")),
+     r"class folder 'empty' holds no images\. Add images or remove the folder\."),
+    (lambda d: make_imagefolder(d, per_class=2, prefix="train/"), r"train looks like a split folder.*no test/"),
+    (lambda d: [make_imagefolder(d, per_class=1, prefix=p) for p in ("train/", "test/", "val/")], "both test/ and val/"),
+    (lambda d: make_imagefolder(d, classes=("a",), per_class=1), r"none of its 1 files fell in the (test|train) split"),
+])
+def test_imagefolder_structural_errors(tmp_path, build, message):
+    build(tmp_path / "src")
+    with pytest.raises(ByolError, match=message):
+        imagefolder.read(_cfg("imagefolder", tmp_path / "src", on_corrupt="skip"))
+
+
+def test_imagefolder_split_empty_after_skipping(tmp_path):
+    make_imagefolder(tmp_path, per_class=2, prefix="train/")
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "cat" / "broken.png").write_bytes(b"broken")
+    with pytest.raises(ByolError, match=r"the test split holds no usable images: all 1 were left out.*broken.png"):
+        imagefolder.read(_cfg("imagefolder", tmp_path, on_corrupt="skip"))
+
+
+def test_parallel_conversion_matches_serial(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(70):
+        mode = ("RGB", "L", "RGBA", "P")[i % 4]
+        suffix = ".jpg" if mode == "L" else ".png"
+        _save(tmp_path / f"c{i % 3}" / f"{i:03d}{suffix}", image_of(mode, 10 + i % 7, 12, rng))
+    (tmp_path / "c2" / "050.png").write_bytes(b"broken")  # replaces an image
+    files = imagefolder.list_images(tmp_path)
+    assert len(files) == 70 and len(files) >= imagefolder.PARALLEL_FROM
+    serial = imagefolder.convert_files(files, tmp_path, 3, 8, "skip", "train", workers=1)
+    parallel = imagefolder.convert_files(files, tmp_path, 3, 8, "skip", "train", workers=2)
+    assert serial[0].shape == (69, 3, 8, 8) and np.array_equal(serial[0], parallel[0])
+    assert serial[1] == parallel[1] and serial[2] == parallel[2] and len(serial[2]) == 1
+    with pytest.raises(ByolError, match="050.png: cannot be read"):
+        imagefolder.convert_files(files, tmp_path, 3, 8, "fail", "train", workers=2)
