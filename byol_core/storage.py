@@ -55,6 +55,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files that :func:`atomic_write` left beside ``path`` when its process was
+    killed mid-write (``kill -9`` skips all cleanup). Call only when no other writer of
+    ``path`` can be running. Returns what was removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return stale
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

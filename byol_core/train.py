@@ -30,6 +30,7 @@ from byol_core.errors import ByolError
 from byol_core.evaluate import extract_features, knn_top1
 from byol_core.nets import EncoderSpec
 from byol_core.optim import LARS, lr_at, param_groups
+from byol_core.storage import remove_stale_temps
 
 
 def encoder_spec(params: Params, in_channels: int) -> EncoderSpec:
@@ -151,7 +152,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
     was made under the same params and data. Returns the final state and the schedule."""
     cfg = params.pretrain
     card = prepared.card
-    images = torch.from_numpy(prepared.images["train"]).to(device)  # resident on the device as uint8
+    images = torch.from_numpy(prepared.pretrain_images).to(device)  # resident on the device as uint8
     schedule = derive_schedule(cfg, len(images))
     size = card["height"]
     mean = torch.tensor(card["mean"], device=device)
@@ -163,6 +164,8 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
     state = TrainState(model, build_optimizer(model, params))
     key = run_key(params, card["data_hash"], device)
     resume_path = params.paths.resume_state
+    for stale in remove_stale_temps(resume_path):
+        log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
     if resume_path.is_file():
         blob = load_state(resume_path)
         if blob.get("run_key") == key:

@@ -1,0 +1,158 @@
+"""``kill -9`` of a running ``byol pretrain``, then the same command again: the run resumes
+from its last saved state and ends with exactly the encoder of an uninterrupted run.
+
+Every run here is a real ``byol pretrain`` process. The external kill lands wherever the run
+happens to be (mid-epoch, just after a checkpoint). The other kills are made exact by a
+small launcher that sends SIGKILL to its own process at a chosen point: in the middle of
+an epoch, between writing the encoder and the checkpoint at the end, and halfway through
+writing a checkpoint file.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from byol_core.config import load_params
+from byol_core.ingest import ingest
+from conftest import TINY, make_fashion_files, write_params
+
+# 4 epochs of 8 steps: long enough (~2 s) for an outside kill to land mid-run.
+RUN = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 4, "pretrain.batch_size": 32,
+       "pretrain.warmup_epochs": 1, "pretrain.monitor_bank": 64, "pretrain.monitor_queries": 32,
+       "pretrain.log_every": 2}
+LAUNCHER = """
+import os, signal, sys
+import torch
+import byol_core.train as train
+from byol_core.cli import main
+
+point, after = sys.argv[1], int(sys.argv[2])
+calls = {"n": 0}
+
+def die():
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "step":  # SIGKILL before the after-th training step (counted across epochs)
+    real_step = train.train_step
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == after:
+            die()
+        return real_step(*args, **kwargs)
+    train.train_step = step
+elif point == "midwrite":  # the after-th checkpoint write stops halfway through the file
+    real_save = torch.save
+    def half_save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] != after:
+            return real_save(obj, path, *args, **kwargs)
+        real_save(obj, path, *args, **kwargs)
+        data = open(path, "rb").read()
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        die()
+    torch.save = half_save
+elif point == "outputs":  # after the encoder file is written, before the checkpoint copy
+    import byol_core.stages.pretrain as stage
+    stage.atomic_write = lambda path, write: die()
+sys.exit(main(["pretrain", "--params", sys.argv[3]]))
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_fashion_files(tmp_path_factory.mktemp("src"), n_train=256, n_test=64)
+
+
+def _project(root, source):
+    params = load_params(write_params(root, {**RUN, "data.source_dir": str(source)}))
+    ingest(params.data, params.paths.prepared)
+    return params
+
+
+def _pretrain(params, *launcher_args):
+    params_file = str(params.paths.models.parent / "params.yaml")
+    if launcher_args:
+        command = [sys.executable, "-c", LAUNCHER, *map(str, launcher_args), params_file]
+    else:
+        command = [sys.executable, "-m", "byol_core.cli", "pretrain", "--params", params_file]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _weights(params):
+    return torch.load(params.paths.encoder, weights_only=True)["state_dict"]
+
+
+def _max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((x.double() - b[k].double()).abs().max().item() if x.is_floating_point()
+               else float(not torch.equal(x, b[k])) for k, x in a.items())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, source):
+    params = _project(tmp_path_factory.mktemp("straight"), source)
+    done = _pretrain(params)
+    assert done.returncode == 0, done.stderr
+    return _weights(params)
+
+
+def _resume_and_compare(params, uninterrupted, resumed_after_epoch):
+    assert not params.paths.encoder.exists() or resumed_after_epoch == RUN["pretrain.epochs"]
+    again = _pretrain(params)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {params.paths.resume_state} after epoch {resumed_after_epoch}" in again.stderr
+    assert _max_abs_diff(_weights(params), uninterrupted) == 0.0  # bitwise: CPU kernels are deterministic
+    assert not params.paths.resume_state.exists()  # finished: nothing left to resume
+    assert list(params.paths.resume.glob(".*.tmp")) == []
+
+
+def test_outside_kill_9_then_rerun_equals_uninterrupted(tmp_path, source, uninterrupted):
+    params = _project(tmp_path, source)
+    params_file = str(tmp_path / "params.yaml")
+    process = subprocess.Popen([sys.executable, "-m", "byol_core.cli", "pretrain", "--params", params_file],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not params.paths.resume_state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not params.paths.encoder.exists(), "the run finished before the kill: lengthen RUN"
+    saved = torch.load(params.paths.resume_state, weights_only=True)
+    assert 1 <= saved["epoch"] < RUN["pretrain.epochs"]
+    _resume_and_compare(params, uninterrupted, saved["epoch"])
+
+
+def test_kill_mid_epoch_resumes_from_the_last_epoch_checkpoint(tmp_path, source, uninterrupted):
+    params = _project(tmp_path, source)
+    killed = _pretrain(params, "step", 8 * 2 + 5)  # 5 steps into epoch 3
+    assert killed.returncode == -signal.SIGKILL
+    _resume_and_compare(params, uninterrupted, resumed_after_epoch=2)
+
+
+def test_kill_between_encoder_and_checkpoint_writes(tmp_path, source, uninterrupted):
+    params = _project(tmp_path, source)
+    killed = _pretrain(params, "outputs", 0)
+    assert killed.returncode == -signal.SIGKILL
+    assert params.paths.encoder.exists() and not params.paths.checkpoint.exists()
+    _resume_and_compare(params, uninterrupted, resumed_after_epoch=RUN["pretrain.epochs"])
+    assert params.paths.checkpoint.exists()
+
+
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, source, uninterrupted):
+    params = _project(tmp_path, source)
+    killed = _pretrain(params, "midwrite", 3)  # the epoch-3 checkpoint is cut in half
+    assert killed.returncode == -signal.SIGKILL
+    halves = list(params.paths.resume.glob(".pretrain-state.pt.*.tmp"))
+    assert len(halves) == 1 and halves[0].stat().st_size > 0
+    with pytest.raises(Exception):
+        torch.load(halves[0], weights_only=True)
+    previous = torch.load(params.paths.resume_state, weights_only=True)
+    assert previous["epoch"] == 2
+    _resume_and_compare(params, uninterrupted, resumed_after_epoch=2)
