@@ -39,7 +39,8 @@ def load_encoder(path: Path) -> tuple[ResNetEncoder, EncoderSpec, dict]:
     try:
         encoder.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
-        raise ByolError(f"{path}: weights do not fit the saved architecture {spec} ({str(exc).splitlines()[0]}). "
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ByolError(f"{path}: weights do not fit the saved architecture {spec} ({lines[min(1, len(lines) - 1)]}). "
                         f"{fix}") from None
     return encoder.eval(), spec, blob["input"]
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ def _ensure_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ByolError(f"cannot create directory {directory}: {exc.strerror}. "
+        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else exc.strerror
+        raise ByolError(f"cannot create directory {directory}: {why}. "
                         "Check the path in params.yaml and its permissions.") from exc
 
 
@@ -88,10 +91,21 @@ def load_torch(path: Path, what: str, fix: str) -> Any:
     if not path.is_file():
         raise ByolError(f"{what} not found at {path}. {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ByolError(f"{path} is not a readable {what} ({reason}). {fix}") from exc
+        raise ByolError(f"{path} is not a readable {what} ({_load_failure(exc)}). {fix}") from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    """A short reason, without torch's advice to retry with ``weights_only=False``."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        return ("it holds Python objects beyond tensors and plain containers, which could run code when "
+                "loaded, so it is refused")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". This is an internal miniz error")[0]
 
 
 def replace_dir(staging: Path, final: Path, marker: str) -> None:

@@ -1,0 +1,245 @@
+"""Every bad input the pipeline knows of, through the ``byol`` command: a clear message that
+names the file or key and says what to do, exit code 1, and nothing written or changed.
+
+Each case starts from a healthy project (ingested data, an encoder, metrics), breaks one
+thing, runs one stage, and compares every file under the project before and after. The
+table in docs/bad-input.md lists the same cases; a test checks it names each one with its
+message. ``python tests/test_bad_input.py`` prints the table from the real messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import pickle
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from byol_core.checkpoint import save_encoder
+from byol_core.cli import main
+from byol_core.config import load_params
+from byol_core.ingest import ingest
+from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.sources.fashion_mnist import FILES
+from byol_core.storage import write_json
+from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
+from sourcefiles import make_cifar10, make_imagefolder
+
+DOC = ROOT / "docs" / "bad-input.md"
+BASE = {**TINY, "data.max_train": None, "data.max_test": None, "pretrain.batch_size": 16,
+        "pretrain.monitor_bank": 16, "pretrain.monitor_queries": 8, "export.parity_images": 8}
+
+
+class _Payload:
+    def __reduce__(self):  # unpickling this would run a shell command
+        return (__import__("os").system, ("touch pwned",))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # how the docs table names it
+    stage: str
+    fragment: str  # a regex the message must match (also checked against the docs row)
+    params: dict | None = None  # overrides for params.yaml (None: keep)
+    breaks: object = None  # callable(root) that breaks a file, run after params are written
+
+
+def _swap_data(root: Path, **overrides) -> dict:
+    return {"data.source_dir": "src2", **overrides}
+
+
+def _folder(root: Path, **kwargs) -> Path:
+    make_imagefolder(root / "src2", **kwargs)
+    return root / "src2"
+
+
+def _encoder(root: Path, spec: EncoderSpec, edit=None) -> None:
+    torch.manual_seed(0)
+    save_encoder(root / "models" / "encoder.pt", build_encoder(spec), spec,
+                 {"size": 28, "mean": [0.5], "std": [0.25]})
+    if edit:
+        edit(root / "models" / "encoder.pt")
+
+
+def _retarget_spec(path: Path) -> None:
+    blob = torch.load(path, weights_only=True)
+    blob["spec"]["width"] = 0.25
+    torch.save(blob, path)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _fashion_variant(root: Path, edit) -> None:
+    make_fashion_files(root / "src2")
+    edit(root / "src2")
+
+
+CASES = [
+    Case("unknown source name", "ingest", r"data\.source: Input should be 'fashion-mnist', 'cifar10'",
+         {"data.source": "mnist"}),
+    Case("missing source folder", "ingest", r"data\.source_dir .*src2 does not exist\. Point it at a folder",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16})),
+    Case("empty source folder", "ingest", r"src2 holds no class folders\. Put each class's images in a folder",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: (root / "src2").mkdir()),
+    Case("Fashion-MNIST folder with some files missing", "ingest",
+         r"data\.source_dir .*src2 lacks train-labels-idx1-ubyte\.gz for Fashion-MNIST\. `make setup` copies",
+         _swap_data(None), lambda root: _fashion_variant(root, lambda d: (d / FILES["train"][1]).unlink())),
+    Case("class folder with no images", "ingest", r"class folder 'bird' holds no images\. Add images or remove",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: (_folder(root) / "bird").mkdir()),
+    Case("corrupt image", "ingest", r"src2/cat/000\.png: cannot be read as an image .*set data\.on_corrupt: skip",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: (_folder(root) / "cat" / "000.png").write_bytes(b"not a png")),
+    Case("unsupported file type", "ingest",
+         r"src2/dog/notes\.docx: unsupported file type '\.docx' .*Convert or remove it, or set data\.on_corrupt: skip",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: (_folder(root) / "dog" / "notes.docx").write_bytes(b"PK")),
+    Case("image smaller than the crop", "ingest",
+         r"src2/[\w/]+\.\w+: \d+x\d+ px is smaller than data\.image_size 64 .*lower data\.image_size",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 64}), lambda root: _folder(root)),
+    Case("source smaller than data.image_size", "ingest",
+         r"images are 28x28 px, smaller than data\.image_size 32\. Images are never upscaled",
+         {"data.image_size": 32}),
+    Case("truncated IDX .gz", "ingest", r"train-images-idx3-ubyte\.gz: .*truncated or corrupt",
+         _swap_data(None), lambda root: _fashion_variant(
+             root, lambda d: (d / FILES["train"][0]).write_bytes((d / FILES["train"][0]).read_bytes()[:300]))),
+    Case("image/label count mismatch", "ingest", r"train has 40 images but 39 labels .*Fetch matching files",
+         _swap_data(None), lambda root: _fashion_variant(
+             root, lambda d: write_idx(d / FILES["train"][1], np.zeros(39)))),
+    Case("CIFAR batch that would run code", "ingest",
+         r"data_batch_1: refers to posix\.system, which a CIFAR batch never does; refusing to load it",
+         _swap_data(None, **{"data.source": "cifar10"}), lambda root: (
+             make_cifar10(root / "src2"),
+             (root / "src2" / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(_Payload())))),
+    Case("wrong channel count for the model", "evaluate",
+         r"encoder\.pt expects 3-channel images but the prepared data has 1\. Run `byol pretrain`",
+         None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 3, True))),
+    Case("data.channels not 1 or 3", "ingest", r"data\.channels: Input should be 1 or 3", {"data.channels": 2}),
+    Case("typo'd key", "pretrain", r"pretrain\.epoch: unknown key \(did you mean 'pretrain\.epochs'\?\)",
+         {"pretrain.epoch": 3}),
+    Case("negative epochs", "pretrain", r"pretrain\.epochs: Input should be greater than or equal to 1",
+         {"pretrain.epochs": -2}),
+    Case("batch larger than the data", "pretrain",
+         r"pretrain\.batch_size \(128\) is larger than the 40 prepared training images: lower",
+         {"pretrain.batch_size": 128}),
+    Case("tau outside [0, 1]", "pretrain", r"pretrain\.tau_base: Input should be less than or equal to 1",
+         {"pretrain.tau_base": 1.5}),
+    Case("path leaving the project", "evaluate", r"paths\.metrics: '\.\./elsewhere' leads outside the project folder",
+         {"paths.metrics": "../elsewhere"}),
+    Case("output folder not writable", "ingest", r"cannot (create directory|write under) .*blocker",
+         {"paths.prepared": "blocker/prepared"}, lambda root: (root / "blocker").write_text("a file")),
+    Case("output folder not ours", "ingest", r"refusing to replace .*mine: it exists but has no card\.json",
+         {"paths.prepared": "mine"}, lambda root: ((root / "mine").mkdir(), (root / "mine" / "notes.txt").write_text("x"))),
+    Case("checkpoint from another architecture", "evaluate",
+         r"encoder\.pt: weights do not fit the saved architecture .*Run `byol pretrain` to make it",
+         None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 1, True), _retarget_spec)),
+    Case("corrupt or truncated encoder", "export", r"encoder\.pt is not a readable encoder file .*Run `byol pretrain`",
+         None, lambda root: _truncate(root / "models" / "encoder.pt")),
+    Case("corrupt or truncated resume state", "pretrain",
+         r"pretrain-state\.pt is not a readable training checkpoint .*Delete it to start pretraining afresh",
+         None, lambda root: ((root / ".byol" / "resume").mkdir(parents=True),
+                             (root / ".byol" / "resume" / "pretrain-state.pt").write_bytes(b"PK\x03\x04cut"))),
+    Case("checkpoint that would run code", "evaluate", r"encoder\.pt is not a readable encoder file \(it holds Python objects .* could run code .*refused\)",
+         None, lambda root: (root / "models" / "encoder.pt").write_bytes(pickle.dumps(_Payload()))),
+    Case("ONNX parity failure", "export",
+         r"onnxruntime \(CPUExecutionProvider\) disagrees with PyTorch: max abs diff .* exceeds atol=1e-12",
+         {"export.atol": 1e-12, "export.rtol": 0.0}),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (symlinks not followed) -> a hash of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    """Ingested tiny data, an encoder that fits it, and metrics from an earlier run."""
+    return _healthy_project(tmp_path_factory.mktemp("healthy"))
+
+
+def _healthy_project(root: Path) -> Path:
+    make_fashion_files(root / "src")
+    params = load_params(write_params(root, {**BASE, "data.source_dir": "src"}))
+    ingest(params.data, params.paths.prepared)
+    _encoder(root, EncoderSpec("resnet18", 0.125, 1, True))
+    write_json(params.paths.eval_metrics, {"linear_top1": 0.5})
+    return root
+
+
+def _run_case(case: Case, root: Path, healthy: Path) -> str:
+    """Copy the healthy project, break it, run the stage; returns the message (paths as <project>)."""
+    shutil.copytree(healthy, root, dirs_exist_ok=True)
+    overrides = {**BASE, "data.source_dir": "src", **(case.params or {})}
+    Path(root / "params.yaml").write_text(yaml.safe_dump(_params_dict(overrides), sort_keys=False))
+    if case.breaks:
+        case.breaks(root)
+    before = _snapshot(root)
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        code = main([case.stage, "--params", str(root / "params.yaml")])
+    err = stderr.getvalue()
+    assert code == 1, err
+    assert not (root / "pwned").exists() and not Path("pwned").exists()
+    after = _snapshot(root)
+    assert after == before, f"files changed: {set(after.items()) ^ set(before.items())}"
+    message = " ".join(line.strip() for line in err.strip().splitlines())  # one line for the table
+    message = message.removeprefix(f"byol {case.stage}: error: ")
+    return message.replace(str(root), "<project>").replace(str(root.parent), "<project>/..")
+
+
+def _params_dict(overrides: dict) -> dict:
+    from conftest import params_dict
+
+    raw = params_dict(**{k: v for k, v in overrides.items() if k != "pretrain.epoch"})
+    if "pretrain.epoch" in overrides:  # a typo: a key the schema does not know
+        raw["pretrain"]["epoch"] = overrides["pretrain.epoch"]
+    return raw
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_refused_cleanly(case, tmp_path, healthy):
+    message = _run_case(case, tmp_path / "project", healthy)
+    assert re.search(case.fragment, message), message
+    assert "Traceback" not in message
+
+
+def test_docs_table_lists_every_case_with_its_message():
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and cells[0] not in ("case", "---"):
+            rows[cells[0]] = (cells[1].strip("`"), cells[2].replace("\\|", "|"))
+    assert set(rows) == {c.name for c in CASES}
+    for case in CASES:
+        stage, message = rows[case.name]
+        assert stage == f"byol {case.stage}", case.name
+        assert re.search(case.fragment, message.strip("`")), (case.name, message)
+
+
+def _table(tmp: Path) -> str:
+    """The docs table, from the real messages (run: python tests/test_bad_input.py)."""
+    healthy = _healthy_project(tmp / "healthy")
+    lines = ["| case | command | message |", "| --- | --- | --- |"]
+    for i, case in enumerate(CASES):
+        message = _run_case(case, tmp / f"case{i}", healthy)
+        lines.append(f"| {case.name} | `byol {case.stage}` | {message.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(_table(Path(tmp)))
