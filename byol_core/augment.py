@@ -79,6 +79,13 @@ class ViewParams:
     solarize: torch.Tensor  # (B,) bool
     any_blur: bool  # False when the spec never blurs: the blur kernels are skipped altogether
 
+    def part(self, start: int, stop: int) -> ViewParams:
+        """The draws of samples ``start:stop``: a distributed rank applies its share of the
+        global batch's draws, so each sample gets what it would get in one process."""
+        return ViewParams(*(getattr(self, name)[start:stop] for name in
+                            ("box", "flip", "jitter_factors", "jitter_order", "grayscale", "blur_sigma",
+                             "solarize")), self.any_blur)
+
 
 def _draw_boxes(n: int, height: int, width: int, spec: ViewSpec, gen, device) -> torch.Tensor:
     """RandomResizedCrop's sampling, vectorised: try ``_CROP_TRIES`` boxes per sample, keep
@@ -245,7 +252,13 @@ def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
 
 
 def make_view(images: torch.Tensor, spec: ViewSpec, size: int, mean: torch.Tensor, std: torch.Tensor,
-              gen: torch.Generator) -> torch.Tensor:
-    """Draw one view's parameters for every sample and apply them. Deterministic given ``gen``."""
-    params = draw_params(images.shape[0], *images.shape[1:], spec, gen)
-    return apply_view(images, params, size, mean, std)
+              gen: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Draw one view's parameters for every sample and apply them. Deterministic given ``gen``.
+
+    ``shard`` = (rank, world): ``images`` is this rank's slice of a global batch ``world``
+    times larger; the draws are made for the whole global batch (the same on every rank)
+    and this rank applies its slice of them."""
+    rank, world = shard
+    n = images.shape[0]
+    params = draw_params(n * world, *images.shape[1:], spec, gen)
+    return apply_view(images, params if world == 1 else params.part(rank * n, (rank + 1) * n), size, mean, std)

@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params)
+        if args.stage == "pretrain" and params.pretrain.processes > 1 and "LOCAL_RANK" not in os.environ:
+            from byol_core import distributed  # only the pretrain stage imports torch.distributed
+
+            return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
+                                      [args.stage, "--params", args.params])
         line, metrics = stages.run(args.stage, params)
     except ByolError as exc:
         print(f"byol {args.stage}: error: {exc}", file=sys.stderr)
@@ -47,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"byol {args.stage}: interrupted", file=sys.stderr)
         return 130
-    print(line)
-    report_to_orchestrator(args.stage, line, metrics)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(line)
+        report_to_orchestrator(args.stage, line, metrics)
     return 0
 
 

@@ -194,11 +194,25 @@ class PretrainConfig(_Section):
     log_every: PositiveInt  # steps between progress updates (each one syncs with the device)
     monitor_bank: PositiveInt  # labelled train images for the per-epoch kNN monitor
     monitor_queries: PositiveInt  # test images it classifies
+    devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
+    nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
+    compile: bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> PretrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+    @property
+    def processes(self) -> int:
+        return self.devices * self.nodes
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> PretrainConfig:
+        if self.batch_size % self.processes or self.batch_size // self.processes < 2:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must split into equal "
+                             f"shards of at least 2 over devices x nodes = {self.processes} processes")
         return self
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from byol_core import distributed
 from byol_core.augment import ViewSpec, byol_views, make_view
 from byol_core.byol import BYOL, collapse_std, target_tau
 from byol_core.checkpoint import load_state, save_state
@@ -54,9 +55,10 @@ def run_key(params: Params, data_hash: str, device: torch.device) -> str:
     """A hash of everything that shapes the trained weights (params, data, device type):
     a resume state is only ever continued under the same key, so a stale state never
     leaks into another run. Knobs that only change logging or monitoring are left out, so
-    changing them does not throw away a half-finished run."""
+    changing them does not throw away a half-finished run; so is the process count, since
+    the global batch and each sample's augmentation do not depend on it."""
     shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
-    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries"):
+    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes"):
         shaping["pretrain"].pop(knob)
     blob = json.dumps({"params": shaping, "data": data_hash, "device": device.type}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -77,6 +79,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0  # completed epochs
     history: list[dict] = field(default_factory=list)
+    forward: torch.nn.Module | None = None  # the DDP wrapper of ``model`` when distributed
 
     def to_checkpoint(self, key: str, params: Params) -> dict:
         rng = {"cpu": torch.get_rng_state()}
@@ -97,16 +100,17 @@ class TrainState:
 
 def train_step(state: TrainState, images: torch.Tensor, views: tuple[ViewSpec, ViewSpec], size: int,
                mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator, lr: float, tau: float,
-               precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One BYOL update on a uint8 batch (B, C, H, W). Returns (loss, collapse std) as
-    device tensors, without waiting for the device."""
+               precision: str, shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One BYOL update on a uint8 batch (B, C, H, W): this rank's ``shard`` = (rank, world)
+    of the global batch. Returns (loss, collapse std) as device tensors, without waiting
+    for the device."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     layout = memory_format(images.device)
-    view1, view2 = (make_view(images, spec, size, mean, std, gen).contiguous(memory_format=layout)
+    view1, view2 = (make_view(images, spec, size, mean, std, gen, shard).contiguous(memory_format=layout)
                     for spec in views)
     with autocast(images.device, precision):
-        loss, z = state.model(view1, view2)
+        loss, z = (state.forward or state.model)(view1, view2)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
@@ -146,10 +150,18 @@ class Monitor:
         return knn_top1(bank, self.bank_labels, queries, self.query_labels, self.num_classes, params.knn)
 
 
-def pretrain(params: Params, prepared: Prepared, device: torch.device,
-             log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[TrainState, Schedule]:
-    """Train BYOL on the prepared train split, resuming from ``paths.resume_state`` when it
-    was made under the same params and data. Returns the final state and the schedule."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
+             world: distributed.World = distributed.World()) -> tuple[TrainState, Schedule]:
+    """Train BYOL on the prepared pretraining images, resuming from ``paths.resume_state``
+    when it was made under the same params and data. Returns the final state and the
+    schedule. Under DDP (``world.size > 1``) every rank calls this; rank 0 alone logs and
+    writes the resume state."""
+    if not world.is_main:
+        log = lambda line: None  # noqa: E731 - rank 0 speaks for all
     cfg = params.pretrain
     card = prepared.card
     images = torch.from_numpy(prepared.pretrain_images).to(device)  # resident on the device as uint8
@@ -161,6 +173,8 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
     monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
 
     model = build_model(params, card["channels"]).to(device, memory_format=memory_format(device))
+    if world.size > 1:
+        model = distributed.sync_batchnorm(model, device)
     state = TrainState(model, build_optimizer(model, params))
     key = run_key(params, card["data_hash"], device)
     resume_path = params.paths.resume_state
@@ -174,8 +188,13 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
         else:
             log(f"pretrain: ignoring {resume_path}: it was made under other params or data "
                 f"(key {blob.get('run_key')} != {key}); starting fresh")
+    if world.size > 1:  # after the restore: DDP starts from rank 0's weights, identical anyway
+        state.forward = distributed.wrap(model, device)
+    if cfg.compile:
+        state.forward = torch.compile(state.forward or model)
 
     batch = cfg.batch_size
+    local = batch // world.size  # this rank's slice of each global batch
     for epoch in range(state.epoch, cfg.epochs):
         order_gen = _epoch_generator(params.seed, epoch, 0, device)
         aug_gen = _epoch_generator(params.seed, epoch, 1, device)
@@ -184,17 +203,19 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
         loss_sum = torch.zeros((), device=device)
         collapse_sum = torch.zeros((), device=device)
         bar = tqdm(total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=None, leave=False, file=sys.stderr)
+                   disable=None if world.is_main else True, leave=False, file=sys.stderr)
         started = time.perf_counter()
         for i in range(schedule.steps_per_epoch):
             lr = lr_at(state.step, schedule.total_steps, schedule.warmup_steps, schedule.peak_lr)
             tau = target_tau(state.step, schedule.total_steps, cfg.tau_base)
-            loss, collapse = train_step(state, images[order[i * batch:(i + 1) * batch]], views, size,
-                                        mean, std, aug_gen, lr, tau, cfg.precision)
+            start = i * batch + world.rank * local
+            loss, collapse = train_step(state, images[order[start:start + local]], views, size,
+                                        mean, std, aug_gen, lr, tau, cfg.precision, world.shard)
             loss_sum += loss
             collapse_sum += collapse
             if (i + 1) % cfg.log_every == 0 or i + 1 == schedule.steps_per_epoch:
-                _check_finite(loss_sum, state, resume_path)  # one host sync per log interval
+                # one host sync per log interval (and one all-reduce: every rank stops together)
+                _check_finite(distributed.mean_over_ranks(loss_sum), state, resume_path)
                 rate = (i + 1) * batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", img_s=f"{rate:.0f}")
                 bar.update((i + 1) - bar.n)
@@ -204,9 +225,9 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
         state.epoch = epoch + 1
         row = {
             "epoch": state.epoch, "step": state.step,
-            "loss": float(loss_sum) / schedule.steps_per_epoch,
+            "loss": float(distributed.mean_over_ranks(loss_sum)) / schedule.steps_per_epoch,
             "lr": lr, "tau": tau,
-            "collapse_std": float(collapse_sum) / schedule.steps_per_epoch,
+            "collapse_std": float(distributed.mean_over_ranks(collapse_sum)) / schedule.steps_per_epoch,
             "knn_top1": monitor.knn_top1(state.model.encoder, mean, std, params, device),
             "images_per_sec": schedule.steps_per_epoch * batch / seconds,
             "seconds": seconds,
@@ -218,5 +239,10 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device,
             # The loss is computed before the last update: check the weights themselves too.
             weight_norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).sum()
             _check_finite(weight_norm, state, resume_path, "the weight norm")
-            save_state(resume_path, state.to_checkpoint(key, params))
+            if world.is_main:
+                save_state(resume_path, state.to_checkpoint(key, params))
+            distributed.barrier()  # no rank runs ahead of the state it would resume from
+    if world.size > 1:
+        log(f"pretrain: all {world.size} ranks hold identical online and target weights "
+            f"(hash {distributed.check_in_step(state.model)})")
     return state, schedule

@@ -7,7 +7,7 @@ import io
 import shutil
 import time
 
-from byol_core import data
+from byol_core import data, distributed
 from byol_core.checkpoint import save_encoder
 from byol_core.config import Params
 from byol_core.device import resolve_device
@@ -28,10 +28,19 @@ def _curve_csv(history: list[dict]) -> str:
 
 
 def run(params: Params) -> tuple[str, dict]:
+    """Under torchrun every rank runs this; rank 0 alone writes the outputs."""
     prepared = data.load_prepared(params.paths.prepared)
     device = resolve_device(params.device)
+    world = distributed.current()
+    if world.size > 1:
+        world, device = distributed.setup(device.type)
     started = time.perf_counter()
-    state, schedule = pretrain(params, prepared, device)
+    try:
+        state, schedule = pretrain(params, prepared, device, world=world)
+    finally:
+        distributed.teardown()
+    if not world.is_main:
+        return "", {}
     card = prepared.card
     encoder = state.model.encoder
     save_encoder(params.paths.encoder, encoder, state.model.spec,
