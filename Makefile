@@ -1,7 +1,9 @@
 # The two front-door commands (see README.md):
 #   make run   set up, then `dvc repro`: the four stages on params.yaml (Fashion-MNIST by default)
 #   make test  set up, then run the test suite
-.PHONY: setup run test
+# and one for the speed comparison:
+#   make bench set up, install the peers (lightly, byol-pytorch), then time our step against theirs
+.PHONY: setup run test bench
 
 setup:
 	@scripts/setup.sh
@@ -11,3 +13,10 @@ run: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# lightly pulls hydra-core, whose antlr4-python3-runtime 4.9 pin breaks Dagster's string
+# asset selections; lightly's BYOL parts never import hydra, so Dagster's antlr goes back.
+bench: setup
+	.venv/bin/pip install -q -e '.[bench]'
+	.venv/bin/pip install -q 'antlr4-python3-runtime==4.13.2'
+	.venv/bin/python benchmarks/step_vs_peers.py

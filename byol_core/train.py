@@ -110,7 +110,7 @@ def train_step(state: TrainState, images: torch.Tensor, views: tuple[ViewSpec, V
     view1, view2 = (make_view(images, spec, size, mean, std, gen, shard).contiguous(memory_format=layout)
                     for spec in views)
     with autocast(images.device, precision):
-        loss, z = (state.forward or state.model)(view1, view2)
+        loss, z = (state.model if state.forward is None else state.forward)(view1, view2)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
@@ -191,7 +191,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     if world.size > 1:  # after the restore: DDP starts from rank 0's weights, identical anyway
         state.forward = distributed.wrap(model, device)
     if cfg.compile:
-        state.forward = torch.compile(state.forward or model)
+        state.forward = torch.compile(model if state.forward is None else state.forward)
 
     batch = cfg.batch_size
     local = batch // world.size  # this rank's slice of each global batch

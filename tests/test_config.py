@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from byol_core.config import derive_schedule, load_params, parse_params
 from byol_core.errors import ByolError
@@ -154,3 +155,16 @@ def test_absolute_paths_and_inner_symlinks_are_taken_as_written(tmp_path):
     params = load_params(write_params(project, {"paths.models": str(outside), "paths.metrics": "alias/metrics"}))
     assert params.paths.models == outside
     assert params.paths.metrics == project / "alias" / "metrics"
+
+
+def test_every_recipe_names_real_keys_and_validates(tmp_path):
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        overrides = yaml.safe_load(recipe.read_text())
+        raw = params_dict(**overrides)  # a key params.yaml lacks raises KeyError here
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        params = load_params(tmp_path / "params.yaml")
+        for dotted, value in overrides.items():
+            node = params
+            for part in dotted.split("."):
+                node = getattr(node, part)
+            assert node == (tuple(value) if isinstance(value, list) else value), (recipe.name, dotted)
