@@ -268,7 +268,7 @@ def main() -> None:
                    "heads": {"projector_hidden": m.projector_hidden, "projector_out": m.projector_out,
                              "predictor_hidden": m.predictor_hidden},
                    "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "workers": args.workers,
-                   "precision_ours": args.precision, "peers": "bf16 autocast" if args.peer_amp else "fp32",
+                   "precision_ours": args.precision, "compile_ours": args.compile, "peers": "bf16 autocast" if args.peer_amp else "fp32",
                    "optimizer": f"{args.optimizer}: {OPTIMIZERS[args.optimizer]}", "images": len(images)},
         "img_per_s": {n: {"median": round(medians[n], 1), "runs": [round(r[n]["img_s"], 1) for r in clean]}
                       for n in names},
@@ -298,7 +298,8 @@ def print_table(rec: dict, path: Path) -> None:
     print(f"ResNet-18 w{c['width']} ({c['base_channels']} base ch.), small stem, {c['size']} px, batch {c['batch']}, "
           f"heads {c['heads']['projector_hidden']}/{c['heads']['projector_out']}/{c['heads']['predictor_hidden']}; "
           f"{c['steps']} timed steps after {c['warmup']} warm-up, {c['repeats']} repeats, alternating; "
-          f"ours {c['precision_ours']}, peers {c['peers']}; lightly loader: {c['workers']} workers")
+          f"ours {c['precision_ours']}{' + torch.compile' if c.get('compile_ours') else ''}, peers {c['peers']}; "
+          f"lightly loader: {c['workers']} workers")
     print(f"Optimizer: {c['optimizer']}\n")
     print("| framework | img/s (median) | runs | ours / this | peak memory |")
     print("| --- | --- | --- | --- | --- |")
