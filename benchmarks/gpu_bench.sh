@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/byol-gpu-bench}
 mkdir -p "$OUT"
-PEERS=("lightly>=1.6,<1.7" "byol-pytorch>=0.9,<0.10")  # as pyproject's bench extra
+PEERS=("lightly>=1.6,<1.7" "byol-pytorch>=0.9,<0.10" "kornia>=0.9,<0.10")  # as pyproject's bench extra
 pipq() { python3 -m pip -q --disable-pip-version-check --no-cache-dir "$@"; }
 
 echo "== 1. wheels"
@@ -56,6 +56,9 @@ timeout 150 python3 benchmarks/step_vs_peers.py "${CONFIG[@]}" --optimizer lars 
   >"$OUT/step_vs_peers_lars.txt" 2>&1
 echo "exit $?"
 sed -n '/^| framework/,$p' "$OUT/step_vs_peers_lars.txt"
+
+echo "== 2b. one view: our batched augmentation against kornia's (batch 512, 32 px)"
+timeout 90 python3 benchmarks/augment_vs_kornia.py --device cuda --batch 512 --rounds 7 --calls 20 2>&1 | tail -n 6 | tee "$OUT/augment_vs_kornia.txt"
 
 echo "== 3. GPU config, each framework with its own optimizer (log: $OUT/step_vs_peers.txt)"
 timeout 300 python3 benchmarks/step_vs_peers.py "${CONFIG[@]}" --steps 30 --warmup 10 --repeats 5 2>&1 \

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 DEST=${DEST:-wheels}
-PEERS=("lightly>=1.6,<1.7" "byol-pytorch>=0.9,<0.10")  # keep in step with pyproject's bench extra
+PEERS=("lightly>=1.6,<1.7" "byol-pytorch>=0.9,<0.10" "kornia>=0.9,<0.10")  # keep in step with pyproject's bench extra
 TARGET=(--python-version 3.12 --implementation cp --abi cp312 --only-binary=:all:
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
         --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64)
