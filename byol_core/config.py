@@ -174,6 +174,13 @@ class AugmentConfig(_Section):
     blur_sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
     solarize_p: tuple[Probability, Probability]  # (view 1, view 2)
 
+    @field_validator("blur", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML 1.1 (PyYAML) reads a bare on/off as a boolean, and `dvc exp run -S
+        # augment.blur=off` writes it bare: take the booleans as the words they were.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("crop_scale", "crop_ratio", "blur_sigma", mode="after")
     @classmethod
     def _ordered(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:

@@ -168,3 +168,11 @@ def test_every_recipe_names_real_keys_and_validates(tmp_path):
             for part in dotted.split("."):
                 node = getattr(node, part)
             assert node == (tuple(value) if isinstance(value, list) else value), (recipe.name, dotted)
+
+
+def test_bare_on_off_from_yaml_mean_the_words(tmp_path):
+    path = write_params(tmp_path)
+    path.write_text(path.read_text().replace("blur: auto", "blur: off"))  # as `dvc exp run -S` writes it
+    assert load_params(path).augment.blur == "off"
+    path.write_text(path.read_text().replace("blur: off", "blur: on"))
+    assert load_params(path).augment.blur == "on"
