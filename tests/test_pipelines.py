@@ -71,7 +71,9 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
         outs = dvc_project.lock_outs(STAGE_OF[key])
         assert outs and all(meta[f"dvc md5 {path}"].value == md5 for path, md5 in outs.items())
         assert materialization.tags["dagster/data_version"] == _version_of(outs)
-    assert found["prepared_dataset"].metadata["train images"].value == 256
+    dataset = found["prepared_dataset"].metadata
+    assert dataset["train images"].value == 256 and dataset["unlabeled images"].value == 0
+    assert dataset["exact duplicates"].value == 0 and dataset["skipped files"].value == 0
     assert 0.0 <= found["linear_eval"].metadata["linear top-1"].value <= 1.0
     assert found["linear_eval"].metadata["probe vs baselines"].value.records[0].data["features"] == "BYOL encoder"
     assert found["byol_encoder"].metadata["training curves"].value.startswith("![training curves](data:image/png;base64,")
