@@ -63,23 +63,6 @@ def read_source(cfg: DataConfig) -> SourceData:
     return data
 
 
-def read_source(cfg: DataConfig) -> SourceData:
-    """The configured source, converted to ``data.channels`` / ``data.image_size``, with its
-    ``unlabeled/`` folder if any, and capped to ``data.max_*``."""
-    data = SOURCES[cfg.source].read(cfg).check(cfg.source_dir)
-    conform(data, cfg.channels, cfg.image_size, f"{cfg.source} in {cfg.source_dir}")
-    _add_unlabeled_folder(data, cfg)
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test), ("unlabeled", cfg.max_unlabeled)):
-        if cap is not None and split in data.images:
-            data.images[split], data.labels[split] = data.images[split][:cap], data.labels[split][:cap]
-            data.origins[split] = data.origins[split][:cap]
-    for split in LABELLED:
-        if len(data.images[split]) == 0:
-            raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. "
-                            "Add images, or check data.on_corrupt did not skip them all.")
-    return data
-
-
 def _row_hashes(images: np.ndarray) -> list[str]:
     flat = images.reshape(len(images), -1)
     return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
