@@ -63,6 +63,7 @@ class PathsConfig(_Section):
     models: Path
     metrics: Path
     resume: Path
+    cache: Path
 
     @field_validator("*", mode="after")
     @classmethod
@@ -77,7 +78,7 @@ class PathsConfig(_Section):
         if root is not None and _within(Path(root).resolve(), prepared):
             raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
                              "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
-        for name in ("models", "metrics", "resume"):
+        for name in ("models", "metrics", "resume", "cache"):
             if _within(getattr(self, name).resolve(), prepared):
                 raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
                                  f"({self.prepared}), which ingest replaces wholesale: move one of them")
@@ -136,6 +137,7 @@ class DataConfig(_Section):
     max_train: PositiveInt | None  # null: all; else the first N images of the split
     max_test: PositiveInt | None
     max_unlabeled: PositiveInt | None
+    shard_mb: Annotated[float, Field(gt=0.0, le=4096.0)]  # the largest prepared shard file, in MiB
 
     @field_validator("source_dir", mode="after")
     @classmethod
@@ -204,6 +206,7 @@ class PretrainConfig(_Section):
     devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
     nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
     compile: bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
+    resident_max_mb: Literal["auto"] | Annotated[float, Field(ge=0.0)]  # data up to this stays on the device
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> PretrainConfig:

@@ -1,19 +1,22 @@
-"""The prepared dataset: the one format every stage after ingest reads.
+"""The prepared dataset: the one format every stage after ingest reads (format 2).
 
 One directory, written atomically by :mod:`byol_core.ingest`:
-  ``{split}_images.npy``  uint8, (N, C, H, W), for ``train``, ``test`` and, when the source
-                          has one, ``unlabeled`` (pretraining only)
-  ``{split}_labels.npy``  int64, (N,); -1 throughout ``unlabeled``
+  ``{split}-{k:05d}.npy`` uint8 image shards (n_k, C, H, W) of bounded size
+                          (:mod:`byol_core.store`), for ``train``, ``test`` and, when the
+                          source has one, ``unlabeled`` (pretraining only)
+  ``{split}-labels.npy``  int64, (N,); -1 throughout ``unlabeled``
+  ``store.json``          the format number, the image shape and each split's shards
   ``manifest.parquet``    one row per image: index, split, label, content hash, source (the
                           image's place in the source), duplicate (an identical image came
                           earlier), status (``ok``, or ``skipped: <reason>`` for a file left
                           out under ``data.on_corrupt: skip``; those rows have index -1)
   ``card.json``           shape, class names, per-channel mean/std (train split, [0, 1] scale),
-                          split sizes, duplicate and skip counts and a hash of all arrays
-                          (``data_hash``)
+                          split sizes, duplicate and skip counts and a hash of all images and
+                          labels (``data_hash``)
 
-This module knows nothing of the sources, so a change to a source reader reruns ingest
-alone (and nothing after it, when the prepared data comes out the same).
+Images are read memory-mapped, so no stage needs a whole split in memory. This module
+knows nothing of the sources, so a change to a source reader reruns ingest alone (and
+nothing after it, when the prepared data comes out the same).
 """
 
 from __future__ import annotations
@@ -26,55 +29,103 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.errors import ByolError
+from byol_core.store import ShardedImages
 
 LABELLED = ("train", "test")
 SPLITS = ("train", "test", "unlabeled")
 UNLABELED = -1  # the label of every image in the ``unlabeled`` split
+FORMAT = 2
+LAYOUT_FILE = "store.json"
+
+
+def labels_name(split: str) -> str:
+    return f"{split}-labels.npy"
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared dataset in memory: uint8 images (N, C, H, W) and int64 labels per split."""
+    """The prepared dataset: memory-mapped uint8 images (N, C, H, W) and int64 labels per split."""
 
-    images: dict[str, np.ndarray]
+    images: dict[str, ShardedImages]
     labels: dict[str, np.ndarray]
     card: dict
 
     @property
-    def pretrain_images(self) -> np.ndarray:
+    def pretrain_images(self) -> ShardedImages:
         """What BYOL trains on: the unlabeled split and the train split (labels unused), as
-        solo-learn does for STL-10; just train when there is no unlabeled split."""
+        solo-learn does for STL-10; just train when there is no unlabeled split. A view:
+        nothing is copied."""
         if "unlabeled" not in self.images:
             return self.images["train"]
-        return np.concatenate([self.images["unlabeled"], self.images["train"]])
+        return self.images["unlabeled"] + self.images["train"]
 
 
-def data_hash(images: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
+def data_hash(splits: dict[str, tuple[tuple[int, ...], np.ndarray, bytes]]) -> str:
+    """A hash of every split's shape, labels and images, from each image's content digest
+    (so it costs a pass over the digests, not over the pixels). ``splits``: split ->
+    (shape, labels, the images' digests joined in order)."""
     digest = hashlib.sha256()
     for split in SPLITS:
-        if split in images:
-            for array in (images[split], labels[split]):
-                digest.update(str(array.shape).encode())
-                digest.update(np.ascontiguousarray(array).tobytes())
+        if split in splits:
+            shape, labels, digests = splits[split]
+            digest.update(f"{split} {tuple(shape)}".encode())
+            digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+            digest.update(hashlib.sha256(digests).digest())
     return digest.hexdigest()[:16]
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ByolError(f"{path}: cannot read the {what} ({exc}). Run `byol ingest` again.") from None
+    if not isinstance(value, dict):
+        raise ByolError(f"{path}: the {what} is not a JSON object. Run `byol ingest` again.")
+    return value
+
+
 def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Prepared:
-    """Read what :func:`ingest` wrote (only ``splits``, when given); a missing piece is an
-    error that says to run ingest."""
+    """Open what :func:`ingest` wrote (only ``splits``, when given): labels in memory, images
+    memory-mapped. A missing, old or damaged piece is an error that says to run ingest."""
     directory = Path(directory)
-    card_path = directory / "card.json"
+    card_path, layout_path = directory / "card.json", directory / LAYOUT_FILE
     if not card_path.is_file():
         raise ByolError(f"no prepared dataset at {directory} (card.json missing). Run `byol ingest` first.")
-    card = json.loads(card_path.read_text())
+    if not layout_path.is_file():
+        if (directory / "train_images.npy").exists():
+            raise ByolError(f"{directory} holds prepared data in the old single-file format (train_images.npy); "
+                            "this version reads sharded data. Run `byol ingest` again to rewrite it.")
+        raise ByolError(f"{directory}: {LAYOUT_FILE} is missing. Run `byol ingest` again.")
+    card, layout = _read_json(card_path, "dataset card"), _read_json(layout_path, "shard layout")
+    if layout.get("format") != FORMAT:
+        raise ByolError(f"{layout_path}: prepared data of format {layout.get('format')!r}, this version reads "
+                        f"format {FORMAT}. Run `byol ingest` again.")
+    try:
+        image_shape = tuple(int(d) for d in layout["image_shape"])
+        entries = {split: [(str(s["file"]), int(s["count"])) for s in layout["splits"][split]["shards"]]
+                   for split in layout["splits"]}
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError("bad image shape")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ByolError(f"{layout_path}: the shard layout is damaged ({exc}). Run `byol ingest` again.") from None
     images, labels = {}, {}
-    for split in splits or card["splits"]:
-        for kind, store in (("images", images), ("labels", labels)):
-            path = directory / f"{split}_{kind}.npy"
-            try:
-                store[split] = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise ByolError(f"{path}: cannot read ({exc}). Run `byol ingest` again.") from None
-        if len(images[split]) != len(labels[split]):
-            raise ByolError(f"{directory}: {split} images and labels differ in count. Run `byol ingest` again.")
+    for split in splits or tuple(entries):
+        if split not in entries:
+            raise ByolError(f"{directory} has no {split} split. Run `byol ingest` again.")
+        files = [directory / name for name, _ in entries[split]]
+        if any(Path(name).name != name for name, _ in entries[split]):
+            raise ByolError(f"{layout_path}: a shard name leaves the folder. Run `byol ingest` again.")
+        images[split] = ShardedImages(files, [count for _, count in entries[split]], image_shape)
+        path = directory / labels_name(split)
+        try:
+            labels[split] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ByolError(f"{path}: cannot read ({exc}). Run `byol ingest` again.") from None
+        if labels[split].dtype != np.int64 or labels[split].ndim != 1 or len(images[split]) != len(labels[split]):
+            raise ByolError(f"{directory}: {split} images and labels differ in count or type. Run `byol ingest` again.")
+        classes = len(card.get("classes", []))
+        valid = (labels[split] == UNLABELED) if split == "unlabeled" else \
+            ((labels[split] >= 0) & (labels[split] < classes))
+        if not valid.all():
+            raise ByolError(f"{path}: labels outside the card's {classes} classes. Run `byol ingest` again.")
     return Prepared(images=images, labels=labels, card=card)

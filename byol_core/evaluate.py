@@ -36,9 +36,11 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor
     return torch.cat(chunks)
 
 
-def pixel_features(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Raw normalised pixels, flattened: the no-learning baseline. (N, C*H*W)."""
-    return to_input(torch.as_tensor(images), mean, std).flatten(1)
+def pixel_features(images, mean: torch.Tensor, std: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Raw normalised pixels of uint8 images (N, C, H, W), flattened: the no-learning
+    baseline. (N, C*H*W), built a chunk at a time."""
+    return torch.cat([to_input(torch.as_tensor(images[start:start + chunk]), mean, std).flatten(1)
+                      for start in range(0, len(images), chunk)])
 
 
 @torch.no_grad()

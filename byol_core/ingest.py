@@ -3,28 +3,37 @@
 Every source goes through the same steps: read it, convert it to ``data.channels`` /
 ``data.image_size``, add the images of an ``unlabeled/`` folder inside ``data.source_dir``
 (any depth, any format PIL reads, converted to the labelled split's channels and size),
-cap each split, count exact duplicates, and write arrays, manifest and card at once.
+cap each split, count exact duplicates, and write shards, manifest and card at once.
+Image files are converted through a cache (:mod:`byol_core.cache`), so a re-ingest converts
+only new or changed files, and the output is the same as a from-scratch ingest's. Splits
+are streamed into the shards, so memory holds a few thousand images at a time, not a split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import shutil
 import time
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from byol_core.config import DataConfig
-from byol_core.data import LABELLED, SPLITS, UNLABELED, data_hash
+from byol_core.cache import ConversionCache
+from byol_core.data import FORMAT, LABELLED, LAYOUT_FILE, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
-from byol_core.sources import SourceData, cifar10, cifar100, conform, fashion_mnist, imagefolder, stl10
+from byol_core.filesplit import resolve
+from byol_core.sources import FileSplit, SourceData, cifar10, cifar100, conform, fashion_mnist, imagefolder, stl10
 from byol_core.storage import replace_dir, staging_dir
+from byol_core.store import ShardWriter
 
 UNLABELED_FOLDER = "unlabeled"
 SOURCES = {module.NAME: module for module in (fashion_mnist, cifar10, cifar100, stl10, imagefolder)}
+ARRAY_ROWS = 4096  # rows of an in-memory source written at a time
 
 
 def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
@@ -34,73 +43,122 @@ def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
     if "unlabeled" in data.images:
         raise ByolError(f"{folder}: {cfg.source} has its own unlabeled split; move this folder out of "
                         "data.source_dir (it would be read as a second one).")
-    files = imagefolder.sample_order(imagefolder.list_images(folder), cfg.source_dir)
+    files = imagefolder.sample_order(imagefolder.list_images(folder, cfg.source_dir))
     if not files:
         raise ByolError(f"{folder} holds no images. Add images for pretraining or remove the folder.")
-    _, channels, size, _ = data.images["train"].shape
-    images, origins, skipped = imagefolder.convert_capped(files, cfg.source_dir, channels, size, cfg.on_corrupt,
-                                                          "unlabeled", cfg.max_unlabeled)
-    data.images["unlabeled"] = images
-    data.labels["unlabeled"] = np.full(len(images), UNLABELED, dtype=np.int64)
-    data.origins["unlabeled"] = origins
-    data.skipped.extend(skipped)
+    channels, size = _image_shape(data.images["train"])[:2]
+    data.images["unlabeled"] = FileSplit(cfg.source_dir, files, channels, size, cfg.max_unlabeled)
+    data.labels["unlabeled"] = np.full(len(files), UNLABELED, dtype=np.int64)
+    data.origins["unlabeled"] = [f[0] for f in files]
+
+
+def _image_shape(images: np.ndarray | FileSplit) -> tuple[int, int, int]:
+    if isinstance(images, FileSplit):
+        return images.channels, images.size, images.size
+    return tuple(int(d) for d in images.shape[1:])
 
 
 def read_source(cfg: DataConfig) -> SourceData:
     """The configured source, converted to ``data.channels`` / ``data.image_size``, with its
-    ``unlabeled/`` folder if any, and capped to ``data.max_*``."""
+    ``unlabeled/`` folder if any, and in-memory splits capped to ``data.max_*`` (image
+    files are capped as they are converted)."""
     data = SOURCES[cfg.source].read(cfg).check(cfg.source_dir)
     conform(data, cfg.channels, cfg.image_size, f"{cfg.source} in {cfg.source_dir}")
     _add_unlabeled_folder(data, cfg)
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test), ("unlabeled", cfg.max_unlabeled)):
-        if cap is not None and split in data.images:
+        if cap is not None and split in data.images and not isinstance(data.images[split], FileSplit):
             data.images[split], data.labels[split] = data.images[split][:cap], data.labels[split][:cap]
             data.origins[split] = data.origins[split][:cap]
-    for split in LABELLED:
-        if len(data.images[split]) == 0:
-            raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. "
-                            "Add images, or check data.on_corrupt did not skip them all.")
     return data
 
 
-def _row_hashes(images: np.ndarray) -> list[str]:
-    flat = images.reshape(len(images), -1)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in flat]
+@dataclass
+class _Written:
+    """One split as written: what the manifest and the card need."""
+
+    origins: list[str]
+    labels: np.ndarray
+    writer: ShardWriter
+    layout: dict
 
 
-def build_manifest(data: SourceData) -> pd.DataFrame:
+def _write_split(data: SourceData, split: str, cfg: DataConfig, cache_dir: Path, staging: Path,
+                 caches: dict) -> _Written:
+    images = data.images[split]
+    shape = _image_shape(images)
+    writer = ShardWriter(staging, split, shape, int(cfg.shard_mb * (1 << 20)))
+    try:
+        if isinstance(images, FileSplit):
+            if shape not in caches:
+                caches[shape] = ConversionCache(cache_dir, shape[0], shape[1])
+            cache = caches[shape]
+            resolved = resolve(images, data.labels[split], cache, cfg.on_corrupt, split)
+            data.skipped.extend(resolved.skipped)
+            if not resolved.origins and split in LABELLED:
+                first = resolved.skipped[0] if resolved.skipped else None
+                raise ByolError(f"{cfg.source_dir}: the {split} split holds no usable images: all {len(resolved.skipped)} "
+                                "were left out under data.on_corrupt: skip"
+                                + (f" (first: {first['origin']}: {first['reason']})" if first else "")
+                                + ". Fix or replace them.")
+            for origins, chunk in resolved.chunks(cache):
+                writer.add(origins, chunk)
+            origins, labels = resolved.origins, resolved.labels
+        else:
+            origins, labels = data.origins[split], data.labels[split]
+            if not len(images) and split in LABELLED:
+                raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. Add images.")
+            for start in range(0, len(images), ARRAY_ROWS):
+                writer.add(origins[start:start + ARRAY_ROWS], np.ascontiguousarray(images[start:start + ARRAY_ROWS]))
+        layout = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    np.save(staging / labels_name(split), np.ascontiguousarray(labels, dtype=np.int64))
+    return _Written(origins, np.asarray(labels, dtype=np.int64), writer, layout)
+
+
+def build_manifest(written: dict[str, _Written], skipped: list[dict]) -> pd.DataFrame:
     """One row per prepared image, then one per skipped file. ``duplicate`` marks an image
     whose pixels equal an earlier row's (in train, test, unlabeled order)."""
     frames = []
-    for split in SPLITS:
-        if split not in data.images:
-            continue
-        n = len(data.labels[split])
+    for split, w in written.items():
+        n = len(w.labels)
         frames.append(pd.DataFrame({
             "index": np.arange(n, dtype=np.int64),
             "split": split,
-            "label": data.labels[split],
-            "content_hash": _row_hashes(data.images[split]),
-            "source": data.origins[split],
+            "label": w.labels,
+            "content_hash": [d[:8].hex() for d in w.writer.digests],
+            "source": w.origins,
             "status": "ok",
         }))
     manifest = pd.concat(frames, ignore_index=True)
     manifest.insert(5, "duplicate", manifest.content_hash.duplicated())
-    if data.skipped:
-        skipped = pd.DataFrame({
-            "index": -1, "split": [s["split"] for s in data.skipped], "label": UNLABELED, "content_hash": "",
-            "source": [s["origin"] for s in data.skipped], "duplicate": False,
-            "status": [f"skipped: {s['reason']}" for s in data.skipped]})
-        manifest = pd.concat([manifest, skipped], ignore_index=True)
+    if skipped:
+        left_out = pd.DataFrame({
+            "index": -1, "split": [s["split"] for s in skipped], "label": UNLABELED, "content_hash": "",
+            "source": [s["origin"] for s in skipped], "duplicate": False,
+            "status": [f"skipped: {s['reason']}" for s in skipped]})
+        manifest = pd.concat([manifest, left_out], ignore_index=True)
     return manifest
 
 
-def build_card(data: SourceData, manifest: pd.DataFrame, source: str) -> dict:
+def _channel_stats(writer: ShardWriter, pixels_per_image: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the [0, 1] scale, from exact integer sums."""
+    n = writer.count * pixels_per_image
+    means, stds = [], []
+    for total, squares in zip(writer.pixel_sum.tolist(), writer.pixel_sq_sum.tolist()):
+        means.append(total / (n * 255))
+        stds.append(math.sqrt(float(Fraction(squares * n - total * total, n * n * 255 * 255))))
+    return means, stds
+
+
+def build_card(written: dict[str, _Written], manifest: pd.DataFrame, source: str, classes: list[str],
+               skipped: int) -> dict:
     """The dataset card. It holds nothing about where the files were (no absolute paths),
     so the same data gives the same prepared folder, and the same DVC hash, anywhere."""
-    images = data.images
-    train = images["train"].astype(np.float64) / 255.0
-    channels, height, width = images["train"].shape[1:]
+    train = written["train"].writer
+    channels, height, width = train.image_shape
+    mean, std = _channel_stats(train, height * width)
     kept = manifest[manifest.status == "ok"]
     train_hashes = set(kept.content_hash[kept.split == "train"])
     return {
@@ -108,37 +166,42 @@ def build_card(data: SourceData, manifest: pd.DataFrame, source: str) -> dict:
         "channels": int(channels),
         "height": int(height),
         "width": int(width),
-        "classes": list(data.classes),
-        "splits": {split: int(len(data.labels[split])) for split in SPLITS if split in images},
-        "mean": [float(v) for v in train.mean(axis=(0, 2, 3))],
-        "std": [float(v) for v in train.std(axis=(0, 2, 3))],
+        "classes": list(classes),
+        "splits": {split: len(w.labels) for split, w in written.items()},
+        "mean": mean,
+        "std": std,
         "duplicates": int(kept.duplicate.sum()),
         "test_in_train": int(kept.content_hash[kept.split == "test"].isin(train_hashes).sum()),
-        "skipped": len(data.skipped),
-        "data_hash": data_hash(images, data.labels),
+        "skipped": skipped,
+        "data_hash": data_hash({split: ((len(w.labels), *w.writer.image_shape), w.labels, b"".join(w.writer.digests))
+                                for split, w in written.items()}),
     }
 
 
-def ingest(cfg: DataConfig, out_dir: Path) -> dict:
-    """Read the configured source and write the prepared directory. Returns the card."""
+def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
+    """Read the configured source and write the prepared directory (converting only the
+    image files ``cache_dir`` does not hold yet). Returns the card."""
     started = time.perf_counter()
     data = read_source(cfg)
-    manifest = build_manifest(data)
-    card = build_card(data, manifest, cfg.source)
-
     staging = staging_dir(out_dir)
+    caches: dict = {}
     try:
-        for split, images in data.images.items():
-            np.save(staging / f"{split}_images.npy", images)
-            np.save(staging / f"{split}_labels.npy", data.labels[split])
+        written = {split: _write_split(data, split, cfg, cache_dir, staging, caches)
+                   for split in SPLITS if split in data.images}
+        manifest = build_manifest(written, data.skipped)
+        card = build_card(written, manifest, cfg.source, data.classes, len(data.skipped))
+        layout = {"format": FORMAT, "image_shape": list(written["train"].writer.image_shape),
+                  "splits": {split: w.layout for split, w in written.items()}}
+        (staging / LAYOUT_FILE).write_text(json.dumps(layout, indent=1) + "\n")
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         replace_dir(staging, out_dir, marker="card.json")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        for cache in caches.values():
+            cache.close()
     card["seconds"] = time.perf_counter() - started
     card["skipped_files"] = data.skipped
     return card
-
-

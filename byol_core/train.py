@@ -8,6 +8,7 @@ so the device is synced only every ``log_every`` steps and at epoch ends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from byol_core import distributed
+from byol_core import distributed, loader
 from byol_core.augment import ViewSpec, byol_views, make_view
 from byol_core.byol import BYOL, collapse_std, target_tau
 from byol_core.checkpoint import load_state, save_state
@@ -55,10 +56,12 @@ def run_key(params: Params, data_hash: str, device: torch.device) -> str:
     """A hash of everything that shapes the trained weights (params, data, device type):
     a resume state is only ever continued under the same key, so a stale state never
     leaks into another run. Knobs that only change logging or monitoring are left out, so
-    changing them does not throw away a half-finished run; so is the process count, since
-    the global batch and each sample's augmentation do not depend on it."""
+    changing them does not throw away a half-finished run; so are the process count, since
+    the global batch and each sample's augmentation do not depend on it, and whether the
+    data is resident or streamed, since both give the same batches."""
     shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
-    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes"):
+    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes",
+                 "resident_max_mb"):
         shaping["pretrain"].pop(knob)
     blob = json.dumps({"params": shaping, "data": data_hash, "device": device.type}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -139,8 +142,11 @@ class Monitor:
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, bank: int, queries: int) -> Monitor:
-        return cls(prepared.images["train"][:bank], prepared.labels["train"][:bank],
-                   prepared.images["test"][:queries], prepared.labels["test"][:queries],
+        """Evenly spaced images of each split, so a split stored class by class (an image
+        folder, in path order) still gives every class its share."""
+        bank_idx, query_idx = (spread(len(prepared.labels[s]), n) for s, n in (("train", bank), ("test", queries)))
+        return cls(prepared.images["train"].take(bank_idx), prepared.labels["train"][bank_idx],
+                   prepared.images["test"].take(query_idx), prepared.labels["test"][query_idx],
                    len(prepared.card["classes"]))
 
     def knn_top1(self, encoder, mean, std, params: Params, device) -> float:
@@ -148,6 +154,12 @@ class Monitor:
         bank = extract_features(encoder, self.bank, mean, std, batch, device)
         queries = extract_features(encoder, self.queries, mean, std, batch, device)
         return knn_top1(bank, self.bank_labels, queries, self.query_labels, self.num_classes, params.knn)
+
+
+def spread(n: int, k: int) -> np.ndarray:
+    """``min(k, n)`` indices spread evenly over ``range(n)``."""
+    k = min(k, n)
+    return np.arange(k, dtype=np.int64) * n // k
 
 
 def _stderr(line: str) -> None:
@@ -164,13 +176,15 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
         log = lambda line: None  # noqa: E731 - rank 0 speaks for all
     cfg = params.pretrain
     card = prepared.card
-    images = torch.from_numpy(prepared.pretrain_images).to(device)  # resident on the device as uint8
-    schedule = derive_schedule(cfg, len(images))
+    source = prepared.pretrain_images
+    schedule = derive_schedule(cfg, len(source))
     size = card["height"]
     mean = torch.tensor(card["mean"], device=device)
     std = torch.tensor(card["std"], device=device)
     views = byol_views(params.augment, size)
     monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
+    batches = loader.for_data(source, device, cfg.resident_max_mb)
+    log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
 
     model = build_model(params, card["channels"]).to(device, memory_format=memory_format(device))
     if world.size > 1:
@@ -198,27 +212,27 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     for epoch in range(state.epoch, cfg.epochs):
         order_gen = _epoch_generator(params.seed, epoch, 0, device)
         aug_gen = _epoch_generator(params.seed, epoch, 1, device)
-        order = torch.randperm(len(images), generator=order_gen, device=device)
+        order = torch.randperm(len(source), generator=order_gen, device=device)
         state.model.train()
         loss_sum = torch.zeros((), device=device)
         collapse_sum = torch.zeros((), device=device)
         bar = tqdm(total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=None if world.is_main else True, leave=False, file=sys.stderr)
         started = time.perf_counter()
-        for i in range(schedule.steps_per_epoch):
-            lr = lr_at(state.step, schedule.total_steps, schedule.warmup_steps, schedule.peak_lr)
-            tau = target_tau(state.step, schedule.total_steps, cfg.tau_base)
-            start = i * batch + world.rank * local
-            loss, collapse = train_step(state, images[order[start:start + local]], views, size,
-                                        mean, std, aug_gen, lr, tau, cfg.precision, world.shard)
-            loss_sum += loss
-            collapse_sum += collapse
-            if (i + 1) % cfg.log_every == 0 or i + 1 == schedule.steps_per_epoch:
-                # one host sync per log interval (and one all-reduce: every rank stops together)
-                _check_finite(distributed.mean_over_ranks(loss_sum), state, resume_path)
-                rate = (i + 1) * batch / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", img_s=f"{rate:.0f}")
-                bar.update((i + 1) - bar.n)
+        with contextlib.closing(batches.batches(order, schedule.steps_per_epoch, batch, local, world.rank)) as epoch_batches:
+            for i, images in enumerate(epoch_batches):
+                lr = lr_at(state.step, schedule.total_steps, schedule.warmup_steps, schedule.peak_lr)
+                tau = target_tau(state.step, schedule.total_steps, cfg.tau_base)
+                loss, collapse = train_step(state, images, views, size,
+                                            mean, std, aug_gen, lr, tau, cfg.precision, world.shard)
+                loss_sum += loss
+                collapse_sum += collapse
+                if (i + 1) % cfg.log_every == 0 or i + 1 == schedule.steps_per_epoch:
+                    # one host sync per log interval (and one all-reduce: every rank stops together)
+                    _check_finite(distributed.mean_over_ranks(loss_sum), state, resume_path)
+                    rate = (i + 1) * batch / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", img_s=f"{rate:.0f}")
+                    bar.update((i + 1) - bar.n)
         synchronize(device)
         seconds = time.perf_counter() - started
         bar.close()

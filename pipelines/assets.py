@@ -45,6 +45,9 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
 def _dataset(params: Params) -> dict:
     prepared = params.paths.prepared
     card = json_file(prepared / "card.json")
+    layout = json_file(prepared / "store.json")["splits"]
+    shards = [shard for split in layout.values() for shard in split["shards"]]
+    pixels = sum(shard["count"] for shard in shards) * card["channels"] * card["height"] * card["width"]
     return {
         "source": card["source"],
         "train images": dg.MetadataValue.int(card["splits"]["train"]),
@@ -56,6 +59,8 @@ def _dataset(params: Params) -> dict:
         "image shape": f"{card['channels']}x{card['height']}x{card['width']}",
         "classes": dg.MetadataValue.int(len(card["classes"])),
         "data hash": card["data_hash"],
+        "image shards": dg.MetadataValue.int(len(shards)),
+        "pixels (MiB)": dg.MetadataValue.float(round(pixels / 2**20, 1)),
         "path": dg.MetadataValue.path(str(prepared)),
     }
 
@@ -116,7 +121,7 @@ def _onnx(params: Params) -> dict:
 
 prepared_dataset = stage_asset(
     "prepared_dataset", "ingest", [], {"numpy"},
-    "`byol ingest`: the source images as uint8 arrays, a manifest and a dataset card (data/prepared/).",
+    "`byol ingest`: the source images as uint8 shards, a manifest and a dataset card (data/prepared/).",
     _dataset)
 byol_encoder = stage_asset(
     "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},

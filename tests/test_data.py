@@ -27,7 +27,7 @@ def test_idx_round_trip(tmp_path):
 def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.max_train": 30})
-    card = ingest(params.data, params.paths.prepared)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache)
     prepared = load_prepared(params.paths.prepared)
     assert prepared.images["train"].shape == (30, 1, 28, 28) and prepared.images["train"].dtype == np.uint8
     assert prepared.images["test"].shape == (12, 1, 28, 28)
@@ -40,15 +40,15 @@ def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     assert manifest.content_hash.str.len().eq(16).all()
     on_disk = json.loads((params.paths.prepared / "card.json").read_text())
     assert on_disk["classes"][9] == "Ankle boot" and on_disk["splits"] == {"train": 30, "test": 12}
-    expected_mean = prepared.images["train"].mean() / 255
-    assert on_disk["mean"][0] == pytest.approx(expected_mean, rel=1e-9)
-    assert on_disk["std"][0] == pytest.approx((prepared.images["train"] / 255).std(), rel=1e-9)
+    train = np.asarray(prepared.images["train"])
+    assert on_disk["mean"][0] == pytest.approx(train.mean() / 255, rel=1e-9)
+    assert on_disk["std"][0] == pytest.approx((train / 255).std(), rel=1e-9)
     assert on_disk["data_hash"] == card["data_hash"]
     # Same data, same hash; a changed cap, another hash.
-    again = ingest(params.data, params.paths.prepared)
+    again = ingest(params.data, params.paths.prepared, params.paths.cache)
     assert again["data_hash"] == card["data_hash"]
     other = _params(tmp_path, **{"data.max_train": 20})
-    assert ingest(other.data, other.paths.prepared)["data_hash"] != card["data_hash"]
+    assert ingest(other.data, other.paths.prepared, other.paths.cache)["data_hash"] != card["data_hash"]
 
 
 def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
@@ -59,7 +59,7 @@ def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
         handle.write(raw[: len(raw) // 2])
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="truncated or corrupt"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
     assert not params.paths.prepared.exists()
 
 
@@ -76,7 +76,7 @@ def test_label_count_mismatch_is_refused(tmp_path):
     write_idx(source / FASHION_MNIST_FILES["train"][1], np.zeros(39))
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="40 images but 39 labels"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
 
 
 def test_missing_source_tries_the_downloader_then_says_how_to_get_the_files(tmp_path, monkeypatch):
@@ -90,7 +90,7 @@ def test_missing_source_tries_the_downloader_then_says_how_to_get_the_files(tmp_
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="data.source_dir .*src holds no Fashion-MNIST files and downloading "
                                         "them failed .*make setup"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no scratch folder left behind
 
 
@@ -99,16 +99,16 @@ def test_partial_source_dir_names_the_missing_files(tmp_path):
     (source / FASHION_MNIST_FILES["train"][0]).unlink()
     params = _params(tmp_path)
     with pytest.raises(ByolError, match="lacks train-images-idx3-ubyte.gz"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
 
 
 def test_failed_ingest_keeps_the_previous_prepared_data(tmp_path):
     source = make_fashion_files(tmp_path / "src")
     params = _params(tmp_path)
-    first = ingest(params.data, params.paths.prepared)
+    first = ingest(params.data, params.paths.prepared, params.paths.cache)
     (source / FASHION_MNIST_FILES["test"][1]).write_bytes(b"garbage")
     with pytest.raises(ByolError):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
     assert load_prepared(params.paths.prepared).card["data_hash"] == first["data_hash"]
     leftovers = [p.name for p in params.paths.prepared.parent.iterdir() if p.name != "prepared"]
     assert leftovers == []
@@ -125,7 +125,7 @@ def test_ingest_never_replaces_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(ByolError, match="refusing to replace .*mine: it exists but has no card.json"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
 
 
@@ -142,7 +142,7 @@ def test_exact_duplicates_are_counted_and_test_leaks_named(tmp_path):
         write_idx(source / FASHION_MNIST_FILES[split][0], images)
         write_idx(source / FASHION_MNIST_FILES[split][1], rng.integers(0, 10, len(images)))
     params = _params(tmp_path)
-    card = ingest(params.data, params.paths.prepared)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache)
     manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
     assert card["duplicates"] == 3 and card["test_in_train"] == 2
     assert manifest.index[manifest.duplicate].tolist() == [7, 20, 21]
@@ -152,10 +152,10 @@ def test_exact_duplicates_are_counted_and_test_leaks_named(tmp_path):
 def test_channels_and_size_are_conformed(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.channels": 3, "data.image_size": 16})
-    card = ingest(params.data, params.paths.prepared)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache)
     prepared = load_prepared(params.paths.prepared)
     assert prepared.images["train"].shape == (40, 3, 16, 16) and card["channels"] == 3
-    x = prepared.images["test"]
+    x = np.asarray(prepared.images["test"])
     assert np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2])  # grey repeated
     # Square 28 px -> 16 px is a pure antialiased resize: per-image means survive within rounding.
     raw = read_idx(tmp_path / "src" / FASHION_MNIST_FILES["test"][0]).astype(float)
@@ -166,7 +166,7 @@ def test_upscaling_is_refused(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.image_size": 32})
     with pytest.raises(ByolError, match="images are 28x28 px, smaller than data.image_size 32"):
-        ingest(params.data, params.paths.prepared)
+        ingest(params.data, params.paths.prepared, params.paths.cache)
     assert not params.paths.prepared.exists()
 
 
@@ -180,7 +180,7 @@ def test_unlabeled_folder_adds_a_pretraining_split(tmp_path):
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(extra / f"{i}.png")
     params = _params(tmp_path, **{"data.max_unlabeled": 4})
-    card = ingest(params.data, params.paths.prepared)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache)
     prepared = load_prepared(params.paths.prepared)
     assert card["splits"] == {"train": 40, "test": 12, "unlabeled": 4}
     assert prepared.images["unlabeled"].shape == (4, 1, 28, 28)  # the labelled split's shape

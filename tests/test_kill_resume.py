@@ -69,9 +69,9 @@ def source(tmp_path_factory):
     return make_fashion_files(tmp_path_factory.mktemp("src"), n_train=256, n_test=64)
 
 
-def _project(root, source):
-    params = load_params(write_params(root, {**RUN, "data.source_dir": str(source)}))
-    ingest(params.data, params.paths.prepared)
+def _project(root, source, **overrides):
+    params = load_params(write_params(root, {**RUN, "data.source_dir": str(source), **overrides}))
+    ingest(params.data, params.paths.prepared, params.paths.cache)
     return params
 
 
@@ -156,3 +156,13 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_pa
     previous = torch.load(params.paths.resume_state, weights_only=True)
     assert previous["epoch"] == 2
     _resume_and_compare(params, uninterrupted, resumed_after_epoch=2)
+
+
+def test_kill_on_the_streamed_path_resumes_to_the_resident_runs_weights(tmp_path, source, uninterrupted):
+    """Data streamed from the memory-mapped shards (``resident_max_mb: 0``): killed mid-epoch,
+    resumed, and bitwise equal to the uninterrupted run that kept its data resident."""
+    params = _project(tmp_path, source, **{"pretrain.resident_max_mb": 0})
+    killed = _pretrain(params, "step", 8 + 3)  # 3 steps into epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    assert "streamed on cpu" in killed.stderr
+    _resume_and_compare(params, uninterrupted, resumed_after_epoch=1)

@@ -20,7 +20,7 @@ SMALL = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 
 def _project(tmp_path, **overrides):
     make_fashion_files(tmp_path / "src", n_train=256, n_test=64)
     params = load_params(write_params(tmp_path, {**SMALL, "data.source_dir": str(tmp_path / "src"), **overrides}))
-    ingest(params.data, params.paths.prepared)
+    ingest(params.data, params.paths.prepared, params.paths.cache)
     return params
 
 

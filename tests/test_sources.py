@@ -1,24 +1,47 @@
 import io
 import os
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torchvision.datasets
 from PIL import Image
 
 from byol_core.config import DataConfig
+from byol_core.data import load_prepared
 from byol_core.errors import ByolError
+from byol_core.ingest import ingest
 from byol_core.sources import cifar10, cifar100, imagefolder, stl10
 from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
 
 
 def _cfg(source, directory, **overrides):
     values = dict(source=source, source_dir=directory, channels=None, image_size=None, test_fraction=0.5,
-                  on_corrupt="fail", max_train=None, max_test=None, max_unlabeled=None)
+                  on_corrupt="fail", max_train=None, max_test=None, max_unlabeled=None, shard_mb=256)
     if source == "imagefolder":
         values["image_size"] = 32
     return DataConfig(**{**values, **overrides})
+
+
+def _ingested(cfg, tmp_path):
+    """An image folder through the real ingest (conversion cache and shards), read back:
+    classes, skipped, and per split the origins, labels and images as stored (path order)."""
+    out = tmp_path / ".out"
+    card = ingest(cfg, out / "prepared", out / "cache")
+    prepared = load_prepared(out / "prepared")
+    manifest = pd.read_parquet(out / "prepared" / "manifest.parquet")
+    kept = manifest[manifest.status == "ok"]
+    return SimpleNamespace(
+        classes=card["classes"], skipped=card["skipped_files"],
+        origins={s: kept.source[kept.split == s].tolist() for s in prepared.images},
+        labels=prepared.labels, images={s: np.asarray(x) for s, x in prepared.images.items()})
+
+
+def _converted(paths, channels, size, workers=1):
+    """convert_one's results for ``paths``, in order."""
+    return list(imagefolder.results([str(p) for p in paths], channels, size, "train", workers))
 
 
 def _assert_read(data, made, splits=("train", "test")):
@@ -184,15 +207,18 @@ def test_imagefolder_class_folders_convert_every_mode(tmp_path):
     (tmp_path / "dog" / ".hidden" / "x.txt").write_text("junk")
     make_imagefolder(tmp_path, classes=("unlabeled",), per_class=2)  # reserved, never a class
     for channels in (None, 1):
-        data = imagefolder.read(_cfg("imagefolder", tmp_path, channels=channels, image_size=24))
+        planned = imagefolder.read(_cfg("imagefolder", tmp_path, channels=channels, image_size=24))
+        for split in ("train", "test"):  # planned in hash order, mixed across classes (a cap is a fair sample)
+            shares = [imagefolder.split_share(o) for o in planned.origins[split]]
+            assert shares == sorted(shares)
+        data = _ingested(_cfg("imagefolder", tmp_path, channels=channels, image_size=24), tmp_path)
         c = channels or 3
         assert data.classes == ["cat", "dog"] and data.skipped == []
         assert data.images["train"].shape[1:] == (c, 24, 24) and data.images["test"].shape[1:] == (c, 24, 24)
         origins = data.origins["train"] + data.origins["test"]
         assert sorted(origins) == sorted(written) and len(origins) == 12
         for split in ("train", "test"):
-            shares = [imagefolder.split_share(o) for o in data.origins[split]]
-            assert shares == sorted(shares)  # the hash order, mixed across classes
+            assert data.origins[split] == sorted(data.origins[split])  # stored in path order
             assert data.labels[split].tolist() == [int(o.startswith("dog/")) for o in data.origins[split]]
             for image in data.images[split]:  # random content: nothing collapsed to one colour
                 assert image.std() > 10
@@ -217,8 +243,7 @@ def test_imagefolder_pixels_16_bit_alpha_and_palette(tmp_path):
              _save(tmp_path / "a" / "rgba.png", Image.fromarray(alpha, "RGBA")),
              _save(tmp_path / "a" / "p.png", palette, transparency=0)]
     assert Image.open(files[1]).mode in ("I;16", "I")
-    x, origins, _ = imagefolder.convert_files(files, tmp_path, 3, 32, "fail", "train")
-    assert origins == ["a/rgb.png", "a/grey16.png", "a/rgba.png", "a/p.png"]
+    x = np.stack([pixels for pixels, _, _ in _converted(files, 3, 32)])
     assert np.array_equal(x[0], rgb.transpose(2, 0, 1))  # same size: untouched
     assert np.array_equal(x[1, 0], k) and np.array_equal(x[1, 1], k)  # 257*k -> k, not clipped
     assert x[2, :, 0, 0].tolist() == [10, 20, 30] and (x[2, :, 20:] == 255).all()  # alpha over white
@@ -232,7 +257,7 @@ def test_imagefolder_resize_crop_and_exif(tmp_path):
     exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
     plain = _save(tmp_path / "a" / "plain.png", Image.fromarray(half))
     turned = _save(tmp_path / "a" / "turned.png", Image.fromarray(half), exif=exif)
-    x, _, _ = imagefolder.convert_files([plain, turned], tmp_path, 1, 10, "fail", "train")
+    x = np.stack([pixels for pixels, _, _ in _converted([plain, turned], 1, 10)])
     assert x.shape == (2, 1, 10, 10)
     assert (x[0, 0, :, :3] < 30).all() and (x[0, 0, :, -3:] > 225).all()  # split left/right
     assert (x[1, 0, :3] < 30).all() and (x[1, 0, -3:] > 225).all()  # split top/bottom
@@ -266,18 +291,20 @@ def test_imagefolder_hash_split_is_stable_when_files_are_added(tmp_path):
 
 def test_imagefolder_caps_convert_only_the_first_files(tmp_path):
     make_imagefolder(tmp_path, per_class=6)
-    full = imagefolder.read(_cfg("imagefolder", tmp_path))
-    last = tmp_path / full.origins["train"][-1]
+    plan = imagefolder.read(_cfg("imagefolder", tmp_path)).origins  # sample (hash) order
+    full = _ingested(_cfg("imagefolder", tmp_path), tmp_path)
+    last = tmp_path / plan["train"][-1]
     last.write_bytes(b"corrupt, but beyond the cap")
-    capped = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=2, max_test=1))
-    assert capped.origins["train"] == full.origins["train"][:2] and capped.origins["test"] == full.origins["test"][:1]
-    assert np.array_equal(capped.images["train"], full.images["train"][:2])
-    mixed = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=4))
+    capped = _ingested(_cfg("imagefolder", tmp_path, max_train=2, max_test=1), tmp_path)
+    assert capped.origins["train"] == sorted(plan["train"][:2]) and capped.origins["test"] == plan["test"][:1]
+    kept = [full.origins["train"].index(o) for o in capped.origins["train"]]
+    assert np.array_equal(capped.images["train"], full.images["train"][kept])
+    mixed = _ingested(_cfg("imagefolder", tmp_path, max_train=4), tmp_path)
     assert set(mixed.labels["train"].tolist()) == {0, 1}  # a cap samples every class, not the first
-    (tmp_path / full.origins["train"][0]).write_bytes(b"corrupt, within the cap")
-    skipping = imagefolder.read(_cfg("imagefolder", tmp_path, max_train=2, on_corrupt="skip"))
-    assert skipping.origins["train"] == full.origins["train"][1:3]  # the next file fills in
-    assert [s["origin"] for s in skipping.skipped] == [full.origins["train"][0]]
+    (tmp_path / plan["train"][0]).write_bytes(b"corrupt, within the cap")
+    skipping = _ingested(_cfg("imagefolder", tmp_path, max_train=2, on_corrupt="skip"), tmp_path)
+    assert skipping.origins["train"] == sorted(plan["train"][1:3])  # the next file fills in
+    assert [s["origin"] for s in skipping.skipped] == [plan["train"][0]]
 
 
 BAD_FILES = [
@@ -306,8 +333,8 @@ def test_imagefolder_file_problems_fail_or_skip(tmp_path, name, make, message, r
     make_imagefolder(tmp_path, per_class=6)
     make(tmp_path / "cat" / name)
     with pytest.raises(ByolError, match=message):
-        imagefolder.read(_cfg("imagefolder", tmp_path))
-    data = imagefolder.read(_cfg("imagefolder", tmp_path, on_corrupt="skip"))
+        _ingested(_cfg("imagefolder", tmp_path), tmp_path)
+    data = _ingested(_cfg("imagefolder", tmp_path, on_corrupt="skip"), tmp_path)
     assert [(s["origin"], s["split"] in ("train", "test")) for s in data.skipped] == [(f"cat/{name}", True)]
     assert data.skipped[0]["reason"].startswith(reason)
     assert len(data.origins["train"]) + len(data.origins["test"]) == 12
@@ -334,7 +361,7 @@ def test_imagefolder_split_empty_after_skipping(tmp_path):
     (tmp_path / "test" / "cat").mkdir(parents=True)
     (tmp_path / "test" / "cat" / "broken.png").write_bytes(b"broken")
     with pytest.raises(ByolError, match=r"the test split holds no usable images: all 1 were left out.*broken.png"):
-        imagefolder.read(_cfg("imagefolder", tmp_path, on_corrupt="skip"))
+        _ingested(_cfg("imagefolder", tmp_path, on_corrupt="skip"), tmp_path)
 
 
 def test_parallel_conversion_matches_serial(tmp_path):
@@ -344,11 +371,10 @@ def test_parallel_conversion_matches_serial(tmp_path):
         suffix = ".jpg" if mode == "L" else ".png"
         _save(tmp_path / f"c{i % 3}" / f"{i:03d}{suffix}", image_of(mode, 10 + i % 7, 12, rng))
     (tmp_path / "c2" / "050.png").write_bytes(b"broken")  # replaces an image
-    files = imagefolder.list_images(tmp_path)
+    files = [tmp_path / rel for rel, _, _ in imagefolder.list_images(tmp_path, tmp_path)]
     assert len(files) == 70 and len(files) >= imagefolder.PARALLEL_FROM
-    serial = imagefolder.convert_files(files, tmp_path, 3, 8, "skip", "train", workers=1)
-    parallel = imagefolder.convert_files(files, tmp_path, 3, 8, "skip", "train", workers=2)
-    assert serial[0].shape == (69, 3, 8, 8) and np.array_equal(serial[0], parallel[0])
-    assert serial[1] == parallel[1] and serial[2] == parallel[2] and len(serial[2]) == 1
-    with pytest.raises(ByolError, match="050.png: cannot be read"):
-        imagefolder.convert_files(files, tmp_path, 3, 8, "fail", "train", workers=2)
+    serial, parallel = _converted(files, 3, 8, workers=1), _converted(files, 3, 8, workers=2)
+    assert [kind for _, kind, _ in serial] == [kind for _, kind, _ in parallel] == ["read" if f.name == "050.png" else ""
+                                                                                  for f in files]
+    assert all(a is None and b is None or np.array_equal(a, b) for (a, _, _), (b, _, _) in zip(serial, parallel))
+    assert sum(pixels is not None for pixels, _, _ in parallel) == 69

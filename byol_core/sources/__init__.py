@@ -29,13 +29,32 @@ from byol_core.errors import ByolError
 
 
 
+Listed = tuple[str, int, int]  # an image file: (POSIX path below data.source_dir, size, mtime in ns)
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """A split of image files still to be converted (ingest converts them, through its
+    cache, straight into the prepared shards). ``files`` are in sample order (a hash of the
+    path): a ``cap`` takes the first ``cap`` usable ones."""
+
+    root: Path
+    files: list[Listed]
+    channels: int
+    size: int
+    cap: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
 @dataclass
 class SourceData:
     """What a source read. ``origins`` names each image's place in the source, relative to
     ``data.source_dir`` (``"data_batch_1#17"``, ``"cat/001.png"``); ``skipped`` lists the
     files left out under ``on_corrupt: skip`` as ``{"split", "origin", "reason"}``."""
 
-    images: dict[str, np.ndarray]  # split -> uint8 (N, C, H, W)
+    images: dict[str, np.ndarray | FileSplit]  # split -> uint8 (N, C, H, W), or files to convert
     labels: dict[str, np.ndarray]  # split -> int64 (N,); UNLABELED in the unlabeled split
     origins: dict[str, list[str]]
     classes: list[str]
@@ -125,6 +144,8 @@ def resize_crop(images: np.ndarray, size: int, where: str, chunk: int = 2048) ->
 def conform(data: SourceData, channels: int | None, size: int | None, where: str) -> SourceData:
     """Convert every split to ``channels`` and ``size`` (None: leave as read)."""
     for split, images in data.images.items():
+        if isinstance(images, FileSplit):  # converted to the final shape as they are read
+            continue
         if channels is not None:
             images = to_channels(images, channels)
         if size is not None:

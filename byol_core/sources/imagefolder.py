@@ -16,15 +16,15 @@ listed and left out; a problem with the tree itself always fails.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import functools
 import hashlib
 import os
+import stat
 import struct
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from byol_core.config import DataConfig
 from byol_core.errors import ByolError
-from byol_core.sources import SourceData
+from byol_core.sources import FileSplit, Listed, SourceData
 
 NAME = "imagefolder"
 NATIVE_CHANNELS = None
@@ -43,7 +43,7 @@ PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers cos
 _GREY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
 _READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
-_ADVICE = {
+ADVICE = {
     "type": "Convert or remove it, or set data.on_corrupt: skip.",
     "read": "Remove or replace it, or set data.on_corrupt: skip to leave it out.",
     "small": "Remove it, lower data.image_size, or set data.on_corrupt: skip.",
@@ -59,15 +59,34 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in _extensions()
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every file below ``folder`` except dotfiles and anything in a dot-folder, sorted by
-    POSIX path relative to ``folder``. Files of other types are kept, so they can be
-    reported rather than silently passed over."""
+def list_images(folder: Path, root: Path) -> list[Listed]:
+    """Every regular file below ``folder`` except dotfiles and anything in a dot-folder, as
+    (POSIX path relative to ``root``, size, mtime in ns), sorted by that path. FIFOs,
+    sockets and devices are passed over (opening one can block forever); symlinked folders
+    are not followed (no loops, no double counting). Files of other types are kept, so
+    they can be reported rather than silently passed over."""
     found = []
+    base = folder.relative_to(root).as_posix() if folder != root else ""
     for parent, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(parent) / name for name in names if not name.startswith("."))
-    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+        rel_parent = Path(parent).relative_to(folder).as_posix()
+        prefix = "/".join(p for p in (base, "" if rel_parent == "." else rel_parent) if p)
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                info = os.stat(os.path.join(parent, name))
+            except OSError:  # a dangling link: listed, so that reading it reports the problem
+                found.append((f"{prefix}/{name}" if prefix else name, -1, -1))
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((f"{prefix}/{name}" if prefix else name, info.st_size, info.st_mtime_ns))
+    return sorted(found)
+
+
+def printable(relative: str) -> str:
+    """A path as it can be shown and stored: bytes that are not UTF-8 as backslash escapes."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -114,56 +133,47 @@ def _convert_chunk(paths: list[str], channels: int, size: int) -> list[tuple[np.
     return [convert_one(path, channels, size) for path in paths]
 
 
-def _results(paths: list[str], channels: int, size: int, split: str, workers: int) -> Iterator[tuple]:
-    """convert_one's result for each path, in order; in worker processes for long lists."""
-    with tqdm(total=len(paths), desc=f"{split} images", unit="img", disable=None, file=sys.stderr) as bar:
+def results(paths: list[str], channels: int, size: int, split: str, workers: int | None = None) -> Iterator[tuple]:
+    """convert_one's result for each path, in order; in worker processes (None: one per
+    CPU) for long lists. Chunks are submitted a few at a time, so memory holds a bounded
+    number of converted images however long the list."""
+    workers = workers or os.cpu_count() or 1
+    with tqdm(total=len(paths), desc=f"{split} images", unit="img", disable=None if paths else True,
+              file=sys.stderr) as bar:
         if workers <= 1 or len(paths) < PARALLEL_FROM:
             for path in paths:
                 yield convert_one(path, channels, size)
                 bar.update()
             return
         step = max(1, min(256, -(-len(paths) // (workers * 8))))
-        chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)))
+        chunks = (paths[i:i + step] for i in range(0, len(paths), step))
+        pool = ProcessPoolExecutor(max_workers=workers)
+        in_flight: collections.deque = collections.deque()
         try:
-            for chunk in pool.map(_convert_chunk, chunks, repeat(channels), repeat(size)):
-                yield from chunk
-                bar.update(len(chunk))
+            for chunk in chunks:
+                in_flight.append(pool.submit(_convert_chunk, chunk, channels, size))
+                if len(in_flight) >= workers * 4:
+                    done = in_flight.popleft().result()
+                    yield from done
+                    bar.update(len(done))
+            while in_flight:
+                done = in_flight.popleft().result()
+                yield from done
+                bar.update(len(done))
         finally:  # a failure stops the run: drop the chunks not started yet
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert_files(files: list[Path], root: Path, channels: int, size: int, on_corrupt: str, split: str,
-                  *, workers: int | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
-    """``files`` as uint8 (N, channels, size, size), their origins (POSIX paths relative to
-    ``root``) and the ``skipped`` records of the files left out. ``workers``: processes to
-    convert in (None: one per CPU; 1: in this process)."""
-    out = np.empty((len(files), channels, size, size), dtype=np.uint8)
-    origins: list[str] = []
-    skipped: list[dict] = []
-    results = _results([str(f) for f in files], channels, size, split, workers or os.cpu_count() or 1)
-    with contextlib.closing(results):
-        for path, (pixels, kind, problem) in zip(files, results):
-            origin = path.relative_to(root).as_posix()
-            if pixels is None:
-                if on_corrupt != "skip":
-                    raise ByolError(f"{path}: {problem}. {_ADVICE[kind]}")
-                skipped.append({"split": split, "origin": origin, "reason": problem})
-                continue
-            out[len(origins)] = pixels
-            origins.append(origin)
-    return out[:len(origins)], origins, skipped
-
-
-def _class_files(folder: Path, reserved: tuple[str, ...] = ()) -> dict[str, list[Path]]:
+def _class_files(folder: Path, root: Path, reserved: tuple[str, ...] = ()) -> dict[str, list[Listed]]:
     """Class name -> its files, for each (non-dot) folder in ``folder``."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                     and d.name not in reserved)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.is_symlink()
+                     and not d.name.startswith(".") and d.name not in reserved)
     found = {}
     for name in classes:
-        files = list_images(folder / name)
-        if not any(is_image_name(f) for f in files):
-            raise ByolError(f"{folder}: class folder '{name}' holds no images. Add images or remove the folder.")
+        files = list_images(folder / name, root)
+        if not any(is_image_name(Path(f[0])) for f in files):
+            raise ByolError(f"{folder}: class folder '{printable(name)}' holds no images. Add images or remove the "
+                            "folder.")
         found[name] = files
     if not found:
         raise ByolError(f"{folder} holds no class folders. Put each class's images in a folder named after the "
@@ -173,7 +183,8 @@ def _class_files(folder: Path, reserved: tuple[str, ...] = ()) -> dict[str, list
 
 def split_share(relative: str) -> float:
     """A stable, uniform number in [0, 1) for a file's POSIX path below data.source_dir."""
-    return int.from_bytes(hashlib.blake2b(relative.encode("utf-8"), digest_size=8).digest(), "big") / 2.0**64
+    key = relative.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
 
 
 def _split_layout(root: Path) -> tuple[Path, Path] | None:
@@ -192,73 +203,53 @@ def _split_layout(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Path]], dict[str, int]]:
-    """Class names, each split's files in order, and each file's label by its origin."""
+def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], dict[str, int]]:
+    """Class names, each split's files in sample order, and each file's label by its path."""
     root = cfg.source_dir
     layout = _split_layout(root)
     if layout is not None:
-        train, test = (_class_files(folder) for folder in layout)
+        train, test = (_class_files(folder, root) for folder in layout)
         stray = sorted(set(test) - set(train))
         if stray:
-            raise ByolError(f"{layout[1]}: class folder(s) {', '.join(stray)} have no match in {layout[0]}. "
-                            "Every test class must be a train class: rename or remove them.")
+            raise ByolError(f"{layout[1]}: class folder(s) {', '.join(map(printable, stray))} have no match in "
+                            f"{layout[0]}. Every test class must be a train class: rename or remove them.")
         classes = sorted(train)
         groups = {"train": train, "test": test}
     else:
-        by_class = _class_files(root, reserved=(RESERVED,))
+        by_class = _class_files(root, root, reserved=(RESERVED,))
         classes = sorted(by_class)
         groups = {"train": {}, "test": {}}
         for name, files in by_class.items():
             for split in groups:
-                groups[split][name] = [f for f in files if (split_share(f.relative_to(root).as_posix())
-                                                            < cfg.test_fraction) == (split == "test")]
+                groups[split][name] = [f for f in files if (split_share(f[0]) < cfg.test_fraction) == (split == "test")]
     index = {name: i for i, name in enumerate(classes)}
-    label = {f.relative_to(root).as_posix(): index[name]
-             for group in groups.values() for name, files in group.items() for f in files}
-    splits = {s: sample_order([f for files in g.values() for f in files], root) for s, g in groups.items()}
+    label = {f[0]: index[name] for group in groups.values() for name, files in group.items() for f in files}
+    splits = {s: sample_order([f for files in g.values() for f in files]) for s, g in groups.items()}
     for split, files in splits.items():
         if not files:  # only a hash split can leave one empty: every class folder holds an image
             raise ByolError(f"{root}: none of its {len(label)} files fell in the {split} split at data.test_fraction "
                             f"{cfg.test_fraction} (each file's place is fixed by a hash of its path). Add images, "
                             "change data.test_fraction, or use train/ and test/ folders.")
-    return classes, splits, label
+    return [printable(c) for c in classes], splits, label
 
 
-def sample_order(files: list[Path], root: Path) -> list[Path]:
+def sample_order(files: list[Listed]) -> list[Listed]:
     """``files`` in the order of their path hash: stable, and mixed across classes, so the
     first N (a ``data.max_*`` cap) is a fair sample rather than the first class or two."""
-    return sorted(files, key=lambda f: (split_share(f.relative_to(root).as_posix()), f.relative_to(root).as_posix()))
-
-
-def convert_capped(files: list[Path], root: Path, channels: int, size: int, on_corrupt: str, split: str,
-                   cap: int | None) -> tuple[np.ndarray, list[str], list[dict]]:
-    """The first ``cap`` usable images of ``files``: a cap converts only the first files, and
-    as many more as were left out, so a capped demo never converts the whole folder."""
-    images, origins, skipped, done = [], [], [], 0
-    while done < len(files) and (cap is None or len(origins) < cap):
-        want = len(files) - done if cap is None else cap - len(origins)
-        x, more, left_out = convert_files(files[done:done + want], root, channels, size, on_corrupt, split)
-        images.append(x)
-        origins += more
-        skipped += left_out
-        done += want
-    return (images[0] if len(images) == 1 else np.concatenate(images)), origins, skipped
+    return sorted(files, key=lambda f: (split_share(f[0]), f[0]))
 
 
 def read(cfg: DataConfig) -> SourceData:
+    """The two splits as files still to convert (:class:`FileSplit`), in sample order."""
     root = cfg.source_dir
     if not root.is_dir():
         raise ByolError(f"data.source_dir {root} does not exist. Point it at a folder of class folders "
                         "(or train/ and test/ of them).")
     classes, splits, label = _split_files(cfg)
-    images, labels, origins, skipped = {}, {}, {}, []
+    images, labels, origins = {}, {}, {}
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
-        images[split], origins[split], left_out = convert_capped(splits[split], root, cfg.channels or 3,
-                                                                 cfg.image_size, cfg.on_corrupt, split, cap)
-        skipped += left_out
-        if not origins[split]:
-            raise ByolError(f"{root}: the {split} split holds no usable images: all {len(left_out)} were left out "
-                            f"under data.on_corrupt: skip (first: {left_out[0]['origin']}: {left_out[0]['reason']}). "
-                            "Fix or replace them.")
-        labels[split] = np.array([label[o] for o in origins[split]], dtype=np.int64)
-    return SourceData(images=images, labels=labels, origins=origins, classes=classes, skipped=skipped).check(root)
+        files = splits[split]
+        images[split] = FileSplit(root, files, cfg.channels or 3, cfg.image_size, cap)
+        labels[split] = np.array([label[f[0]] for f in files], dtype=np.int64)
+        origins[split] = [f[0] for f in files]
+    return SourceData(images=images, labels=labels, origins=origins, classes=classes).check(root)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from byol_core import ingest
 from byol_core.config import Params
 
-PARAMS = ("paths.prepared", "data")
+PARAMS = ("paths.prepared", "paths.cache", "data")
 
 
 def run(params: Params) -> tuple[str, dict]:
-    card = ingest.ingest(params.data, params.paths.prepared)
+    card = ingest.ingest(params.data, params.paths.prepared, params.paths.cache)
     splits = card["splits"]
     counts = " / ".join(f"{n} {split}" for split, n in splits.items())
     notes = [f"{card['duplicates']} exact duplicates"]

@@ -1,0 +1,150 @@
+"""The conversion cache: image files already converted, so re-ingesting converts only new ones.
+
+Lives outside every DVC output (``paths.cache``), one folder per conversion
+(``images-{C}x{S}-v{VERSION}``: channels, size and the converter's version), holding
+
+  ``pack-*.u8``     converted images, uint8 (C, S, S) rows back to back; each ingest
+                    appends to a pack of its own, so two never write one file
+  ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir``, size
+                    and mtime (ns), and where its pixels are (pack, row), or why it could
+                    not be used (kind, problem)
+
+A file whose path, size and mtime all match a row is taken from the cache; anything else is
+converted again. Rows are committed only after their pixels are on disk (written and
+fsynced first), so a killed ingest leaves at worst unreferenced bytes at a pack's end.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from byol_core.errors import ByolError
+from byol_core.store import ShardedImages
+
+VERSION = 1  # bump when conversion changes what a file becomes
+UNKNOWN, OK, BAD = 0, 1, 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
+                                  pack INTEGER, row INTEGER, kind TEXT, problem TEXT);
+"""
+
+
+class ConversionCache:
+    def __init__(self, root: Path, channels: int, size: int):
+        self.folder = Path(root) / f"images-{channels}x{size}-v{VERSION}"
+        self.image_shape = (channels, size, size)
+        self.row_bytes = channels * size * size
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.folder / "index.sqlite", timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ByolError(f"conversion cache {self.folder}: cannot open it ({exc}). Point paths.cache at a "
+                            "writable folder, or delete that folder to start the cache afresh.") from None
+        self._pack: tuple[int, object] | None = None  # (id, open file) of this process's pack
+        self._pack_rows = 0
+
+    def close(self) -> None:
+        if self._pack is not None:
+            self._pack[1].close()
+            self._pack = None
+        self.db.close()
+
+    def lookup(self, files: list[tuple[str, int, int]]) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, str]]]:
+        """For each (path, size, mtime_ns): status (UNKNOWN / OK / BAD), the global row of its
+        pixels in :meth:`images` (-1 when not OK), and {i: (kind, problem)} for the BAD ones."""
+        status = np.zeros(len(files), dtype=np.int8)
+        rows = np.full(len(files), -1, dtype=np.int64)
+        problems: dict[int, tuple[str, str]] = {}
+        starts = self._pack_starts()
+        try:
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listing (i INTEGER PRIMARY KEY, path TEXT, size INTEGER, "
+                            "mtime INTEGER)")
+            self.db.execute("DELETE FROM temp.listing")
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO temp.listing VALUES (?, ?, ?, ?)",
+                                ((i, p, s, m) for i, (p, s, m) in enumerate(files)))
+            self.db.execute("COMMIT")
+            cursor = self.db.execute(
+                "SELECT l.i, f.pack, f.row, f.kind, f.problem FROM temp.listing l JOIN files f "
+                "ON f.path = l.path AND f.size = l.size AND f.mtime = l.mtime")
+            for i, pack, row, kind, problem in cursor:
+                if kind:
+                    status[i] = BAD
+                    problems[i] = (kind, problem)
+                elif pack in starts and row < starts[pack][1]:
+                    status[i] = OK
+                    rows[i] = starts[pack][0] + row
+            self.db.execute("DELETE FROM temp.listing")
+        except sqlite3.Error as exc:
+            raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
+                            "to start the cache afresh.") from None
+        return status, rows, problems
+
+    def _pack_starts(self) -> dict[int, tuple[int, int]]:
+        """pack id -> (its first global row, its committed rows), in :meth:`images` order."""
+        starts, total = {}, 0
+        for pack_id, _, rows in self._packs():
+            starts[pack_id] = (total, rows)
+            total += rows
+        return starts
+
+    def _packs(self) -> list[tuple[int, str, int]]:
+        return list(self.db.execute("SELECT id, name, rows FROM packs WHERE rows > 0 ORDER BY id"))
+
+    def images(self) -> ShardedImages:
+        """Every committed row of every pack, indexed by the global rows :meth:`lookup` gives."""
+        packs = self._packs()
+        return ShardedImages([self.folder / name for _, name, _ in packs], [rows for _, _, rows in packs],
+                             self.image_shape, raw=True)
+
+    def add(self, entries: Iterable[tuple[tuple[str, int, int], np.ndarray | None, str, str]]) -> None:
+        """Record conversions: ((path, size, mtime_ns), pixels or None, kind, problem)."""
+        entries = list(entries)
+        pixels = [e[1] for e in entries if e[1] is not None]
+        try:
+            first = self._append(pixels)
+            rows, n = [], 0
+            for (path, size, mtime), image, kind, problem in entries:
+                if image is None:
+                    rows.append((path, size, mtime, None, None, kind, problem))
+                else:
+                    rows.append((path, size, mtime, self._pack[0], first + n, None, None))
+                    n += 1
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if pixels:
+                self.db.execute("UPDATE packs SET rows = ? WHERE id = ?", (self._pack_rows, self._pack[0]))
+            self.db.execute("COMMIT")
+        except (OSError, sqlite3.Error) as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise ByolError(f"conversion cache {self.folder}: cannot write to it ({exc}). Free space there, or "
+                            "point paths.cache elsewhere.") from None
+
+    def _append(self, pixels: list[np.ndarray]) -> int:
+        """Write rows to this process's pack (data first, fsynced); returns the first row's number."""
+        if not pixels:
+            return self._pack_rows
+        if self._pack is None:
+            name = f"pack-{time.time_ns()}-{os.getpid()}.u8"
+            handle = open(self.folder / name, "wb")
+            self.db.execute("INSERT INTO packs (name, rows) VALUES (?, 0)", (name,))
+            pack_id = self.db.execute("SELECT id FROM packs WHERE name = ?", (name,)).fetchone()[0]
+            self._pack, self._pack_rows = (pack_id, handle), 0
+        handle = self._pack[1]
+        first = self._pack_rows
+        handle.write(np.ascontiguousarray(np.stack(pixels)).tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+        self._pack_rows += len(pixels)
+        return first

@@ -1,0 +1,90 @@
+"""Image files -> converted pixels, through the conversion cache.
+
+:func:`resolve` decides which files of a :class:`~byol_core.sources.FileSplit` the
+prepared split holds: in sample order, the first ``cap`` usable ones (all, without a cap).
+Files the cache already knows are only looked up; the rest are converted (in worker
+processes) and added to the cache as they come, so an interrupted ingest keeps what it did.
+The chosen files are then placed in path order, so files added together (a new folder, the
+next numbers) land together in a few new shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from byol_core.cache import BAD, OK, UNKNOWN, ConversionCache
+from byol_core.errors import ByolError
+from byol_core.sources import FileSplit, imagefolder
+
+CACHE_BATCH = 512  # conversions written to the cache at a time
+READ_ROWS = 2048  # images read from the cache at a time when writing shards
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The files a split holds, in path order: their origins, labels and cache rows."""
+
+    origins: list[str]
+    labels: np.ndarray
+    rows: np.ndarray
+    skipped: list[dict]
+
+    def chunks(self, cache: ConversionCache) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(origins, uint8 images) in path order, READ_ROWS at a time."""
+        images = cache.images()
+        for start in range(0, len(self.rows), READ_ROWS):
+            yield self.origins[start:start + READ_ROWS], images.take(self.rows[start:start + READ_ROWS])
+        images.release()
+
+
+def _problem(split: FileSplit, i: int, kind: str, problem: str) -> ByolError:
+    path = split.root / split.files[i][0]
+    return ByolError(f"{imagefolder.printable(str(path))}: {problem}. {imagefolder.ADVICE[kind]}")
+
+
+def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_corrupt: str, name: str,
+            workers: int | None = None) -> Resolved:
+    """Which files of ``split`` (labels: one per file) the prepared split holds; converts
+    what the cache lacks. A file that cannot be used fails (``on_corrupt: fail``, naming
+    the file) or is listed in ``skipped``."""
+    files = split.files
+    status, _, problems = cache.lookup(files)
+    pos = usable = 0
+    while pos < len(files) and (split.cap is None or usable < split.cap):
+        end = len(files) if split.cap is None else min(len(files), pos + split.cap - usable)
+        missing = [i for i in range(pos, end) if status[i] == UNKNOWN]
+        results = imagefolder.results([str(split.root / files[i][0]) for i in missing], split.channels,
+                                      split.size, name, workers)
+        pending = []
+        with contextlib.closing(results):
+            fresh = iter(zip(missing, results))
+            for i in range(pos, end):
+                if status[i] == UNKNOWN:
+                    _, (pixels, kind, problem) = next(fresh)
+                    pending.append((files[i], pixels, kind, problem))
+                    status[i] = OK if pixels is not None else BAD
+                    if pixels is None:
+                        problems[i] = (kind, problem)
+                if status[i] == BAD and on_corrupt != "skip":
+                    cache.add(pending)
+                    raise _problem(split, i, *problems[i])
+                if len(pending) >= CACHE_BATCH:
+                    cache.add(pending)
+                    pending = []
+        cache.add(pending)
+        usable += int((status[pos:end] == OK).sum())
+        pos = end
+    status, rows, problems = cache.lookup(files[:pos])
+    chosen = [i for i in range(pos) if status[i] == OK]
+    chosen.sort(key=lambda i: files[i][0])
+    skipped = [{"split": name, "origin": imagefolder.printable(files[i][0]), "reason": problems[i][1]}
+               for i in range(pos) if status[i] == BAD]
+    if status[:pos].min(initial=OK) == UNKNOWN:  # a file changed while it was converted
+        raise ByolError(f"{split.root}: files changed while ingest read them. Run `byol ingest` again.")
+    return Resolved(origins=[imagefolder.printable(files[i][0]) for i in chosen],
+                    labels=labels[np.asarray(chosen, dtype=np.int64)] if chosen else labels[:0],
+                    rows=rows[np.asarray(chosen, dtype=np.int64)] if chosen else rows[:0], skipped=skipped)

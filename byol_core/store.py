@@ -1,0 +1,292 @@
+"""Sharded uint8 image arrays: written as a stream, read memory-mapped.
+
+A split of N images (C, H, W) lies in shards ``{split}-{k:05d}.npy`` of at most
+``shard_bytes`` each. Shard boundaries are content-defined (as in rsync or restic): a shard
+ends after an image whose key (its place in the source) hashes below a threshold, so adding
+images in one place of the order rewrites the shard they land in and leaves every other
+shard byte for byte as it was. DVC stores files by content, so ``dvc push`` after new data
+sends the new and changed shards only.
+
+Readers map each shard (``mmap``) and copy out only what they index. Pages a read touched
+are handed back to the kernel every :data:`RELEASE_BYTES` (``madvise(MADV_DONTNEED)``; they
+stay in the page cache), so a pass over a data set larger than memory keeps a bounded
+resident set.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from byol_core.errors import ByolError
+
+DIGEST_BYTES = 16  # per-image content digest (blake2b)
+RELEASE_BYTES = 64 << 20  # hand mapped pages back after this many bytes were read
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def shard_name(split: str, k: int) -> str:
+    return f"{split}-{k:05d}.npy"
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(image.tobytes(), digest_size=DIGEST_BYTES).digest()
+
+
+def _boundary_threshold(image_bytes: int, shard_bytes: int) -> int:
+    """Key hashes below this end a shard: on average every ``shard_bytes / 2`` bytes."""
+    per_shard = max(1, (shard_bytes // 2) // image_bytes)
+    return (1 << 64) // per_shard
+
+
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@dataclass
+class ShardWriter:
+    """Streams one split's images, in order, into shards in ``folder``.
+
+    Call :meth:`add` with chunks of images and their keys, then :meth:`close`. Memory use is
+    one chunk: rows go straight to the open shard file, whose header is rewritten with the
+    final count when the shard ends. Also gathers what the card needs: each image's content
+    digest and exact per-channel sums of the pixels and their squares."""
+
+    folder: Path
+    split: str
+    image_shape: tuple[int, int, int]
+    shard_bytes: int
+    shards: list[dict] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    _file: object = None
+    _count: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_bytes = int(np.prod(self.image_shape))
+        self.threshold = _boundary_threshold(self.image_bytes, self.shard_bytes)
+        self.max_per_shard = max(1, self.shard_bytes // self.image_bytes)
+        channels = self.image_shape[0]
+        self.pixel_sum = np.zeros(channels, dtype=np.int64)
+        self.pixel_sq_sum = np.zeros(channels, dtype=np.int64)
+
+    @property
+    def count(self) -> int:
+        return len(self.digests)
+
+    def add(self, keys: list[str], images: np.ndarray) -> None:
+        if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
+            raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got {images.dtype} {images.shape[1:]}")
+        if len(keys) != len(images):
+            raise ValueError("one key per image")
+        flat = images.reshape(len(images), -1)
+        self.digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
+        self.pixel_sum += images.sum(axis=(0, 2, 3), dtype=np.int64)
+        squares = images.astype(np.uint32)
+        squares *= squares
+        self.pixel_sq_sum += squares.sum(axis=(0, 2, 3), dtype=np.int64)
+        start = 0
+        for i, key in enumerate(keys):
+            if self._count + (i + 1 - start) >= self.max_per_shard or _key_hash(key) < self.threshold:
+                self._write(images[start:i + 1])
+                self._end_shard()
+                start = i + 1
+        if start < len(images):
+            self._write(images[start:])
+
+    def _write(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        if self._file is None:
+            name = shard_name(self.split, len(self.shards))
+            self._file = open(self.folder / name, "wb")
+            self._file.write(_npy_header((0, *self.image_shape)))
+            self._name = name
+        self._file.write(np.ascontiguousarray(rows).tobytes())
+        self._count += len(rows)
+
+    def _end_shard(self) -> None:
+        if self._file is None:
+            return
+        header = _npy_header((self._count, *self.image_shape))
+        self._file.seek(0)
+        if len(header) != len(_npy_header((0, *self.image_shape))):
+            raise AssertionError("npy header length changed with the count")
+        self._file.write(header)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self.shards.append({"file": self._name, "count": self._count})
+        self._file, self._count = None, 0
+
+    def close(self) -> dict:
+        """End the last shard; returns the split's layout ``{"count", "shards"}``."""
+        self._end_shard()
+        return {"count": self.count, "shards": self.shards}
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read_npy_header(path: Path, handle) -> tuple[tuple[int, ...], int]:
+    """(shape, data offset) of a uint8, C-order .npy file; anything else is refused."""
+    magic = handle.read(8)
+    if len(magic) < 8 or not magic.startswith(_NPY_MAGIC):
+        raise ValueError("not a .npy file")
+    major = magic[6]
+    if major not in (1, 2, 3):
+        raise ValueError(f"unknown .npy version {major}")
+    size_bytes = 2 if major == 1 else 4
+    raw = handle.read(size_bytes)
+    if len(raw) != size_bytes:
+        raise ValueError("cut header")
+    length = int.from_bytes(raw, "little")
+    if length > 65536:
+        raise ValueError("header too long")
+    text = handle.read(length)
+    if len(text) != length:
+        raise ValueError("cut header")
+    try:
+        header = ast.literal_eval(text.decode("latin1"))
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError("unreadable header") from exc
+    if not isinstance(header, dict) or header.get("descr") != "|u1" or header.get("fortran_order") is not False:
+        raise ValueError("not C-ordered uint8 data")
+    shape = header.get("shape")
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError("bad shape in header")
+    return shape, 8 + size_bytes + length
+
+
+class _Mapped:
+    """One file's rows, mapped read-only: (N, C, H, W) uint8 starting at ``offset``."""
+
+    def __init__(self, path: Path, count: int, image_shape: tuple[int, ...], offset: int | None):
+        self.path = path
+        raw = offset is not None
+        try:
+            with open(path, "rb") as handle:
+                if offset is None:
+                    shape, offset = _read_npy_header(path, handle)
+                    if shape != (count, *image_shape):
+                        raise ValueError(f"holds {shape}, the layout says {(count, *image_shape)}")
+                size = os.fstat(handle.fileno()).st_size
+                need = offset + count * int(np.prod(image_shape))
+                if size < need or (size != need and not raw):  # a pack may hold uncommitted rows at its end
+                    raise ValueError(f"is {size} bytes, {need} expected")
+                self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as exc:
+            raise ByolError(f"{path}: cannot read image shard ({exc}). Run `byol ingest` again.") from None
+        self.rows = (np.frombuffer(self.map, dtype=np.uint8, count=count * int(np.prod(image_shape)), offset=offset)
+                     .reshape(count, *image_shape) if self.map is not None else
+                     np.empty((0, *image_shape), dtype=np.uint8))
+
+    def release(self) -> None:
+        if self.map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.map.madvise(mmap.MADV_DONTNEED)
+
+
+class ShardedImages:
+    """Images spread over shard files, indexed like one read-only uint8 (N, C, H, W) array.
+
+    ``x[a:b]`` and :meth:`take` return copies; nothing is read until indexed."""
+
+    def __init__(self, files: list[Path], counts: list[int], image_shape: tuple[int, int, int],
+                 raw: bool = False):
+        self.files, self.counts = list(files), [int(c) for c in counts]
+        self.image_shape = tuple(image_shape)
+        self.raw = raw  # headerless files (the conversion cache's packs)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._maps: dict[int, _Mapped] = {}
+        self._since_release = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.starts[-1]), *self.image_shape)
+
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __add__(self, other: ShardedImages) -> ShardedImages:
+        """Both, one after the other (no data is read)."""
+        if other.image_shape != self.image_shape:
+            raise ValueError("image shapes differ")
+        return ShardedImages(self.files + other.files, self.counts + other.counts, self.image_shape)
+
+    def _shard(self, k: int) -> np.ndarray:
+        if k not in self._maps:
+            self._maps[k] = _Mapped(self.files[k], self.counts[k], self.image_shape, 0 if self.raw else None)
+        return self._maps[k].rows
+
+    def _read(self, nbytes: int) -> None:
+        self._since_release += nbytes
+        if self._since_release >= RELEASE_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        """Hand every mapped page back to the kernel (they stay in the page cache)."""
+        for mapped in self._maps.values():
+            mapped.release()
+        self._since_release = 0
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.take(np.array([key]))[0]
+        if not isinstance(key, slice):
+            return self.take(np.asarray(key))
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            return self.take(np.arange(start, stop, step))
+        out = np.empty((max(0, stop - start), *self.image_shape), dtype=np.uint8)
+        pos = start
+        while pos < stop:
+            k = int(np.searchsorted(self.starts, pos, side="right")) - 1
+            end = min(stop, int(self.starts[k + 1]))
+            out[pos - start:end - start] = self._shard(k)[pos - self.starts[k]:end - self.starts[k]]
+            pos = end
+        self._read(out.nbytes)
+        return out
+
+    def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Images at ``indices`` (any order, repeats allowed), into ``out`` when given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} images")
+        if out is None:
+            out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        for k in np.unique(shard_of):
+            where = np.nonzero(shard_of == k)[0]
+            out[where] = self._shard(int(k))[indices[where] - self.starts[k]]
+        self._read(len(indices) * int(np.prod(self.image_shape)))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def iter_chunks(self, rows: int):
+        """(start, images) for consecutive chunks of at most ``rows`` images."""
+        for start in range(0, len(self), rows):
+            yield start, self[start:start + rows]
