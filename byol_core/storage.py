@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from byol_core.errors import ByolError
 
 
@@ -78,6 +76,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    import torch  # here, not at the top: ingest writes no checkpoints and stays light without torch
+
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -87,6 +87,8 @@ def load_torch(path: Path, what: str, fix: str) -> Any:
     A missing, truncated, corrupt or code-carrying file becomes a ``ByolError`` that
     names the file, says what it should have been (``what``) and how to fix it (``fix``).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ByolError(f"{what} not found at {path}. {fix}")

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from byol_core.data import UNLABELED  # noqa: F401  (re-exported for the source modules)
 from byol_core.errors import ByolError
@@ -122,6 +120,9 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
 def resize_crop(images: np.ndarray, size: int, where: str, chunk: int = 2048) -> np.ndarray:
     """Resize uint8 (N, C, H, W) so the short side is ``size`` (antialiased bilinear), then
     centre-crop to ``size`` x ``size``. Downscaling only."""
+    import torch  # here, not at the top: only array sources that are resized need it
+    import torch.nn.functional as F
+
     n, c, h, w = images.shape
     if (h, w) == (size, size):
         return images
