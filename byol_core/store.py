@@ -27,7 +27,7 @@ import numpy as np
 from byol_core.errors import ByolError
 
 DIGEST_BYTES = 16  # per-image content digest (blake2b)
-RELEASE_BYTES = 64 << 20  # hand mapped pages back after this many bytes were read
+RELEASE_BYTES = 8 << 20  # hand mapped pages back after this many bytes were read
 _NPY_MAGIC = b"\x93NUMPY"
 
 

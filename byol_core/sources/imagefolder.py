@@ -86,6 +86,8 @@ def list_images(folder: Path, root: Path) -> list[Listed]:
 
 def printable(relative: str) -> str:
     """A path as it can be shown and stored: bytes that are not UTF-8 as backslash escapes."""
+    if relative.isascii():  # the common case: the same string, no copy
+        return relative
     return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
