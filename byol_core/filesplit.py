@@ -38,7 +38,7 @@ class Resolved:
         images = cache.images()
         for start in range(0, len(self.rows), READ_ROWS):
             yield self.origins[start:start + READ_ROWS], images.take(self.rows[start:start + READ_ROWS])
-        images.release()
+        images.close()
 
 
 def _problem(split: FileSplit, i: int, kind: str, problem: str) -> ByolError:

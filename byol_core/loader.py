@@ -19,21 +19,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from byol_core.device import free_memory
 from byol_core.store import ShardedImages
 
 AHEAD = 4  # batches gathered ahead of the step
 _AUTO_SHARE = {"cuda": 0.5, "cpu": 1 / 3}  # of free device memory that resident data may take
-
-
-def _free_ram_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0  # unknown: stream
 
 
 def resident_budget(setting: str | float, device: torch.device) -> int:
@@ -41,8 +31,7 @@ def resident_budget(setting: str | float, device: torch.device) -> int:
     ``auto`` a share of the free memory of the device (GPU memory on CUDA, RAM on CPU)."""
     if setting != "auto":
         return int(float(setting) * (1 << 20))
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_ram_bytes()
-    return int(free * _AUTO_SHARE[device.type])
+    return int(free_memory(device) * _AUTO_SHARE[device.type])
 
 
 class Resident:
@@ -55,7 +44,7 @@ class Resident:
         self.data = torch.empty(images.shape, dtype=torch.uint8, device=device)
         for start, chunk in images.iter_chunks(max(1, (64 << 20) // max(1, int(np.prod(images.image_shape))))):
             self.data[start:start + len(chunk)].copy_(torch.from_numpy(chunk))
-        images.release()
+        images.close()
 
     def batches(self, order: torch.Tensor, steps: int, batch: int, local: int, rank: int) -> Iterator[torch.Tensor]:
         for i in range(steps):

@@ -1,23 +1,22 @@
-"""Sharded uint8 image arrays: written as a stream, read memory-mapped.
+"""Sharded uint8 image arrays: written as a stream, read a few rows at a time.
 
 A split of N images (C, H, W) lies in shards ``{split}-{k:05d}.npy`` of at most
-``shard_bytes`` each. Shard boundaries are content-defined (as in rsync or restic): a shard
-ends after an image whose key (its place in the source) hashes below a threshold, so adding
-images in one place of the order rewrites the shard they land in and leaves every other
-shard byte for byte as it was. DVC stores files by content, so ``dvc push`` after new data
-sends the new and changed shards only.
+``shard_bytes`` each (ordinary .npy files: ``np.load(path, mmap_mode="r")`` opens one).
+Shard boundaries are content-defined (as in rsync or restic): a shard ends after an image
+whose key (its place in the source) hashes below a threshold, so adding images in one place
+of the order rewrites the shard they land in and leaves every other shard byte for byte as
+it was. DVC stores files by content, so ``dvc push`` after new data sends the new and
+changed shards only.
 
-Readers map each shard (``mmap``) and copy out only what they index. Pages a read touched
-are handed back to the kernel every :data:`RELEASE_BYTES` (``madvise(MADV_DONTNEED)``; they
-stay in the page cache), so a pass over a data set larger than memory keeps a bounded
-resident set.
+Readers copy out only the rows they index, with ``pread`` through the page cache: memory
+holds what was asked for, however large the data set (see :class:`_Rows` for why not a
+memory map).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 from byol_core.errors import ByolError
 
 DIGEST_BYTES = 16  # per-image content digest (blake2b)
-RELEASE_BYTES = 8 << 20  # hand mapped pages back after this many bytes were read
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -173,32 +171,49 @@ def _read_npy_header(path: Path, handle) -> tuple[tuple[int, ...], int]:
     return shape, 8 + size_bytes + length
 
 
-class _Mapped:
-    """One file's rows, mapped read-only: (N, C, H, W) uint8 starting at ``offset``."""
+class _Rows:
+    """One file's rows, (N, C, H, W) uint8 from ``offset``, read with ``pread`` into the
+    caller's buffer. (A memory map would do, but a fault maps a whole page-cache folio, up to
+    megabytes on current kernels, so random rows would bring most of a shard into the
+    resident set; ``pread`` reads through the same page cache without that.)"""
 
     def __init__(self, path: Path, count: int, image_shape: tuple[int, ...], offset: int | None):
         self.path = path
+        self.row_bytes = int(np.prod(image_shape))
         raw = offset is not None
         try:
-            with open(path, "rb") as handle:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise ByolError(f"{path}: cannot read image shard ({exc.strerror}). Run `byol ingest` again.") from None
+        try:
+            with os.fdopen(os.dup(self.fd), "rb") as handle:
                 if offset is None:
                     shape, offset = _read_npy_header(path, handle)
                     if shape != (count, *image_shape):
                         raise ValueError(f"holds {shape}, the layout says {(count, *image_shape)}")
                 size = os.fstat(handle.fileno()).st_size
-                need = offset + count * int(np.prod(image_shape))
-                if size < need or (size != need and not raw):  # a pack may hold uncommitted rows at its end
-                    raise ValueError(f"is {size} bytes, {need} expected")
-                self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            need = offset + count * self.row_bytes
+            if size < need or (size != need and not raw):  # a pack may hold uncommitted rows at its end
+                raise ValueError(f"is {size} bytes, {need} expected")
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)  # batches are random rows: no read-ahead
         except (OSError, ValueError) as exc:
+            os.close(self.fd)
             raise ByolError(f"{path}: cannot read image shard ({exc}). Run `byol ingest` again.") from None
-        self.rows = (np.frombuffer(self.map, dtype=np.uint8, count=count * int(np.prod(image_shape)), offset=offset)
-                     .reshape(count, *image_shape) if self.map is not None else
-                     np.empty((0, *image_shape), dtype=np.uint8))
+        self.offset = offset
 
-    def release(self) -> None:
-        if self.map is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self.map.madvise(mmap.MADV_DONTNEED)
+    def read(self, first: int, out: np.ndarray) -> None:
+        """Rows ``first:first + len(out)`` into ``out`` (C-contiguous)."""
+        view = memoryview(out).cast("B")
+        got, at = 0, self.offset + first * self.row_bytes
+        while got < len(view):
+            n = os.preadv(self.fd, [view[got:]], at + got)
+            if n == 0:
+                raise ByolError(f"{self.path}: ended early (changed while being read?). Run `byol ingest` again.")
+            got += n
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class ShardedImages:
@@ -212,8 +227,7 @@ class ShardedImages:
         self.image_shape = tuple(image_shape)
         self.raw = raw  # headerless files (the conversion cache's packs)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self._maps: dict[int, _Mapped] = {}
-        self._since_release = 0
+        self._open: dict[int, _Rows] = {}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -234,21 +248,21 @@ class ShardedImages:
             raise ValueError("image shapes differ")
         return ShardedImages(self.files + other.files, self.counts + other.counts, self.image_shape)
 
-    def _shard(self, k: int) -> np.ndarray:
-        if k not in self._maps:
-            self._maps[k] = _Mapped(self.files[k], self.counts[k], self.image_shape, 0 if self.raw else None)
-        return self._maps[k].rows
+    def _shard(self, k: int) -> _Rows:
+        if k not in self._open:
+            self._open[k] = _Rows(self.files[k], self.counts[k], self.image_shape, 0 if self.raw else None)
+        return self._open[k]
 
-    def _read(self, nbytes: int) -> None:
-        self._since_release += nbytes
-        if self._since_release >= RELEASE_BYTES:
-            self.release()
+    def close(self) -> None:
+        for rows in self._open.values():
+            rows.close()
+        self._open.clear()
 
-    def release(self) -> None:
-        """Hand every mapped page back to the kernel (they stay in the page cache)."""
-        for mapped in self._maps.values():
-            mapped.release()
-        self._since_release = 0
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -263,9 +277,8 @@ class ShardedImages:
         while pos < stop:
             k = int(np.searchsorted(self.starts, pos, side="right")) - 1
             end = min(stop, int(self.starts[k + 1]))
-            out[pos - start:end - start] = self._shard(k)[pos - self.starts[k]:end - self.starts[k]]
+            self._shard(k).read(pos - int(self.starts[k]), out[pos - start:end - start])
             pos = end
-        self._read(out.nbytes)
         return out
 
     def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -276,10 +289,8 @@ class ShardedImages:
         if out is None:
             out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
         shard_of = np.searchsorted(self.starts, indices, side="right") - 1
-        for k in np.unique(shard_of):
-            where = np.nonzero(shard_of == k)[0]
-            out[where] = self._shard(int(k))[indices[where] - self.starts[k]]
-        self._read(len(indices) * int(np.prod(self.image_shape)))
+        for i, (index, k) in enumerate(zip(indices.tolist(), shard_of.tolist())):
+            self._shard(k).read(index - int(self.starts[k]), out[i:i + 1])
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
