@@ -5,7 +5,7 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
 
   ``pack-*.u8``     converted images, uint8 (C, S, S) rows back to back; each ingest
                     appends to a pack of its own, so two never write one file
-  ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir``, size
+  ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir`` (bytes), size
                     and mtime (ns), and where its pixels are (pack, row), or why it could
                     not be used (kind, problem)
 
@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT N
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
                                   pack INTEGER, row INTEGER, kind TEXT, problem TEXT);
 """
+
+
+def _key(path: str) -> bytes:
+    """A path as the index stores it: its bytes, so names that are not UTF-8 work too."""
+    return path.encode("utf-8", "surrogateescape")
 
 
 class ConversionCache:
@@ -72,7 +77,7 @@ class ConversionCache:
             self.db.execute("DELETE FROM temp.listing")
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO temp.listing VALUES (?, ?, ?, ?)",
-                                ((i, p, s, m) for i, (p, s, m) in enumerate(files)))
+                                ((i, _key(p), s, m) for i, (p, s, m) in enumerate(files)))
             self.db.execute("COMMIT")
             cursor = self.db.execute(
                 "SELECT l.i, f.pack, f.row, f.kind, f.problem FROM temp.listing l JOIN files f "
@@ -116,9 +121,9 @@ class ConversionCache:
             rows, n = [], 0
             for (path, size, mtime), image, kind, problem in entries:
                 if image is None:
-                    rows.append((path, size, mtime, None, None, kind, problem))
+                    rows.append((_key(path), size, mtime, None, None, kind, problem))
                 else:
-                    rows.append((path, size, mtime, self._pack[0], first + n, None, None))
+                    rows.append((_key(path), size, mtime, self._pack[0], first + n, None, None))
                     n += 1
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)

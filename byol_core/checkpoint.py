@@ -6,6 +6,7 @@ Both are plain dicts of tensors, numbers, strings and lists, so they load with
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -18,14 +19,19 @@ ENCODER_FORMAT = 1
 STATE_FORMAT = 1
 
 
-def save_encoder(path: Path, encoder: torch.nn.Module, spec: EncoderSpec, input_info: dict) -> None:
-    """``input_info``: ``{"size", "mean", "std"}``, the input convention the encoder was trained on."""
-    save_torch(path, {
+def encoder_record(encoder: torch.nn.Module, spec: EncoderSpec, input_info: dict) -> dict:
+    """What the encoder file holds. ``input_info``: ``{"size", "mean", "std"}``, the input
+    convention the encoder was trained on."""
+    return {
         "format": ENCODER_FORMAT,
         "spec": spec.to_dict(),
         "input": input_info,
         "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-    })
+    }
+
+
+def save_encoder(path: Path, encoder: torch.nn.Module, spec: EncoderSpec, input_info: dict) -> None:
+    save_torch(path, encoder_record(encoder, spec, input_info))
 
 
 def load_encoder(path: Path) -> tuple[ResNetEncoder, EncoderSpec, dict]:
@@ -34,7 +40,18 @@ def load_encoder(path: Path) -> tuple[ResNetEncoder, EncoderSpec, dict]:
     blob = load_torch(path, "encoder file", fix)
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise ByolError(f"{path} is not an encoder file of this version. {fix}")
-    spec = EncoderSpec.from_dict(blob["spec"])
+    try:
+        spec = EncoderSpec.from_dict(blob.get("spec"))
+        info = _input_info(blob.get("input"), spec.in_channels)
+    except ValueError as exc:
+        raise ByolError(f"{path}: not a valid encoder file ({exc}). {fix}") from None
+    weights = blob.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ByolError(f"{path}: not a valid encoder file (its weights are not a dict of tensors). {fix}")
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ByolError(f"{path}: the weights of {str(bad)[:80]} are not finite (NaN or infinity): the training "
+                        f"diverged or the file is damaged. {fix}")
     encoder = build_encoder(spec)
     try:
         encoder.load_state_dict(blob["state_dict"])
@@ -42,7 +59,24 @@ def load_encoder(path: Path) -> tuple[ResNetEncoder, EncoderSpec, dict]:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ByolError(f"{path}: weights do not fit the saved architecture {spec} ({lines[min(1, len(lines) - 1)]}). "
                         f"{fix}") from None
-    return encoder.eval(), spec, blob["input"]
+    return encoder.eval(), spec, info
+
+
+def _input_info(info: object, channels: int) -> dict:
+    """The encoder file's input record, checked: size, and a finite mean and a positive std
+    per channel."""
+    if not isinstance(info, dict):
+        raise ValueError("it has no input record")
+    size, mean, std = info.get("size"), info.get("mean"), info.get("std")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
+        raise ValueError(f"input size {str(size)[:40]} is not an image size")
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, list) or len(values) != channels or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"input {name} is not {channels} finite numbers")
+    if min(std) <= 0:
+        raise ValueError("input std is not positive")
+    return {"size": size, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -52,9 +86,17 @@ def save_state(path: Path, state: dict) -> None:
 def load_state(path: Path) -> dict:
     blob = load_torch(path, "training checkpoint",
                       "Delete it to start pretraining afresh.")
-    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT or not _state_shape_ok(blob):
         raise ByolError(f"{path} is not a training checkpoint of this version. Delete it to start afresh.")
     return blob
+
+
+def _state_shape_ok(blob: dict) -> bool:
+    """The keys and types :meth:`TrainState.restore` relies on."""
+    kinds = {"run_key": str, "step": int, "epoch": int, "history": list, "model": dict, "optimizer": dict,
+             "rng": dict}
+    return all(isinstance(blob.get(key), kind) and not isinstance(blob.get(key), bool) for key, kind in kinds.items()) \
+        and isinstance(blob["rng"].get("cpu"), torch.Tensor) and blob["step"] >= 0 and blob["epoch"] >= 0
 
 
 def input_normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,11 @@
 """The ``byol`` command: ``byol ingest|pretrain|evaluate|export [--params PATH]``.
 
-Each stage prints one summary line on stdout (progress goes to stderr). A user mistake
-prints ``byol <stage>: error: ...`` and exits 1 without a traceback; a bug keeps its traceback.
+Each stage prints one summary line on stdout (progress goes to stderr). Every failure
+prints ``byol <stage>: error: <what, where, what to do>`` and exits 1, without a traceback:
+a user mistake (ByolError), a system error (disk full, permission denied, read-only file
+system), running out of memory, and even a bug, whose traceback goes to a log file under
+``.byol/logs/`` instead. Ctrl-C exits 130 and SIGTERM 143, after every stage removed what
+it had half written.
 When an orchestrator launched the stage through Dagster Pipes (``DAGSTER_PIPES_CONTEXT``
 is set, and passes through ``dvc repro``), the summary and metrics are also sent back to
 it; otherwise nothing is, and ``dagster_pipes`` is never imported.
@@ -10,11 +14,16 @@ it; otherwise nothing is, and ``dagster_pipes`` is never imported.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
+import time
+import traceback
+from pathlib import Path
 
-from byol_core import stages
-from byol_core.config import load_params
+from byol_core import locks, stages
 from byol_core.errors import ByolError
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,26 +45,106 @@ def report_to_orchestrator(stage: str, line: str, metrics: dict) -> None:
         pipes.report_custom_message({"stage": stage, "summary": line, "metrics": metrics})
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every stage's cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+_ADVICE = {
+    errno.ENOSPC: "The disk is full: free space there, or point params.yaml's paths elsewhere.",
+    errno.EDQUOT: "The disk quota is used up: free space, or point params.yaml's paths elsewhere.",
+    errno.EACCES: "Permission denied: make it readable/writable, or point params.yaml's paths elsewhere.",
+    errno.EPERM: "Permission denied: make it readable/writable, or point params.yaml's paths elsewhere.",
+    errno.EROFS: "The file system is read-only: point params.yaml's paths at a writable folder.",
+    errno.EMFILE: "Too many open files: raise the limit (ulimit -n) and run again.",
+}
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    advice = _ADVICE.get(exc.errno, "Check the file and its folder, then run again.")
+    return f"{exc.strerror or type(exc).__name__}{where}. {advice}"
+
+
+def _out_of_memory() -> str:
+    return ("ran out of memory. Lower model.width, the heads (model.projector_hidden, predictor_hidden), "
+            "pretrain.batch_size or evaluate.batch_size, or set pretrain.resident_max_mb lower.")
+
+
+def _log_internal(stage: str, exc: BaseException) -> Path | None:
+    """The full traceback of an unexpected error, in .byol/logs/ under the current folder."""
+    folder = Path(".byol") / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(exc)))
+        return path.resolve()
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
-        params = load_params(args.params)
-        if args.stage == "pretrain" and params.pretrain.processes > 1 and "LOCAL_RANK" not in os.environ:
-            from byol_core import distributed  # only the pretrain stage imports torch.distributed
+        return _run(args.stage, args.params)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
-            return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
-                                      [args.stage, "--params", args.params])
-        line, metrics = stages.run(args.stage, params)
+
+def _run(stage: str, params_path: str) -> int:
+    try:
+        from byol_core.config import load_params  # here: Ctrl-C while it loads is handled below
+
+        params = load_params(params_path)
+        if stage == "pretrain" and "LOCAL_RANK" not in os.environ:
+            with locks.held(params.paths.resume, "byol pretrain"):  # one run per project at a time
+                if params.pretrain.processes > 1:
+                    from byol_core import distributed  # only the pretrain stage imports torch.distributed
+
+                    return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
+                                              [stage, "--params", params_path])
+                line, metrics = stages.run(stage, params)
+        else:
+            line, metrics = stages.run(stage, params)
     except ByolError as exc:
-        print(f"byol {args.stage}: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(stage, str(exc))
     except KeyboardInterrupt:
-        print(f"byol {args.stage}: interrupted", file=sys.stderr)
+        print(f"byol {stage}: interrupted; nothing was changed", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"byol {stage}: terminated; nothing was changed", file=sys.stderr)
+        return 143
+    except MemoryError:
+        return _fail(stage, _out_of_memory())
+    except OSError as exc:
+        return _fail(stage, _os_error(exc))
+    except Exception as exc:  # a bug: a short message here, the traceback in a log file
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            return _fail(stage, _out_of_memory())
+        log = _log_internal(stage, exc)
+        where = f"The full traceback is in {log}." if log else "No log could be written."
+        return _fail(stage, f"internal error ({type(exc).__name__}: {_short(exc, 200)}). This is a bug, not "
+                            f"something in your data: please report it with params.yaml. {where}")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(line)
-        report_to_orchestrator(args.stage, line, metrics)
+        report_to_orchestrator(stage, line, metrics)
     return 0
+
+
+def _fail(stage: str, message: str) -> int:
+    print(f"byol {stage}: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,12 @@ from byol_core.errors import ByolError
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+HeadWidth = Annotated[int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: every number in params.yaml must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -156,9 +159,9 @@ class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet50"]
     width: Annotated[float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
     small_stem: bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
-    projector_hidden: PositiveInt
-    projector_out: PositiveInt
-    predictor_hidden: PositiveInt
+    projector_hidden: HeadWidth
+    projector_out: HeadWidth
+    predictor_hidden: HeadWidth
 
 
 class AugmentConfig(_Section):
@@ -237,6 +240,7 @@ class EvaluateConfig(_Section):
     max_iter: PositiveInt  # L-BFGS iteration budget per probe fit
     tolerance: Annotated[float, Field(gt=0.0)]  # converged when max |gradient| of the probe loss is below this
     batch_size: PositiveInt  # feature-extraction batch
+    probe_max_mb: Annotated[float, Field(gt=0.0)]  # features one probe holds; larger splits: an even subset
 
 
 class ExportConfig(_Section):
@@ -278,7 +282,7 @@ class Params(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,3}", value):
             return value
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
 
@@ -314,7 +318,37 @@ def _describe(error: dict, section_keys: dict[str, list[str]]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if kind == "value_error" and isinstance(error.get("input"), dict):  # a whole-section check
         return message if not loc or message.startswith(f"{key}.") else f"{key}: {message}"
-    return f"{key}: {message} (got {error.get('input')!r})"
+    return f"{key}: {message} (got {_quote(error.get('input'))})"
+
+
+def _quote(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to a short prefix: a huge value must not flood the message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys (DVC's YAML 1.2 parser refuses them):
+    here they are an error, so the file means the same to both."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: let PyYAML report it
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {_quote(key, 60)} appears twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            else:
+                try:
+                    seen[key] = key_node.start_mark.line
+                except TypeError:
+                    pass
+        return super().construct_mapping(node, deep)
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
@@ -362,15 +396,26 @@ def restrict(params: Params, keys: Iterable[str]) -> Params:
     return Params.model_construct(**values)
 
 
+def _short_yaml_error(exc: yaml.YAMLError) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``path``. Relative paths inside it are anchored at its directory."""
     path = Path(path)
     if not path.is_file():
         raise ByolError(f"params file {path} not found. Run from the project root or pass --params PATH.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ByolError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from None
+        raise ByolError(f"{path}: not valid YAML ({_short_yaml_error(exc)}). Fix the syntax.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ByolError(f"{path}: cannot be read ({exc}). Save it as UTF-8 text.") from None
+    except RecursionError:
+        raise ByolError(f"{path}: nested too deeply to be params. Fix the file.") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ByolError(f"{path}: holds a value that cannot be read ({_short_yaml_error(exc)}). Fix it.") from None
     if not isinstance(raw, dict):
         raise ByolError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}.")
     return parse_params(raw, str(path), path.resolve().parent)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,13 @@ class Prepared:
         return self.images["unlabeled"] + self.images["train"]
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """``min(k, n)`` indices spread evenly over ``range(n)``: a fair sample of a split stored
+    class by class (an image folder, in path order)."""
+    k = min(k, n)
+    return np.arange(k, dtype=np.int64) * n // max(k, 1)
+
+
 def data_hash(splits: dict[str, tuple[tuple[int, ...], np.ndarray, bytes]]) -> str:
     """A hash of every split's shape, labels and images, from each image's content digest
     (so it costs a pass over the digests, not over the pixels). ``splits``: split ->
@@ -82,6 +90,27 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise ByolError(f"{path}: the {what} is not a JSON object. Run `byol ingest` again.")
     return value
+
+
+def _check_card(card: dict, image_shape: tuple[int, ...], path: Path) -> None:
+    """The card fields later stages use: class names, the image shape (as in the layout),
+    and a finite mean and positive std per channel."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    classes, mean, std = card.get("classes"), card.get("mean"), card.get("std")
+    problem = None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problem = "its class names are not a list of names"
+    elif [card.get("channels"), card.get("height"), card.get("width")] != list(image_shape):
+        problem = f"its image shape differs from {LAYOUT_FILE}'s {list(image_shape)}"
+    elif not all(isinstance(v, list) and len(v) == image_shape[0] and all(map(number, v)) for v in (mean, std)) \
+            or min(std) <= 0:
+        problem = "its channel mean and std are not finite numbers (std > 0), one per channel"
+    elif not isinstance(card.get("data_hash"), str):
+        problem = "it has no data hash"
+    if problem:
+        raise ByolError(f"{path}: the dataset card is damaged ({problem}). Run `byol ingest` again.")
 
 
 def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Prepared:
@@ -108,6 +137,7 @@ def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Pre
             raise ValueError("bad image shape")
     except (KeyError, TypeError, ValueError) as exc:
         raise ByolError(f"{layout_path}: the shard layout is damaged ({exc}). Run `byol ingest` again.") from None
+    _check_card(card, image_shape, card_path)
     images, labels = {}, {}
     for split in splits or tuple(entries):
         if split not in entries:
@@ -117,13 +147,15 @@ def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Pre
             raise ByolError(f"{layout_path}: a shard name leaves the folder. Run `byol ingest` again.")
         images[split] = ShardedImages(files, [count for _, count in entries[split]], image_shape)
         path = directory / labels_name(split)
+        if not path.is_file():
+            raise ByolError(f"{path}: missing or not a regular file. Run `byol ingest` again.")
         try:
             labels[split] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ByolError(f"{path}: cannot read ({exc}). Run `byol ingest` again.") from None
         if labels[split].dtype != np.int64 or labels[split].ndim != 1 or len(images[split]) != len(labels[split]):
             raise ByolError(f"{directory}: {split} images and labels differ in count or type. Run `byol ingest` again.")
-        classes = len(card.get("classes", []))
+        classes = len(card["classes"])
         valid = (labels[split] == UNLABELED) if split == "unlabeled" else \
             ((labels[split] >= 0) & (labels[split] < classes))
         if not valid.all():

@@ -36,11 +36,23 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor
     return torch.cat(chunks)
 
 
-def pixel_features(images, mean: torch.Tensor, std: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+PIXEL_PX = 32  # the raw-pixel baseline sees images at most this size (area-downsampled)
+
+
+def pixel_features(images, mean: torch.Tensor, std: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Raw normalised pixels of uint8 images (N, C, H, W), flattened: the no-learning
-    baseline. (N, C*H*W), built a chunk at a time."""
-    return torch.cat([to_input(torch.as_tensor(images[start:start + chunk]), mean, std).flatten(1)
-                      for start in range(0, len(images), chunk)])
+    baseline. Images larger than :data:`PIXEL_PX` are first area-downsampled to it, so the
+    baseline stays a few thousand numbers per image. (N, C*min(H, 32)**2), a chunk at a time."""
+    def one(batch: torch.Tensor) -> torch.Tensor:
+        x = to_input(batch, mean, std)
+        if x.shape[-1] > PIXEL_PX or x.shape[-2] > PIXEL_PX:
+            x = F.interpolate(x, size=(PIXEL_PX, PIXEL_PX), mode="area")
+        return x.flatten(1)
+    return torch.cat([one(torch.as_tensor(images[start:start + chunk])) for start in range(0, len(images), chunk)])
+
+
+def pixel_dim(channels: int, size: int) -> int:
+    return channels * min(size, PIXEL_PX) ** 2
 
 
 @torch.no_grad()

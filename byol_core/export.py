@@ -67,10 +67,14 @@ def open_session(path: Path):
     wanted = [p for p in PROVIDER_PREFERENCE if p in available]
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    try:
+    if not Path(path).is_file():
+        raise ByolError(f"{path}: no ONNX model there. Run `byol export` to make it.")
+    try:  # parse and check the graph in Python first: damaged bytes never reach the native runtime
+        onnx.checker.check_model(str(path))
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as exc:
-        raise ByolError(f"{path}: onnxruntime cannot load the exported model ({exc}).") from None
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ByolError(f"{path}: not a usable ONNX model ({reason}). Run `byol export` again.") from None
     return session, session.get_providers()[0]
 
 

@@ -20,8 +20,7 @@ from byol_core.cache import BAD, OK, UNKNOWN, ConversionCache
 from byol_core.errors import ByolError
 from byol_core.sources import FileSplit, imagefolder
 
-CACHE_BATCH = 512  # conversions written to the cache at a time
-READ_ROWS = 2048  # images read from the cache at a time when writing shards
+CHUNK_BYTES = 8 << 20  # pixels held at a time: conversions waiting for the cache, rows read from it
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,11 @@ class Resolved:
     skipped: list[dict]
 
     def chunks(self, cache: ConversionCache) -> Iterator[tuple[list[str], np.ndarray]]:
-        """(origins, uint8 images) in path order, READ_ROWS at a time."""
+        """(origins, uint8 images) in path order, about CHUNK_BYTES at a time."""
         images = cache.images()
-        for start in range(0, len(self.rows), READ_ROWS):
-            yield self.origins[start:start + READ_ROWS], images.take(self.rows[start:start + READ_ROWS])
+        rows = max(1, CHUNK_BYTES // cache.row_bytes)
+        for start in range(0, len(self.rows), rows):
+            yield self.origins[start:start + rows], images.take(self.rows[start:start + rows])
         images.close()
 
 
@@ -72,7 +72,7 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
                 if status[i] == BAD and on_corrupt != "skip":
                     cache.add(pending)
                     raise _problem(split, i, *problems[i])
-                if len(pending) >= CACHE_BATCH:
+                if len(pending) * cache.row_bytes >= CHUNK_BYTES:
                     cache.add(pending)
                     pending = []
         cache.add(pending)

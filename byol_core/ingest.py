@@ -33,7 +33,7 @@ from byol_core.store import ShardWriter
 
 UNLABELED_FOLDER = "unlabeled"
 SOURCES = {module.NAME: module for module in (fashion_mnist, cifar10, cifar100, stl10, imagefolder)}
-ARRAY_ROWS = 4096  # rows of an in-memory source written at a time
+CHUNK_BYTES = 8 << 20  # pixels of an in-memory source written at a time
 
 
 def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
@@ -64,6 +64,10 @@ def read_source(cfg: DataConfig) -> SourceData:
     files are capped as they are converted)."""
     data = SOURCES[cfg.source].read(cfg).check(cfg.source_dir)
     conform(data, cfg.channels, cfg.image_size, f"{cfg.source} in {cfg.source_dir}")
+    height, width = _image_shape(data.images["train"])[1:]
+    if height != width:
+        raise ByolError(f"{cfg.source} in {cfg.source_dir}: images are {height}x{width} px, not square, and every "
+                        "later stage takes square images. Set data.image_size to resize and centre-crop them.")
     _add_unlabeled_folder(data, cfg)
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test), ("unlabeled", cfg.max_unlabeled)):
         if cap is not None and split in data.images and not isinstance(data.images[split], FileSplit):
@@ -107,8 +111,9 @@ def _write_split(data: SourceData, split: str, cfg: DataConfig, cache_dir: Path,
             origins, labels = data.origins[split], data.labels[split]
             if not len(images) and split in LABELLED:
                 raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. Add images.")
-            for start in range(0, len(images), ARRAY_ROWS):
-                writer.add(origins[start:start + ARRAY_ROWS], np.ascontiguousarray(images[start:start + ARRAY_ROWS]))
+            rows = max(1, CHUNK_BYTES // int(np.prod(shape)))
+            for start in range(0, len(images), rows):
+                writer.add(origins[start:start + rows], np.ascontiguousarray(images[start:start + rows]))
         layout = writer.close()
     except BaseException:
         writer.abort()

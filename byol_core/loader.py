@@ -5,9 +5,10 @@ permutation, so a run's weights do not depend on the path (a test holds them bit
 
 - :class:`Resident`: the whole pretraining set lives on the device as uint8 and a batch is
   one gather there (airbench's fast path: the step never waits for the host).
-- :class:`Streamed`: a background thread gathers each batch from the memory-mapped shards
-  (into pinned memory on CUDA) a few batches ahead; on CUDA the copy to the device runs on
-  a stream of its own, overlapped with the previous step. Memory holds a few batches.
+- :class:`Streamed`: a background thread gathers each batch from the shards into one of a
+  few reused buffers (pinned memory on CUDA) a few batches ahead; on CUDA the copy to the
+  device runs on a stream of its own, overlapped with the previous step. Memory holds a few
+  batches.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Resident:
 
 
 class Streamed:
-    """Batches gathered from the memory-mapped shards by a background thread."""
+    """Batches gathered from the shards by a background thread."""
 
     name = "streamed"
 
@@ -61,24 +62,18 @@ class Streamed:
         self.images, self.device = images, device
         self.cuda = device.type == "cuda"
 
-    def _gather(self, rows: list[np.ndarray], out: queue.Queue, stop: threading.Event, free: queue.Queue | None) -> None:
+    def _gather(self, rows: list[np.ndarray], out: queue.Queue, stop: threading.Event, free: queue.Queue) -> None:
+        """Fill a free buffer with each batch's rows, in order (the buffers go round: no
+        allocation per batch)."""
         try:
             for index in rows:
-                if free is not None:  # CUDA: refill a pinned buffer once its last copy finished
-                    buffer, done = free.get()
-                    if done is not None:
-                        done.synchronize()
-                    item = buffer[:len(index)]
-                    self.images.take(index, out=item.numpy())
-                else:
-                    item = torch.from_numpy(self.images.take(index))
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                buffer, done = _get(free, stop)
+                if buffer is None:
+                    return
+                if done is not None:  # CUDA: the buffer's last copy to the device must be over
+                    done.synchronize()
+                self.images.take(index, out=buffer.numpy())
+                if not _put(out, buffer, stop):
                     return
         except BaseException as exc:  # re-raised in the training thread
             out.put(exc)
@@ -87,14 +82,10 @@ class Streamed:
         index = order.cpu().numpy()
         rows = [index[i * batch + rank * local:i * batch + (rank + 1) * local] for i in range(steps)]
         out: queue.Queue = queue.Queue(maxsize=AHEAD)
+        free: queue.Queue = queue.Queue()
+        for _ in range(AHEAD + 3):
+            free.put((torch.empty((local, *self.images.image_shape), dtype=torch.uint8, pin_memory=self.cuda), None))
         stop = threading.Event()
-        free = None
-        if self.cuda:
-            free = queue.Queue()
-            shape = (local, *self.images.image_shape)
-            for _ in range(AHEAD + 3):
-                free.put((torch.empty(shape, dtype=torch.uint8).pin_memory(), None))
-            copier = torch.cuda.Stream(self.device)
         worker = threading.Thread(target=self._gather, args=(rows, out, stop, free), daemon=True)
         worker.start()
 
@@ -106,9 +97,15 @@ class Streamed:
 
         try:
             if not self.cuda:
+                previous = None
                 for _ in range(steps):
-                    yield receive()
+                    item = receive()
+                    if previous is not None:  # the step that used it is over
+                        free.put((previous, None))
+                    previous = item
+                    yield item
                 return
+            copier = torch.cuda.Stream(self.device)
             pending = self._to_device(receive(), copier, free) if steps else None
             for i in range(steps):
                 on_device, ready = pending
@@ -131,9 +128,28 @@ class Streamed:
             on_device = pinned.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(copier)
-        base = pinned._base if pinned._base is not None else pinned
-        free.put((base, done))
+        free.put((pinned, done))
         return on_device, done
+
+
+def _get(free: queue.Queue, stop: threading.Event):
+    """A free buffer, or (None, None) once the consumer stopped."""
+    while not stop.is_set():
+        try:
+            return free.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None, None
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def for_data(images: ShardedImages, device: torch.device, setting: str | float) -> Resident | Streamed:

@@ -32,9 +32,24 @@ class EncoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> EncoderSpec:
-        return cls(arch=str(data["arch"]), width=float(data["width"]),
-                   in_channels=int(data["in_channels"]), small_stem=bool(data["small_stem"]))
+    def from_dict(cls, data: object) -> EncoderSpec:
+        """The spec saved by :meth:`to_dict`, checked: ValueError says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the spec is a {type(data).__name__}, not a dict")
+        missing = [key for key in ("arch", "width", "in_channels", "small_stem") if key not in data]
+        if missing:
+            raise ValueError(f"the spec lacks {', '.join(missing)}")
+        arch, width, channels, stem = data["arch"], data["width"], data["in_channels"], data["small_stem"]
+        if arch not in _ARCHS:
+            raise ValueError(f"unknown arch {str(arch)[:40]!r} (expected one of {sorted(_ARCHS)})")
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4 \
+                or width != width:
+            raise ValueError(f"width {str(width)[:40]} is not a number in (0, 4]")
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise ValueError(f"in_channels {str(channels)[:40]} is not 1 or 3")
+        if not isinstance(stem, bool):
+            raise ValueError(f"small_stem {str(stem)[:40]} is not true or false")
+        return cls(arch=arch, width=float(width), in_channels=int(channels), small_stem=stem)
 
 
 class ResNetEncoder(ResNet):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -34,8 +35,8 @@ def _ensure_dir(directory: Path) -> None:
                         "Check the path in params.yaml and its permissions.") from exc
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` on a temp file beside ``path``, fsynced; returns the temp file."""
     path = Path(path)
     _ensure_dir(path.parent)
     try:
@@ -50,10 +51,80 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    tmp = _write_temp(path, write)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def commit_files(outputs: list[tuple[Path, Callable[[Path], None]]], journal: Path) -> None:
+    """Write a stage's outputs so that they change together: all new, or all as they were.
+
+    Each output is first written in full to a temp file beside it (a failure, a full disk
+    or Ctrl-C here removes the temps and leaves every old output as it was). Then a journal
+    listing the renames is written atomically: from that moment the new set is decided. The
+    renames follow, and the journal goes. A run killed between the journal and the last
+    rename is completed by :func:`recover` at the start of the stage's next run."""
+    recover(journal)
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for final, write in outputs:
+            temps.append((_write_temp(final, write), Path(final)))
+        plan = [[str(tmp), str(final)] for tmp, final in temps]
+        atomic_write(journal, lambda tmp: tmp.write_text(json.dumps(plan)))
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    _apply(journal)
+
+
+def recover(journal: Path) -> bool:
+    """Finish a commit that a killed run left half done (see :func:`commit_files`)."""
+    journal = Path(journal)
+    if not journal.is_file():
+        return False
+    _apply(journal)
+    return True
+
+
+def _apply(journal: Path) -> None:
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # the renames run to the end
+    try:
+        try:
+            plan = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            plan = []  # atomic_write never leaves a cut journal; an unreadable one holds nothing to do
+        for tmp, final in plan:
+            if Path(tmp).exists():
+                os.replace(tmp, final)
+        for folder in {Path(final).parent for _, final in plan}:
+            _fsync_dir(folder)
+        journal.unlink(missing_ok=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
@@ -67,18 +138,30 @@ def remove_stale_temps(path: Path) -> list[Path]:
     return stale
 
 
+def text_writer(text: str) -> Callable[[Path], None]:
+    return lambda tmp: tmp.write_text(text)
+
+
+def json_writer(obj: Any) -> Callable[[Path], None]:
+    return text_writer(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, text_writer(text))
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json_writer(obj))
+
+
+def torch_writer(obj: Any) -> Callable[[Path], None]:
+    import torch  # here, not at the top: ingest writes no checkpoints and stays light without torch
+
+    return lambda tmp: torch.save(obj, tmp)
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    import torch  # here, not at the top: ingest writes no checkpoints and stays light without torch
-
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, torch_writer(obj))
 
 
 def load_torch(path: Path, what: str, fix: str) -> Any:

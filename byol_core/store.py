@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +93,12 @@ class ShardWriter:
             raise ValueError("one key per image")
         flat = images.reshape(len(images), -1)
         self.digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
-        self.pixel_sum += images.sum(axis=(0, 2, 3), dtype=np.int64)
-        squares = images.astype(np.uint32)
-        squares *= squares
-        self.pixel_sq_sum += squares.sum(axis=(0, 2, 3), dtype=np.int64)
+        step = max(1, (4 << 20) // self.image_bytes)  # squares in uint32: at most 16 MiB at a time
+        for part in (images[i:i + step] for i in range(0, len(images), step)):
+            self.pixel_sum += part.sum(axis=(0, 2, 3), dtype=np.int64)
+            squares = part.astype(np.uint32)
+            squares *= squares
+            self.pixel_sq_sum += squares.sum(axis=(0, 2, 3), dtype=np.int64)
         start = 0
         for i, key in enumerate(keys):
             if self._count + (i + 1 - start) >= self.max_per_shard or _key_hash(key) < self.threshold:
@@ -182,6 +185,8 @@ class _Rows:
         self.row_bytes = int(np.prod(image_shape))
         raw = offset is not None
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+                raise ByolError(f"{path}: not a regular file. Run `byol ingest` again.")
             self.fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise ByolError(f"{path}: cannot read image shard ({exc.strerror}). Run `byol ingest` again.") from None
@@ -293,6 +298,10 @@ class ShardedImages:
             self._shard(k).read(index - int(self.starts[k]), out[i:i + 1])
         return out
 
+    def subset(self, indices: np.ndarray) -> Subset:
+        """The images at ``indices``, read only when sliced."""
+        return Subset(self, np.asarray(indices, dtype=np.int64))
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:]
         return whole if dtype is None else whole.astype(dtype)
@@ -301,3 +310,20 @@ class ShardedImages:
         """(start, images) for consecutive chunks of at most ``rows`` images."""
         for start in range(0, len(self), rows):
             yield start, self[start:start + rows]
+
+
+class Subset:
+    """Chosen rows of a :class:`ShardedImages`, sliced like an array (read when sliced)."""
+
+    def __init__(self, images: ShardedImages, indices: np.ndarray):
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.indices), *self.images.image_shape)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self.images.take(self.indices[key])

@@ -26,8 +26,8 @@ from byol_core.augment import ViewSpec, byol_views, make_view
 from byol_core.byol import BYOL, collapse_std, target_tau
 from byol_core.checkpoint import load_state, save_state
 from byol_core.config import Params, Schedule, derive_schedule
-from byol_core.data import Prepared
-from byol_core.device import autocast, memory_format, synchronize
+from byol_core.data import Prepared, spread
+from byol_core.device import autocast, free_memory, memory_format, synchronize
 from byol_core.errors import ByolError
 from byol_core.evaluate import extract_features, knn_top1
 from byol_core.nets import EncoderSpec
@@ -44,6 +44,23 @@ def build_model(params: Params, in_channels: int) -> BYOL:
     torch.manual_seed(params.seed)
     m = params.model
     return BYOL(encoder_spec(params, in_channels), m.projector_hidden, m.projector_out, m.predictor_hidden)
+
+
+def check_model_fits(params: Params, in_channels: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients, LARS momentum
+    and target copy would not fit the device's free memory (built on the meta device to
+    count its parameters)."""
+    m = params.model
+    with torch.device("meta"):
+        model = BYOL(encoder_spec(params, in_channels), m.projector_hidden, m.projector_out, m.predictor_hidden)
+    online = sum(p.numel() for p in model.trainable_parameters())
+    everything = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    need = 4 * (3 * online + everything - online)
+    free = free_memory(device)
+    if free and need > free:
+        raise ByolError(f"model: {online / 1e6:.0f}M trainable parameters need {need / 2**30:.1f} GiB for weights, "
+                        f"gradients, optimizer state and the target network, but {device} has {free / 2**30:.1f} GiB "
+                        "free. Lower model.width or model.projector_hidden / projector_out / predictor_hidden.")
 
 
 def build_optimizer(model: BYOL, params: Params) -> LARS:
@@ -156,12 +173,6 @@ class Monitor:
         return knn_top1(bank, self.bank_labels, queries, self.query_labels, self.num_classes, params.knn)
 
 
-def spread(n: int, k: int) -> np.ndarray:
-    """``min(k, n)`` indices spread evenly over ``range(n)``."""
-    k = min(k, n)
-    return np.arange(k, dtype=np.int64) * n // k
-
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -186,6 +197,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     batches = loader.for_data(source, device, cfg.resident_max_mb)
     log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
 
+    check_model_fits(params, card["channels"], device)
     model = build_model(params, card["channels"]).to(device, memory_format=memory_format(device))
     if world.size > 1:
         model = distributed.sync_batchnorm(model, device)
@@ -197,7 +209,11 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     if resume_path.is_file():
         blob = load_state(resume_path)
         if blob.get("run_key") == key:
-            state.restore(blob)
+            try:
+                state.restore(blob)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+                raise ByolError(f"{resume_path}: the saved training state does not fit this model "
+                                f"({' '.join(str(exc).split())[:200]}). Delete it to start afresh.") from None
             log(f"pretrain: resuming from {resume_path} after epoch {state.epoch} (step {state.step})")
         else:
             log(f"pretrain: ignoring {resume_path}: it was made under other params or data "

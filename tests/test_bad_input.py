@@ -10,11 +10,13 @@ message. ``python tests/test_bad_input.py`` prints the table from the real messa
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import pickle
 import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +66,7 @@ def _folder(root: Path, **kwargs) -> Path:
 def _encoder(root: Path, spec: EncoderSpec, edit=None) -> None:
     torch.manual_seed(0)
     save_encoder(root / "models" / "encoder.pt", build_encoder(spec), spec,
-                 {"size": 28, "mean": [0.5], "std": [0.25]})
+                 {"size": 28, "mean": [0.5] * spec.in_channels, "std": [0.25] * spec.in_channels})
     if edit:
         edit(root / "models" / "encoder.pt")
 
@@ -77,6 +79,37 @@ def _retarget_spec(path: Path) -> None:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _append_param(root: Path, text: str) -> None:
+    with open(root / "params.yaml", "a") as handle:
+        handle.write(text)
+
+
+def _idx_header_only(path: Path, dims: tuple[int, ...]) -> None:
+    """An image IDX file whose header claims ``dims`` (followed by a few pixels)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + bytes(64))
+
+
+def _edit_encoder(edit):
+    def apply(path: Path) -> None:
+        blob = torch.load(path, weights_only=True)
+        edit(blob)
+        torch.save(blob, path)
+    return apply
+
+
+def _nan_weights(blob: dict) -> None:
+    first = next(k for k, v in blob["state_dict"].items() if v.is_floating_point())
+    blob["state_dict"][first] = torch.full_like(blob["state_dict"][first], float("nan"))
+
+
+def _old_store(root: Path) -> None:
+    prepared = root / "data" / "prepared"
+    (prepared / "store.json").unlink()
+    np.save(prepared / "train_images.npy", np.zeros((40, 1, 28, 28), np.uint8))
 
 
 def _fashion_variant(root: Path, edit) -> None:
@@ -152,6 +185,39 @@ CASES = [
                              (root / ".byol" / "resume" / "pretrain-state.pt").write_bytes(b"PK\x03\x04cut"))),
     Case("checkpoint that would run code", "evaluate", r"encoder\.pt is not a readable encoder file \(it holds Python objects .* could run code .*refused\)",
          None, lambda root: (root / "models" / "encoder.pt").write_bytes(pickle.dumps(_Payload()))),
+    Case("duplicate key in params.yaml", "ingest", r"params\.yaml: not valid YAML \(key 'seed' appears twice",
+         None, lambda root: _append_param(root, "seed: 1\n")),
+    Case("device with a non-ASCII digit", "pretrain", r"device: must be auto, cpu, cuda or cuda:N", {"device": "cuda:\u0663"}),
+    Case("infinite crop ratio", "pretrain", r"augment\.crop_ratio\.1: Input should be a finite number",
+         {"augment.crop_ratio": [0.75, float("inf")]}),
+    Case("huge value in params", "ingest", r"data\.source: Input should be .*\.\.\. \(100002 characters\)",
+         {"data.source": "x" * 100000}),
+    Case("heads too large to allocate", "pretrain",
+         r"model: \d+M trainable parameters need [\d.]+ GiB .* GiB free\. Lower model\.width or model\.projector_hidden",
+         {"model.arch": "resnet50", "model.width": 4.0, "model.projector_hidden": 65536,
+          "model.projector_out": 65536, "model.predictor_hidden": 65536}),
+    Case("IDX header with a zero height", "ingest",
+         r"train-images-idx3-ubyte\.gz: IDX header gives the impossible shape \(40, 0, 28\)\. The file is corrupt",
+         _swap_data(None), lambda root: _fashion_variant(root, lambda d: _idx_header_only(d / FILES["train"][0], (40, 0, 28)))),
+    Case("IDX header whose dimensions overflow", "ingest",
+         r"train-images-idx3-ubyte\.gz: IDX header gives the impossible shape \(2147483648, 2147483648, 2147483648\)",
+         _swap_data(None), lambda root: _fashion_variant(
+             root, lambda d: _idx_header_only(d / FILES["train"][0], (2**31, 2**31, 2**31)))),
+    Case("cut card.json", "pretrain", r"card\.json: cannot read the dataset card .*Run `byol ingest` again",
+         None, lambda root: _truncate(root / "data" / "prepared" / "card.json")),
+    Case("prepared labels out of range", "evaluate",
+         r"train-labels\.npy: labels outside the card's 10 classes\. Run `byol ingest` again",
+         None, lambda root: np.save(root / "data" / "prepared" / "train-labels.npy", np.full(40, 12, np.int64))),
+    Case("cut image shard", "pretrain", r"train-00000\.npy: cannot read image shard .*Run `byol ingest` again",
+         None, lambda root: _truncate(root / "data" / "prepared" / "train-00000.npy")),
+    Case("prepared data in the old format", "pretrain", r"old single-file format .*Run `byol ingest` again to rewrite",
+         None, _old_store),
+    Case("encoder with non-finite weights", "export",
+         r"encoder\.pt: the weights of \S+ are not finite \(NaN or infinity\)",
+         None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 1, True), _edit_encoder(_nan_weights))),
+    Case("encoder without its spec", "evaluate", r"encoder\.pt: not a valid encoder file \(the spec is a NoneType",
+         None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 1, True),
+                                     _edit_encoder(lambda blob: blob.pop("spec")))),
     Case("ONNX parity failure", "export",
          r"onnxruntime \(CPUExecutionProvider\) disagrees with PyTorch: max abs diff .* exceeds atol=1e-12",
          {"export.atol": 1e-12, "export.rtol": 0.0}),

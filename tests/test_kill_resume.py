@@ -4,7 +4,7 @@ from its last saved state and ends with exactly the encoder of an uninterrupted 
 Every run here is a real ``byol pretrain`` process. The external kill lands wherever the run
 happens to be (mid-epoch, just after a checkpoint). The other kills are made exact by a
 small launcher that sends SIGKILL to its own process at a chosen point: in the middle of
-an epoch, between writing the encoder and the checkpoint at the end, and halfway through
+an epoch, while committing the outputs at the end, and halfway through
 writing a checkpoint file.
 """
 
@@ -57,9 +57,9 @@ elif point == "midwrite":  # the after-th checkpoint write stops halfway through
             handle.write(data[: len(data) // 2])
         die()
     torch.save = half_save
-elif point == "outputs":  # after the encoder file is written, before the checkpoint copy
-    import byol_core.stages.pretrain as stage
-    stage.atomic_write = lambda path, write: die()
+elif point == "outputs":  # every output written in full and the commit decided, before any rename
+    import byol_core.storage as storage
+    storage._apply = lambda journal: die()
 sys.exit(main(["pretrain", "--params", sys.argv[3]]))
 """
 
@@ -136,13 +136,18 @@ def test_kill_mid_epoch_resumes_from_the_last_epoch_checkpoint(tmp_path, source,
     _resume_and_compare(params, uninterrupted, resumed_after_epoch=2)
 
 
-def test_kill_between_encoder_and_checkpoint_writes(tmp_path, source, uninterrupted):
+def test_kill_while_committing_the_outputs(tmp_path, source, uninterrupted):
+    """Killed after every output was written in full and the commit was decided, before any
+    was renamed into place: no output is visible (all old, none half new), and the next run
+    completes the commit before it resumes."""
     params = _project(tmp_path, source)
     killed = _pretrain(params, "outputs", 0)
     assert killed.returncode == -signal.SIGKILL
-    assert params.paths.encoder.exists() and not params.paths.checkpoint.exists()
+    outputs = (params.paths.encoder, params.paths.checkpoint, params.paths.pretrain_metrics, params.paths.pretrain_curve)
+    assert not any(path.exists() for path in outputs)
+    assert (params.paths.models / ".pretrain.commit").is_file()
     _resume_and_compare(params, uninterrupted, resumed_after_epoch=RUN["pretrain.epochs"])
-    assert params.paths.checkpoint.exists()
+    assert all(path.exists() for path in outputs) and not (params.paths.models / ".pretrain.commit").exists()
 
 
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, source, uninterrupted):

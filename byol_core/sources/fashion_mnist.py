@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +26,37 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _IDX_DTYPES = {0x08: np.uint8}
 
 
+MAX_IDX_BYTES = 1 << 34  # 16 GiB: far beyond any IDX data set; a header promising more is damaged
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file (the MNIST format) into an array, checking header and size."""
+    """Read a gzipped IDX file (the MNIST format) into an array. The header is checked
+    before the data is read: every dimension at least 1 and their product within reason,
+    so a damaged header can neither overflow nor make ingest read gigabytes."""
     try:
         with gzip.open(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as exc:
+            head = handle.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise ByolError(f"{path}: not an IDX file of unsigned bytes (bad magic number). "
+                                "Point data.source_dir at the original Fashion-MNIST .gz files.")
+            ndim = head[3]
+            dims = handle.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise ByolError(f"{path}: IDX header is cut short. The file is truncated: fetch it again.")
+            shape = struct.unpack(f">{ndim}I", dims)
+            expected = math.prod(shape)
+            if min(shape) < 1 or expected > MAX_IDX_BYTES:
+                raise ByolError(f"{path}: IDX header gives the impossible shape {shape}. The file is corrupt: "
+                                "fetch it again.")
+            raw = handle.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise ByolError(f"{path}: cannot read gzipped IDX data ({exc}). The file is truncated or "
                         "corrupt: delete it and fetch it again.") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ByolError(f"{path}: not an IDX file of unsigned bytes (bad magic number). "
-                        "Point data.source_dir at the original Fashion-MNIST .gz files.")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ByolError(f"{path}: IDX header is cut short. The file is truncated: fetch it again.")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
+    if len(raw) != expected:
+        held = f"{len(raw)}" if len(raw) <= expected else "more"
         raise ByolError(f"{path}: header promises {expected} bytes for shape {shape} but the file holds "
-                        f"{len(raw) - header}. The file is truncated or corrupt: fetch it again.")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+                        f"{held}. The file is truncated or corrupt: fetch it again.")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 def _download(scratch: Path) -> None:
@@ -72,9 +84,9 @@ def read(cfg: DataConfig) -> SourceData:
     for split, (image_file, label_file) in FILES.items():
         x = read_idx(directory / image_file)
         y = read_idx(directory / label_file)
-        if x.ndim != 3 or y.ndim != 1:
-            raise ByolError(f"{directory / image_file}: expected (N, H, W) images and (N,) labels, "
-                            f"got {x.shape} and {y.shape}.")
+        if x.ndim != 3 or y.ndim != 1 or min(x.shape[1:]) < 8:
+            raise ByolError(f"{directory / image_file}: expected (N, H, W) images of at least 8x8 px and (N,) "
+                            f"labels, got {x.shape} and {y.shape}. Fetch the original files.")
         if len(x) != len(y):
             raise ByolError(f"{directory}: {split} has {len(x)} images but {len(y)} labels "
                             f"({image_file} vs {label_file}). Fetch matching files.")

@@ -147,7 +147,8 @@ def results(paths: list[str], channels: int, size: int, split: str, workers: int
                 yield convert_one(path, channels, size)
                 bar.update()
             return
-        step = max(1, min(256, -(-len(paths) // (workers * 8))))
+        # chunks of at most 256 files and about 4 MiB of pixels, at most 4 per worker in flight
+        step = max(1, min(256, (4 << 20) // (channels * size * size), -(-len(paths) // (workers * 8))))
         chunks = (paths[i:i + step] for i in range(0, len(paths), step))
         pool = ProcessPoolExecutor(max_workers=workers)
         in_flight: collections.deque = collections.deque()

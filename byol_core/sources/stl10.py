@@ -30,7 +30,7 @@ FILES = {  # split -> (images, labels or None)
 }
 CLASS_NAMES = "class_names.txt"
 REQUIRED = [f"{FOLDER}/{name}" for pair in FILES.values() for name in pair if name] + [f"{FOLDER}/{CLASS_NAMES}"]
-_CHUNK = 1024  # images transposed at a time: the column-major copy never doubles memory
+MAX_IMAGES = 1_000_000  # per file; the official files hold 5000, 8000 and 100000
 
 
 def image_count(path: Path) -> int:
@@ -41,18 +41,17 @@ def image_count(path: Path) -> int:
                         "images. The file is truncated or corrupt: fetch it again.")
     if size == 0:
         raise ByolError(f"{path}: the file is empty. Fetch it again.")
+    if size // IMAGE_BYTES > MAX_IMAGES:
+        raise ByolError(f"{path}: {size} bytes would be {size // IMAGE_BYTES} images, far more than STL-10 holds "
+                        f"(at most {MAX_IMAGES}). The file is damaged: fetch it again.")
     return size // IMAGE_BYTES
 
 
 def read_images(path: Path, count: int) -> np.ndarray:
-    """The first ``count`` images of ``path`` as uint8 (N, 3, 96, 96), row-major. The file
-    is memory-mapped, so only those images are read from disk."""
-    stored = np.memmap(path, dtype=np.uint8, mode="r", shape=(count, 3, SIDE, SIDE))
-    out = np.empty((count, 3, SIDE, SIDE), dtype=np.uint8)
-    for start in range(0, count, _CHUNK):
-        out[start:start + _CHUNK] = stored[start:start + _CHUNK].transpose(0, 1, 3, 2)
-    del stored
-    return out
+    """The first ``count`` images of ``path`` as uint8 (N, 3, 96, 96), row-major: a view of
+    the memory-mapped file (the column-major axes swapped), so nothing is read until ingest
+    copies it into shards, a chunk at a time."""
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(count, 3, SIDE, SIDE)).transpose(0, 1, 3, 2)
 
 
 def read_labels(path: Path, expected: int, images: Path, classes: int) -> np.ndarray:

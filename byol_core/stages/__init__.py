@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from byol_core.config import Params, restrict
+if TYPE_CHECKING:
+    from byol_core.config import Params
 
 StageResult = tuple[str, dict]
 
@@ -32,5 +34,7 @@ def load(name: str) -> ModuleType:
 
 
 def run(name: str, params: Params) -> StageResult:
+    from byol_core.config import restrict  # here: the CLI starts without pydantic and yaml
+
     stage = load(name)
     return stage.run(restrict(params, stage.PARAMS))

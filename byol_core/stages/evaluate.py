@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 
 import torch
@@ -11,14 +13,29 @@ from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
-from byol_core.evaluate import extract_features, knn_top1, linear_probe, pixel_features
+from byol_core.evaluate import extract_features, knn_top1, linear_probe, pixel_dim, pixel_features
 from byol_core.nets import build_encoder
-from byol_core.storage import write_json, write_text
+from byol_core.storage import commit_files, json_writer, recover, text_writer
 
 PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "knn", "evaluate")
 
 
+def journal(params: Params):
+    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
+    return params.paths.metrics / ".evaluate.commit"
+
+
+def _predictions_csv(classes: list[str], actual, predicted) -> str:
+    """The confusion-matrix rows; the csv module quotes class names with commas or quotes."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
+    return out.getvalue()
+
+
 def run(params: Params) -> tuple[str, dict]:
+    recover(journal(params))
     prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
     if spec.in_channels != prepared.card["channels"]:
@@ -28,8 +45,13 @@ def run(params: Params) -> tuple[str, dict]:
     mean, std = input_normalisation(info)
     cfg = params.evaluate
     classes = prepared.card["classes"]
-    x_train, y_train = prepared.images["train"], prepared.labels["train"]
-    x_test, y_test = prepared.images["test"], prepared.labels["test"]
+    # Each probe holds at most evaluate.probe_max_mb of features: a larger split is probed on
+    # an evenly spaced subset (every class keeps its share), read from the shards in batches.
+    widest = max(spec.feature_dim, pixel_dim(spec.in_channels, prepared.card["height"]))
+    rows = max(1, int(cfg.probe_max_mb * 2**20) // (4 * widest))
+    picked = {split: data.spread(len(prepared.labels[split]), rows) for split in ("train", "test")}
+    x_train, y_train = prepared.images["train"].subset(picked["train"]), prepared.labels["train"][picked["train"]]
+    x_test, y_test = prepared.images["test"].subset(picked["test"]), prepared.labels["test"][picked["test"]]
 
     started = time.perf_counter()
     torch.manual_seed(params.seed)
@@ -53,12 +75,12 @@ def run(params: Params) -> tuple[str, dict]:
         "pixels_linear_top1": probes["pixels"].top1,
         "n_train": int(len(y_train)),
         "n_test": int(len(y_test)),
+        "subset": bool(len(y_train) < len(prepared.labels["train"]) or len(y_test) < len(prepared.labels["test"])),
         "probe": {name: result.summary() for name, result in probes.items()},
     }
-    write_json(params.paths.eval_metrics, metrics)
-    rows = "actual,predicted\n" + "".join(
-        f'"{classes[a]}","{classes[p]}"\n' for a, p in zip(y_test, probes["byol"].predictions))
-    write_text(params.paths.eval_predictions, rows)
+    commit_files([(params.paths.eval_metrics, json_writer(metrics)),
+                  (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions)))],
+                 journal(params))
     line = (f"evaluate: linear {metrics['linear_top1']:.4f} (top5 {metrics['linear_top5']:.4f}), "
             f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
             f"pixels {metrics['pixels_linear_top1']:.4f} on {metrics['n_test']} test images "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 
 import torch
 
@@ -12,12 +12,18 @@ from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.config import Params
 from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency, open_session
-from byol_core.storage import write_json
+from byol_core.storage import commit_files, json_writer, recover
 
 PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")
 
 
+def journal(params: Params):
+    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
+    return params.paths.models / ".export.commit"
+
+
 def run(params: Params) -> tuple[str, dict]:
+    recover(journal(params))
     cfg = params.export
     paths = params.paths
     encoder, spec, info = load_encoder(paths.encoder)
@@ -48,10 +54,8 @@ def run(params: Params) -> tuple[str, dict]:
                             f"{paths.onnx} is from an earlier run.")
         metrics = {**parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
                    **measure_latency(session, images.numpy())}
-        # Sidecar and metrics first, the model last: its arrival marks a complete export.
-        write_json(paths.onnx_meta, sidecar)
-        write_json(paths.export_metrics, metrics)
-        os.replace(candidate, paths.onnx)
+        commit_files([(paths.onnx_meta, json_writer(sidecar)), (paths.export_metrics, json_writer(metrics)),
+                      (paths.onnx, lambda tmp: shutil.copyfile(candidate, tmp))], journal(params))
     finally:
         candidate.unlink(missing_ok=True)
     line = (f"export: {paths.onnx} (opset {cfg.opset}, dynamic batch), parity max abs diff "

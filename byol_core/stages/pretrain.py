@@ -8,11 +8,11 @@ import shutil
 import time
 
 from byol_core import data, distributed
-from byol_core.checkpoint import save_encoder
+from byol_core.checkpoint import encoder_record
 from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
-from byol_core.storage import atomic_write, write_json, write_text
+from byol_core.storage import commit_files, json_writer, recover, text_writer, torch_writer
 from byol_core.train import pretrain
 
 PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "paths.resume",
@@ -27,8 +27,15 @@ def _curve_csv(history: list[dict]) -> str:
     return out.getvalue()
 
 
+def journal(params: Params):
+    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
+    return params.paths.models / ".pretrain.commit"
+
+
 def run(params: Params) -> tuple[str, dict]:
     """Under torchrun every rank runs this; rank 0 alone writes the outputs."""
+    if distributed.current().is_main:
+        recover(journal(params))
     prepared = data.load_prepared(params.paths.prepared)
     device = resolve_device(params.device)
     world = distributed.current()
@@ -43,12 +50,6 @@ def run(params: Params) -> tuple[str, dict]:
         return "", {}
     card = prepared.card
     encoder = state.model.encoder
-    save_encoder(params.paths.encoder, encoder, state.model.spec,
-                 {"size": card["height"], "mean": card["mean"], "std": card["std"]})
-    # The loop always checkpoints its last epoch, so the resume state *is* the final full
-    # state: publish a copy of it rather than serialising the same state again.
-    resume = params.paths.resume_state
-    atomic_write(params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp))
     history = state.history
     last = history[-1]
     total_images = sum(row["images_per_sec"] * row["seconds"] for row in history)
@@ -64,8 +65,15 @@ def run(params: Params) -> tuple[str, dict]:
         "encoder_parameters": count_parameters(encoder),
         "device": str(device),
     }
-    write_json(params.paths.pretrain_metrics, metrics)
-    write_text(params.paths.pretrain_curve, _curve_csv(history))
+    # The loop always checkpoints its last epoch, so the resume state *is* the final full
+    # state: publish a copy of it rather than serialising the same state again. The four
+    # outputs change together (a kill mid-way is completed by the next run).
+    resume = params.paths.resume_state
+    record = encoder_record(encoder, state.model.spec, {"size": card["height"], "mean": card["mean"], "std": card["std"]})
+    commit_files([(params.paths.encoder, torch_writer(record)),
+                  (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
+                  (params.paths.pretrain_metrics, json_writer(metrics)),
+                  (params.paths.pretrain_curve, text_writer(_curve_csv(history)))], journal(params))
     resume.unlink()  # finished: nothing left to resume
     line = (f"pretrain: {metrics['epochs']} epochs, {state.step} steps on {device} in "
             f"{time.perf_counter() - started:.0f}s, loss {metrics['final_loss']:.4f}, "
