@@ -65,14 +65,15 @@ class ConversionCache:
         self.db.close()
 
     def lookup(self, files: list[tuple[str, int, int]]) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, str]]]:
-        """For each (path, size, mtime_ns): status (UNKNOWN / OK / BAD), the global row of its
-        pixels in :meth:`images` (-1 when not OK), and {i: (kind, problem)} for the BAD ones."""
+        """For each (path, size, mtime_ns): status (UNKNOWN / OK / BAD), where its pixels are
+        (a (pack id, row) pair, for :meth:`images`; (-1, -1) when not OK), and
+        {i: (kind, problem)} for the BAD ones."""
         status = np.zeros(len(files), dtype=np.int8)
-        rows = np.full(len(files), -1, dtype=np.int64)
+        where = np.full((len(files), 2), -1, dtype=np.int64)
         problems: dict[int, tuple[str, str]] = {}
-        starts = self._pack_starts()
+        committed = {pack_id: rows for pack_id, _, rows in self._packs()}
         try:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listing (i INTEGER PRIMARY KEY, path TEXT, size INTEGER, "
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listing (i INTEGER PRIMARY KEY, path BLOB, size INTEGER, "
                             "mtime INTEGER)")
             self.db.execute("DELETE FROM temp.listing")
             self.db.execute("BEGIN")
@@ -86,31 +87,30 @@ class ConversionCache:
                 if kind:
                     status[i] = BAD
                     problems[i] = (kind, problem)
-                elif pack in starts and row < starts[pack][1]:
+                elif row < committed.get(pack, 0):
                     status[i] = OK
-                    rows[i] = starts[pack][0] + row
+                    where[i] = (pack, row)
             self.db.execute("DELETE FROM temp.listing")
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
                             "to start the cache afresh.") from None
-        return status, rows, problems
-
-    def _pack_starts(self) -> dict[int, tuple[int, int]]:
-        """pack id -> (its first global row, its committed rows), in :meth:`images` order."""
-        starts, total = {}, 0
-        for pack_id, _, rows in self._packs():
-            starts[pack_id] = (total, rows)
-            total += rows
-        return starts
+        return status, where, problems
 
     def _packs(self) -> list[tuple[int, str, int]]:
         return list(self.db.execute("SELECT id, name, rows FROM packs WHERE rows > 0 ORDER BY id"))
 
-    def images(self) -> ShardedImages:
-        """Every committed row of every pack, indexed by the global rows :meth:`lookup` gives."""
+    def images(self, where: np.ndarray) -> tuple[ShardedImages, np.ndarray]:
+        """Every committed row of every pack, and the index in it of each (pack id, row) in
+        ``where`` (as :meth:`lookup` gave them)."""
         packs = self._packs()
-        return ShardedImages([self.folder / name for _, name, _ in packs], [rows for _, _, rows in packs],
-                             self.image_shape, raw=True)
+        start_of = np.full(max((pack_id for pack_id, _, _ in packs), default=0) + 1, -1, dtype=np.int64)
+        total = 0
+        for pack_id, _, rows in packs:
+            start_of[pack_id] = total
+            total += rows
+        images = ShardedImages([self.folder / name for _, name, _ in packs], [rows for _, _, rows in packs],
+                               self.image_shape, raw=True)
+        return images, start_of[where[:, 0]] + where[:, 1]
 
     def add(self, entries: Iterable[tuple[tuple[str, int, int], np.ndarray | None, str, str]]) -> None:
         """Record conversions: ((path, size, mtime_ns), pixels or None, kind, problem)."""

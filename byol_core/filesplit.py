@@ -25,19 +25,19 @@ CHUNK_BYTES = 8 << 20  # pixels held at a time: conversions waiting for the cach
 
 @dataclass(frozen=True)
 class Resolved:
-    """The files a split holds, in path order: their origins, labels and cache rows."""
+    """The files a split holds, in path order: their origins, labels and places in the cache."""
 
     origins: list[str]
     labels: np.ndarray
-    rows: np.ndarray
+    where: np.ndarray  # (n, 2): cache pack id and row
     skipped: list[dict]
 
     def chunks(self, cache: ConversionCache) -> Iterator[tuple[list[str], np.ndarray]]:
         """(origins, uint8 images) in path order, about CHUNK_BYTES at a time."""
-        images = cache.images()
+        images, index = cache.images(self.where)
         rows = max(1, CHUNK_BYTES // cache.row_bytes)
-        for start in range(0, len(self.rows), rows):
-            yield self.origins[start:start + rows], images.take(self.rows[start:start + rows])
+        for start in range(0, len(index), rows):
+            yield self.origins[start:start + rows], images.take(index[start:start + rows])
         images.close()
 
 
@@ -52,11 +52,13 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
     what the cache lacks. A file that cannot be used fails (``on_corrupt: fail``, naming
     the file) or is listed in ``skipped``."""
     files = split.files
-    status, _, problems = cache.lookup(files)
+    status, where, problems = cache.lookup(files)
+    converted: list[int] = []
     pos = usable = 0
     while pos < len(files) and (split.cap is None or usable < split.cap):
         end = len(files) if split.cap is None else min(len(files), pos + split.cap - usable)
         missing = [i for i in range(pos, end) if status[i] == UNKNOWN]
+        converted += missing
         results = imagefolder.results([str(split.root / files[i][0]) for i in missing], split.channels,
                                       split.size, name, workers)
         pending = []
@@ -78,13 +80,16 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
         cache.add(pending)
         usable += int((status[pos:end] == OK).sum())
         pos = end
-    status, rows, problems = cache.lookup(files[:pos])
+    if converted:  # where the new conversions landed in the cache
+        new_status, new_where, new_problems = cache.lookup([files[i] for i in converted])
+        status[converted], where[converted] = new_status, new_where
+        problems.update({converted[j]: problem for j, problem in new_problems.items()})
     chosen = [i for i in range(pos) if status[i] == OK]
     chosen.sort(key=lambda i: files[i][0])
     skipped = [{"split": name, "origin": imagefolder.printable(files[i][0]), "reason": problems[i][1]}
                for i in range(pos) if status[i] == BAD]
     if status[:pos].min(initial=OK) == UNKNOWN:  # a file changed while it was converted
         raise ByolError(f"{split.root}: files changed while ingest read them. Run `byol ingest` again.")
-    return Resolved(origins=[imagefolder.printable(files[i][0]) for i in chosen],
-                    labels=labels[np.asarray(chosen, dtype=np.int64)] if chosen else labels[:0],
-                    rows=rows[np.asarray(chosen, dtype=np.int64)] if chosen else rows[:0], skipped=skipped)
+    picked = np.asarray(chosen, dtype=np.int64)
+    return Resolved(origins=[imagefolder.printable(files[i][0]) for i in chosen], labels=labels[picked],
+                    where=where[picked], skipped=skipped)

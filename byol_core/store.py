@@ -27,6 +27,8 @@ import numpy as np
 from byol_core.errors import ByolError
 
 DIGEST_BYTES = 16  # per-image content digest (blake2b)
+_VALUES = np.arange(256, dtype=np.int64)
+_SQUARES = _VALUES * _VALUES
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -93,12 +95,10 @@ class ShardWriter:
             raise ValueError("one key per image")
         flat = images.reshape(len(images), -1)
         self.digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
-        step = max(1, (4 << 20) // self.image_bytes)  # squares in uint32: at most 16 MiB at a time
-        for part in (images[i:i + step] for i in range(0, len(images), step)):
-            self.pixel_sum += part.sum(axis=(0, 2, 3), dtype=np.int64)
-            squares = part.astype(np.uint32)
-            squares *= squares
-            self.pixel_sq_sum += squares.sum(axis=(0, 2, 3), dtype=np.int64)
+        for c in range(images.shape[1]):  # exact sums from a histogram of the 256 values
+            counts = np.bincount(np.ascontiguousarray(images[:, c]).reshape(-1), minlength=256).astype(np.int64)
+            self.pixel_sum[c] += int(counts @ _VALUES)
+            self.pixel_sq_sum[c] += int(counts @ _SQUARES)
         start = 0
         for i, key in enumerate(keys):
             if self._count + (i + 1 - start) >= self.max_per_shard or _key_hash(key) < self.threshold:

@@ -223,8 +223,9 @@ def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], d
         classes = sorted(by_class)
         groups = {"train": {}, "test": {}}
         for name, files in by_class.items():
-            for split in groups:
-                groups[split][name] = [f for f in files if (split_share(f[0]) < cfg.test_fraction) == (split == "test")]
+            in_test = [split_share(f[0]) < cfg.test_fraction for f in files]
+            groups["train"][name] = [f for f, test in zip(files, in_test) if not test]
+            groups["test"][name] = [f for f, test in zip(files, in_test) if test]
     index = {name: i for i, name in enumerate(classes)}
     label = {f[0]: index[name] for group in groups.values() for name, files in group.items() for f in files}
     splits = {s: sample_order([f for files in g.values() for f in files]) for s, g in groups.items()}
