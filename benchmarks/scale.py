@@ -302,7 +302,7 @@ def ingest_and_update(project: Project, n: int, fmt: str, args: argparse.Namespa
         remote_before = folder_bytes(project.remote)
         say(label, "dvc push (first)", f"{first_push:8.1f} s  remote {remote_before / MIB:.1f} MiB")
 
-    new = max(1, round(n * NEW_SHARE))
+    new = args.add or max(1, round(n * NEW_SHARE))
     generate(project, new, fmt, args.seed, start=n)
     incremental, _ = measure_ingest(project, label, f"ingest +{new} files", images=new)
     incremental.update(new_files=new, ratio_to_full=incremental["seconds"] / record["ingest"]["seconds"])
@@ -311,7 +311,7 @@ def ingest_and_update(project: Project, n: int, fmt: str, args: argparse.Namespa
     after = md5_files(project.prepared)
     estimate = push_estimate(before, after)
     record["push_estimate"] = estimate
-    say(label, "push after +1% (md5)",
+    say(label, f"push after +{new} files (md5)",
         f"{estimate['new_bytes'] / MIB:8.2f} MiB of {estimate['total_bytes'] / MIB:.2f} MiB "
         f"({100 * estimate['share']:.1f}%), {estimate['new_files']} of {estimate['files']} files")
     if args.dvc_push:
@@ -545,6 +545,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--px", type=int, default=32, help="image side in pixels")
     parser.add_argument("--formats", default="png,jpeg",
                         help="comma-separated: png, jpeg; the sizes take them in turn")
+    parser.add_argument("--add", type=int, default=0, metavar="K",
+                        help="the update adds K new files (default: 1%% of each size)")
     parser.add_argument("--large224", type=int, default=0, metavar="N",
                         help="also ingest N images at 224 px, ingest only (0: skip)")
     parser.add_argument("--large224-format", default="jpeg", choices=sorted(FORMATS))

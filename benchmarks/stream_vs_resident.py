@@ -41,10 +41,10 @@ from byol_core.train import TrainState, build_model, build_optimizer, train_step
 def write_split(folder: Path, n: int, px: int, shard_mb: float) -> ShardedImages:
     rng = np.random.default_rng(0)
     writer = ShardWriter(folder, "train", (3, px, px), int(shard_mb * (1 << 20)))
-    for start in range(0, n, 4096):
-        count = min(4096, n - start)
-        writer.add([f"{i:08d}" for i in range(start, start + count)],
-                   rng.integers(0, 256, (count, 3, px, px), dtype=np.uint8))
+    keys = [f"{i:08d}" for i in range(n)]
+    for start, stop in writer.plan(keys):
+        writer.write(rng.integers(0, 256, (min(4096, stop - i), 3, px, px), dtype=np.uint8)
+                     for i in range(start, stop, 4096))
     layout = writer.close()
     return ShardedImages([folder / s["file"] for s in layout["shards"]], [s["count"] for s in layout["shards"]],
                          (3, px, px))

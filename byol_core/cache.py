@@ -7,7 +7,10 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
                     appends to a pack of its own, so two never write one file
   ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir`` (bytes), size
                     and mtime (ns), and where its pixels are (pack, row), or why it could
-                    not be used (kind, problem)
+                    not be used (kind, problem); and one row per prepared shard made of
+                    image files: which files (a fingerprint), where it was published with
+                    its size and mtime, and its digests and channel sums, so a re-ingest
+                    links an unchanged shard instead of rebuilding it
 
 A file whose path, size and mtime all match a row is taken from the cache; anything else is
 converted again. Rows are committed only after their pixels are on disk (written and
@@ -16,8 +19,10 @@ fsynced first), so a killed ingest leaves at worst unreferenced bytes at a pack'
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.errors import ByolError
-from byol_core.store import ShardedImages
+from byol_core.store import DIGEST_BYTES, Shard, ShardedImages
 
 VERSION = 1  # bump when conversion changes what a file becomes
 UNKNOWN, OK, BAD = 0, 1, 2
@@ -33,6 +38,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
                                   pack INTEGER, row INTEGER, kind TEXT, problem TEXT);
+CREATE TABLE IF NOT EXISTS shards (fingerprint TEXT PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL,
+                                   mtime INTEGER NOT NULL, count INTEGER NOT NULL, digests BLOB NOT NULL,
+                                   sums TEXT NOT NULL);
 """
 
 
@@ -111,6 +119,40 @@ class ConversionCache:
         images = ShardedImages([self.folder / name for _, name, _ in packs], [rows for _, _, rows in packs],
                                self.image_shape, raw=True)
         return images, start_of[where[:, 0]] + where[:, 1]
+
+    def shard(self, fingerprint: str) -> tuple[Path, Shard] | None:
+        """The prepared shard an earlier ingest made of the same files, if it is still where
+        it was put, unchanged (same size and mtime): its path and what it holds."""
+        try:
+            row = self.db.execute("SELECT path, size, mtime, count, digests, sums FROM shards WHERE fingerprint = ?",
+                                  (fingerprint,)).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None:
+            return None
+        path, size, mtime, count, digests, sums = row
+        path = Path(os.fsdecode(path))
+        try:
+            info = os.stat(path)
+            sums = json.loads(sums)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size or info.st_mtime_ns != mtime \
+                or len(digests) != count * DIGEST_BYTES:
+            return None
+        return path, Shard(count, bytes(digests), sums[0], sums[1])
+
+    def remember_shard(self, fingerprint: str, final: Path, staged: Path, shard: Shard) -> None:
+        """``staged`` will be published as ``final`` (renamed with its folder, so its size and
+        mtime stay): a later ingest may take it over if the same files make it up again."""
+        info = os.stat(staged)
+        try:
+            self.db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (fingerprint, os.fsencode(final), info.st_size, info.st_mtime_ns, shard.count,
+                             shard.digests, json.dumps([shard.pixel_sum, shard.pixel_sq_sum])))
+        except sqlite3.Error as exc:
+            raise ByolError(f"conversion cache {self.folder}: cannot write to it ({exc}). Free space there, or "
+                            "point paths.cache elsewhere.") from None
 
     def add(self, entries: Iterable[tuple[tuple[str, int, int], np.ndarray | None, str, str]]) -> None:
         """Record conversions: ((path, size, mtime_ns), pixels or None, kind, problem)."""

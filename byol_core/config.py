@@ -134,7 +134,7 @@ class DataConfig(_Section):
     source: Literal["fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder"]
     source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
     channels: Literal[1, 3] | None  # null: the source's own (1 for Fashion-MNIST, else 3)
-    image_size: Annotated[int, Field(ge=8)] | None  # null: native size; else short side, centre crop
+    image_size: Annotated[int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/
     on_corrupt: Literal["fail", "skip"]  # an unreadable, too small or non-image file
     max_train: PositiveInt | None  # null: all; else the first N images of the split
@@ -248,7 +248,7 @@ class ExportConfig(_Section):
     atol: Annotated[float, Field(gt=0.0)]
     rtol: Annotated[float, Field(ge=0.0)]
     parity_images: PositiveInt
-    max_batch: Annotated[int, Field(ge=2)]  # upper bound of the ONNX batch axis
+    max_batch: Annotated[int, Field(ge=2, le=1 << 20)]  # upper bound of the ONNX batch axis
 
     @model_validator(mode="after")
     def _parity_within_bound(self) -> ExportConfig:
@@ -330,6 +330,15 @@ def _quote(value: object, limit: int = 80) -> str:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML silently keeps the last of two equal keys (DVC's YAML 1.2 parser refuses them):
     here they are an error, so the file means the same to both."""
+
+    def compose_node(self, parent, index):
+        # An alias (*name) can make a small file mean a huge nested value (the "billion
+        # laughs"); params never need one, so none is taken.
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "uses a YAML alias (*name): write the value out instead",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = {}

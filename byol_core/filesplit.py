@@ -11,7 +11,7 @@ next numbers) land together in a few new shards.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,14 +31,14 @@ class Resolved:
     labels: np.ndarray
     where: np.ndarray  # (n, 2): cache pack id and row
     skipped: list[dict]
+    stamps: list[tuple[int, int]]  # each file's size and mtime (ns), as the cache knows it
 
-    def chunks(self, cache: ConversionCache) -> Iterator[tuple[list[str], np.ndarray]]:
-        """(origins, uint8 images) in path order, about CHUNK_BYTES at a time."""
-        images, index = cache.images(self.where)
-        rows = max(1, CHUNK_BYTES // cache.row_bytes)
-        for start in range(0, len(index), rows):
-            yield self.origins[start:start + rows], images.take(index[start:start + rows])
-        images.close()
+    def fingerprint(self, start: int, stop: int) -> str:
+        """Names the pixels of files ``start:stop`` (their paths, sizes and mtimes, in order)."""
+        digest = hashlib.sha256()
+        for origin, (size, mtime) in zip(self.origins[start:stop], self.stamps[start:stop]):
+            digest.update(f"{origin}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
 
 
 def _problem(split: FileSplit, i: int, kind: str, problem: str) -> ByolError:
@@ -92,4 +92,4 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
         raise ByolError(f"{split.root}: files changed while ingest read them. Run `byol ingest` again.")
     picked = np.asarray(chosen, dtype=np.int64)
     return Resolved(origins=[imagefolder.printable(files[i][0]) for i in chosen], labels=labels[picked],
-                    where=where[picked], skipped=skipped)
+                    where=where[picked], skipped=skipped, stamps=[files[i][1:] for i in chosen])

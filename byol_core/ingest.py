@@ -86,40 +86,52 @@ class _Written:
     layout: dict
 
 
-def _write_split(data: SourceData, split: str, cfg: DataConfig, cache_dir: Path, staging: Path,
+def _write_split(data: SourceData, split: str, cfg: DataConfig, out_dir: Path, cache_dir: Path, staging: Path,
                  caches: dict) -> _Written:
     images = data.images[split]
     shape = _image_shape(images)
     writer = ShardWriter(staging, split, shape, int(cfg.shard_mb * (1 << 20)))
-    try:
-        if isinstance(images, FileSplit):
-            if shape not in caches:
-                caches[shape] = ConversionCache(cache_dir, shape[0], shape[1])
-            cache = caches[shape]
-            resolved = resolve(images, data.labels[split], cache, cfg.on_corrupt, split)
-            data.skipped.extend(resolved.skipped)
-            if not resolved.origins and split in LABELLED:
-                first = resolved.skipped[0] if resolved.skipped else None
-                raise ByolError(f"{cfg.source_dir}: the {split} split holds no usable images: all {len(resolved.skipped)} "
-                                "were left out under data.on_corrupt: skip"
-                                + (f" (first: {first['origin']}: {first['reason']})" if first else "")
-                                + ". Fix or replace them.")
-            for origins, chunk in resolved.chunks(cache):
-                writer.add(origins, chunk)
-            origins, labels = resolved.origins, resolved.labels
-        else:
-            origins, labels = data.origins[split], data.labels[split]
-            if not len(images) and split in LABELLED:
-                raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. Add images.")
-            rows = max(1, CHUNK_BYTES // int(np.prod(shape)))
-            for start in range(0, len(images), rows):
-                writer.add(origins[start:start + rows], np.ascontiguousarray(images[start:start + rows]))
-        layout = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    rows = max(1, CHUNK_BYTES // int(np.prod(shape)))
+    if isinstance(images, FileSplit):
+        if shape not in caches:
+            caches[shape] = ConversionCache(cache_dir, shape[0], shape[1])
+        cache = caches[shape]
+        resolved = resolve(images, data.labels[split], cache, cfg.on_corrupt, split)
+        data.skipped.extend(resolved.skipped)
+        if not resolved.origins and split in LABELLED:
+            first = resolved.skipped[0] if resolved.skipped else None
+            raise ByolError(f"{cfg.source_dir}: the {split} split holds no usable images: all {len(resolved.skipped)} "
+                            "were left out under data.on_corrupt: skip"
+                            + (f" (first: {first['origin']}: {first['reason']})" if first else "")
+                            + ". Fix or replace them.")
+        _write_files(writer, resolved, cache, out_dir, rows)
+        origins, labels = resolved.origins, resolved.labels
+    else:
+        origins, labels = data.origins[split], data.labels[split]
+        if not len(images) and split in LABELLED:
+            raise ByolError(f"data.source_dir {cfg.source_dir}: the {split} split is empty. Add images.")
+        writer.write_all(origins, images, rows)
     np.save(staging / labels_name(split), np.ascontiguousarray(labels, dtype=np.int64))
-    return _Written(origins, np.asarray(labels, dtype=np.int64), writer, layout)
+    return _Written(origins, np.asarray(labels, dtype=np.int64), writer, writer.close())
+
+
+def _write_files(writer: ShardWriter, resolved, cache: ConversionCache, out_dir: Path, rows: int) -> None:
+    """The shards of an image-file split. A shard made of the same files (path, size and
+    mtime) as one the last ingest wrote is linked from the prepared folder, not rebuilt, so
+    a re-ingest costs what changed: the shards the new files land in."""
+    images, index = cache.images(resolved.where)
+    try:
+        for start, stop in writer.plan(resolved.origins):
+            fingerprint = resolved.fingerprint(start, stop)
+            earlier = cache.shard(fingerprint)
+            if earlier is not None:
+                path, shard = earlier
+                staged = writer.link(path, shard)
+            else:
+                staged, shard = writer.write(images.take(index[i:min(i + rows, stop)]) for i in range(start, stop, rows))
+            cache.remember_shard(fingerprint, out_dir / staged.name, staged, shard)
+    finally:
+        images.close()
 
 
 def build_manifest(written: dict[str, _Written], skipped: list[dict]) -> pd.DataFrame:
@@ -192,7 +204,7 @@ def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
     staging = staging_dir(out_dir)
     caches: dict = {}
     try:
-        written = {split: _write_split(data, split, cfg, cache_dir, staging, caches)
+        written = {split: _write_split(data, split, cfg, out_dir, cache_dir, staging, caches)
                    for split in SPLITS if split in data.images}
         manifest = build_manifest(written, data.skipped)
         card = build_card(written, manifest, cfg.source, data.classes, len(data.skipped))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,10 @@ def _boundary_threshold(image_bytes: int, shard_bytes: int) -> int:
 
 
 def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+    # Personalised, so it is independent of the path hash that splits image folders into
+    # train and test (the same hash would cut train's shards only on keys in a narrow band).
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
+                                          person=b"shard-cut").digest(), "big")
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
@@ -59,13 +63,24 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 @dataclass
-class ShardWriter:
-    """Streams one split's images, in order, into shards in ``folder``.
+class Shard:
+    """What a written shard holds, beyond its bytes: enough to reuse it without reading it."""
 
-    Call :meth:`add` with chunks of images and their keys, then :meth:`close`. Memory use is
-    one chunk: rows go straight to the open shard file, whose header is rewritten with the
-    final count when the shard ends. Also gathers what the card needs: each image's content
-    digest and exact per-channel sums of the pixels and their squares."""
+    count: int
+    digests: bytes  # DIGEST_BYTES per image, in order
+    pixel_sum: list[int]  # per channel
+    pixel_sq_sum: list[int]
+
+
+@dataclass
+class ShardWriter:
+    """Writes one split's images into shards in ``folder``, shard by shard.
+
+    :meth:`plan` cuts the split into shards from the images' keys alone; each shard is then
+    written from chunks of its images (:meth:`write`: memory holds one chunk; the header is
+    rewritten with the count at the end) or taken over from an identical earlier shard
+    (:meth:`link`). Also gathers what the card needs: each image's content digest and exact
+    per-channel sums of the pixels and their squares."""
 
     folder: Path
     split: str
@@ -73,8 +88,6 @@ class ShardWriter:
     shard_bytes: int
     shards: list[dict] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
-    _file: object = None
-    _count: int = 0
 
     def __post_init__(self) -> None:
         self.image_bytes = int(np.prod(self.image_shape))
@@ -88,60 +101,77 @@ class ShardWriter:
     def count(self) -> int:
         return len(self.digests)
 
-    def add(self, keys: list[str], images: np.ndarray) -> None:
-        if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
-            raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got {images.dtype} {images.shape[1:]}")
+    def plan(self, keys: list[str]) -> list[tuple[int, int]]:
+        """The shards as row ranges: one ends after a key that hashes below the threshold
+        (content-defined), or when it holds ``shard_bytes``."""
+        ranges, start = [], 0
+        for i, key in enumerate(keys):
+            if i + 1 - start >= self.max_per_shard or _key_hash(key) < self.threshold:
+                ranges.append((start, i + 1))
+                start = i + 1
+        if start < len(keys):
+            ranges.append((start, len(keys)))
+        return ranges
+
+    def next_name(self) -> str:
+        return shard_name(self.split, len(self.shards))
+
+    def write(self, chunks) -> tuple[Path, Shard]:
+        """The next shard, from ``chunks`` of uint8 images; returns its path and contents."""
+        path = self.folder / self.next_name()
+        digests, sums, squares, count = [], np.zeros_like(self.pixel_sum), np.zeros_like(self.pixel_sum), 0
+        with open(path, "wb") as handle:
+            handle.write(_npy_header((0, *self.image_shape)))
+            for images in chunks:
+                if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
+                    raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got "
+                                     f"{images.dtype} {images.shape[1:]}")
+                flat = np.ascontiguousarray(images).reshape(len(images), -1)
+                digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
+                for c in range(images.shape[1]):  # exact sums from a histogram of the 256 values
+                    counts = np.bincount(np.ascontiguousarray(images[:, c]).reshape(-1), minlength=256).astype(np.int64)
+                    sums[c] += int(counts @ _VALUES)
+                    squares[c] += int(counts @ _SQUARES)
+                handle.write(flat.tobytes())
+                count += len(images)
+            header = _npy_header((count, *self.image_shape))
+            if len(header) != len(_npy_header((0, *self.image_shape))):
+                raise AssertionError("npy header length changed with the count")
+            handle.seek(0)
+            handle.write(header)
+            handle.flush()
+            os.fsync(handle.fileno())
+        shard = Shard(count, b"".join(digests), sums.tolist(), squares.tolist())
+        self._record(path.name, shard)
+        return path, shard
+
+    def link(self, source: Path, shard: Shard) -> Path:
+        """The next shard is ``source`` (an identical earlier one): a hard link, or a copy
+        where links cannot be made; nothing is read."""
+        path = self.folder / self.next_name()
+        try:
+            os.link(source, path)
+        except OSError:
+            shutil.copyfile(source, path)
+        self._record(path.name, shard)
+        return path
+
+    def _record(self, name: str, shard: Shard) -> None:
+        self.shards.append({"file": name, "count": shard.count})
+        self.digests.extend(shard.digests[i:i + DIGEST_BYTES] for i in range(0, len(shard.digests), DIGEST_BYTES))
+        self.pixel_sum += np.asarray(shard.pixel_sum, dtype=np.int64)
+        self.pixel_sq_sum += np.asarray(shard.pixel_sq_sum, dtype=np.int64)
+
+    def write_all(self, keys: list[str], images, rows: int) -> None:
+        """Every shard of ``images`` (an array, or anything sliced like one), ``rows`` at a time."""
         if len(keys) != len(images):
             raise ValueError("one key per image")
-        flat = images.reshape(len(images), -1)
-        self.digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
-        for c in range(images.shape[1]):  # exact sums from a histogram of the 256 values
-            counts = np.bincount(np.ascontiguousarray(images[:, c]).reshape(-1), minlength=256).astype(np.int64)
-            self.pixel_sum[c] += int(counts @ _VALUES)
-            self.pixel_sq_sum[c] += int(counts @ _SQUARES)
-        start = 0
-        for i, key in enumerate(keys):
-            if self._count + (i + 1 - start) >= self.max_per_shard or _key_hash(key) < self.threshold:
-                self._write(images[start:i + 1])
-                self._end_shard()
-                start = i + 1
-        if start < len(images):
-            self._write(images[start:])
-
-    def _write(self, rows: np.ndarray) -> None:
-        if len(rows) == 0:
-            return
-        if self._file is None:
-            name = shard_name(self.split, len(self.shards))
-            self._file = open(self.folder / name, "wb")
-            self._file.write(_npy_header((0, *self.image_shape)))
-            self._name = name
-        self._file.write(np.ascontiguousarray(rows).tobytes())
-        self._count += len(rows)
-
-    def _end_shard(self) -> None:
-        if self._file is None:
-            return
-        header = _npy_header((self._count, *self.image_shape))
-        self._file.seek(0)
-        if len(header) != len(_npy_header((0, *self.image_shape))):
-            raise AssertionError("npy header length changed with the count")
-        self._file.write(header)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self.shards.append({"file": self._name, "count": self._count})
-        self._file, self._count = None, 0
+        for start, stop in self.plan(keys):
+            self.write(np.asarray(images[i:min(i + rows, stop)]) for i in range(start, stop, rows))
 
     def close(self) -> dict:
-        """End the last shard; returns the split's layout ``{"count", "shards"}``."""
-        self._end_shard()
+        """The split's layout ``{"count", "shards"}``."""
         return {"count": self.count, "shards": self.shards}
-
-    def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def _read_npy_header(path: Path, handle) -> tuple[tuple[int, ...], int]:

@@ -185,3 +185,15 @@ def test_a_non_square_array_source_is_refused(tmp_path):
         write_idx(src / FILES[split][1], rng.integers(0, 10, n))
     code, err = _run(["ingest", "--params", str(write_params(tmp_path, {**BASE, "data.source_dir": "src"}))])
     assert code == 1 and "images are 28x20 px, not square" in err and "Set data.image_size" in err
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path):
+    """A "billion laughs" params file: nine levels of aliases, 9**9 values once expanded."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    params = tmp_path / "params.yaml"
+    params.write_text("\n".join(lines) + "\n" + (Path(__file__).parents[1] / "params.yaml").read_text())
+    started = time.monotonic()
+    code, err = _run(["ingest", "--params", str(params)])
+    assert code == 1 and "uses a YAML alias (*name): write the value out instead" in err
+    assert time.monotonic() - started < 10
