@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from byol_core import locks, stages
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export.")
@@ -61,11 +61,6 @@ _ADVICE = {
     errno.EROFS: "The file system is read-only: point params.yaml's paths at a writable folder.",
     errno.EMFILE: "Too many open files: raise the limit (ulimit -n) and run again.",
 }
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _os_error(exc: OSError) -> str:
@@ -134,7 +129,7 @@ def _run(stage: str, params_path: str) -> int:
             return _fail(stage, _out_of_memory())
         log = _log_internal(stage, exc)
         where = f"The full traceback is in {log}." if log else "No log could be written."
-        return _fail(stage, f"internal error ({type(exc).__name__}: {_short(exc, 200)}). This is a bug, not "
+        return _fail(stage, f"internal error ({type(exc).__name__}: {brief(exc, 200)}). This is a bug, not "
                             f"something in your data: please report it with params.yaml. {where}")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(line)

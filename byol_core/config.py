@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -405,11 +405,6 @@ def restrict(params: Params, keys: Iterable[str]) -> Params:
     return Params.model_construct(**values)
 
 
-def _short_yaml_error(exc: yaml.YAMLError) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:300] + " ..."
-
-
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``path``. Relative paths inside it are anchored at its directory."""
     path = Path(path)
@@ -418,13 +413,13 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ByolError(f"{path}: not valid YAML ({_short_yaml_error(exc)}). Fix the syntax.") from None
+        raise ByolError(f"{path}: not valid YAML ({brief(exc)}). Fix the syntax.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ByolError(f"{path}: cannot be read ({exc}). Save it as UTF-8 text.") from None
     except RecursionError:
         raise ByolError(f"{path}: nested too deeply to be params. Fix the file.") from None
     except ValueError as exc:  # e.g. an integer of thousands of digits
-        raise ByolError(f"{path}: holds a value that cannot be read ({_short_yaml_error(exc)}). Fix it.") from None
+        raise ByolError(f"{path}: holds a value that cannot be read ({brief(exc)}). Fix it.") from None
     if not isinstance(raw, dict):
         raise ByolError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}.")
     return parse_params(raw, str(path), path.resolve().parent)

@@ -1,8 +1,14 @@
 """The one exception type for mistakes a user can fix (bad params, missing data, ...).
 
 The CLI prints its message and exits non-zero without a traceback; anything else that
-escapes is a bug and keeps its traceback.
+escapes is reported by the CLI as a one-line error too (see byol_core.cli).
 """
+
+
+def brief(text: object, limit: int = 300) -> str:
+    """Another library's message as one line, cut to ``limit`` characters, for quoting."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + " ..."
 
 
 class ByolError(Exception):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
 from byol_core.storage import atomic_write
 
 PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -73,8 +73,8 @@ def open_session(path: Path):
         onnx.checker.check_model(str(path))
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ByolError(f"{path}: not a usable ONNX model ({reason}). Run `byol export` again.") from None
+        raise ByolError(f"{path}: not a usable ONNX model ({brief(exc) or type(exc).__name__}). "
+                        "Run `byol export` again.") from None
     return session, session.get_providers()[0]
 
 

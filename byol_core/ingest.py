@@ -26,14 +26,13 @@ from byol_core.config import DataConfig
 from byol_core.cache import ConversionCache
 from byol_core.data import FORMAT, LABELLED, LAYOUT_FILE, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
-from byol_core.filesplit import resolve
+from byol_core.filesplit import CHUNK_BYTES, resolve
 from byol_core.sources import FileSplit, SourceData, cifar10, cifar100, conform, fashion_mnist, imagefolder, stl10
 from byol_core.storage import replace_dir, staging_dir
 from byol_core.store import ShardWriter
 
 UNLABELED_FOLDER = "unlabeled"
 SOURCES = {module.NAME: module for module in (fashion_mnist, cifar10, cifar100, stl10, imagefolder)}
-CHUNK_BYTES = 8 << 20  # pixels of an in-memory source written at a time
 
 
 def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:

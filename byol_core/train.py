@@ -28,7 +28,7 @@ from byol_core.checkpoint import load_state, save_state
 from byol_core.config import Params, Schedule, derive_schedule
 from byol_core.data import Prepared, spread
 from byol_core.device import autocast, free_memory, memory_format, synchronize
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
 from byol_core.evaluate import extract_features, knn_top1
 from byol_core.nets import EncoderSpec
 from byol_core.optim import LARS, lr_at, param_groups
@@ -213,7 +213,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
                 state.restore(blob)
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
                 raise ByolError(f"{resume_path}: the saved training state does not fit this model "
-                                f"({' '.join(str(exc).split())[:200]}). Delete it to start afresh.") from None
+                                f"({brief(exc, 200)}). Delete it to start afresh.") from None
             log(f"pretrain: resuming from {resume_path} after epoch {state.epoch} (step {state.step})")
         else:
             log(f"pretrain: ignoring {resume_path}: it was made under other params or data "
