@@ -13,7 +13,8 @@ from byol_core.byol import collapse_std
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.data import load_prepared
 from byol_core.evaluate import extract_features
-from byol_core.export import check_parity, open_session
+from byol_core.export import check_parity
+from byol_core.onnxmodel import open_session
 
 
 def _test_images(prepared_dir: Path, n: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The ``byol`` command: ``byol ingest|pretrain|evaluate|export [--params PATH]``.
+"""The ``byol`` command: ``byol ingest|pretrain|evaluate|export|embed [--params PATH]``, and
+``byol neighbours QUERY... [--index N] [--k K] [--json]``.
 
 Each stage prints one summary line on stdout (progress goes to stderr). Every failure
 prints ``byol <stage>: error: <what, where, what to do>`` and exits 1, without a traceback:
@@ -27,11 +28,21 @@ from byol_core import locks, stages
 from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export.")
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; and neighbours.")
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in stages.STAGES.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    about = ("the prepared images most like each query, by cosine similarity of the shipped ONNX encoder's "
+             "embeddings (run after `byol embed`)")
+    sub = commands.add_parser("neighbours", help=about, description=about)
+    sub.add_argument("queries", nargs="*", metavar="QUERY", help="image files (any format PIL reads) or .npy "
+                     "uint8 arrays (C, H, W)")
+    sub.add_argument("--index", action="append", default=[], metavar="[SPLIT:]N",
+                     help="a prepared image as the query (train unless SPLIT is given; its own row is left out)")
+    sub.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
+    sub.add_argument("--json", action="store_true", help="print a JSON list, one entry per query")
+    sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     return parser
 
 
@@ -91,17 +102,35 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
-        return _run(args.stage, args.params)
+        return _run(args.stage, args.params, args)
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(stage: str, params_path: str) -> int:
+def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
+    import json
+
+    from byol_core.neighbours import neighbours, render
+
+    try:
+        classes = json.loads((params.paths.prepared / "card.json").read_text()).get("classes", [])
+    except (OSError, ValueError, AttributeError):
+        classes = []
+    results = neighbours(params.paths.onnx, params.paths.embeddings_file, classes if isinstance(classes, list) else [],
+                         args.queries, args.index, args.k)
+    return render(results, args.json), {}
+
+
+def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -> int:
     try:
         from byol_core.config import load_params  # here: Ctrl-C while it loads is handled below
 
         params = load_params(params_path)
+        if stage == "neighbours":
+            line, _ = _neighbours(params, args)
+            print(line)
+            return 0
         if stage == "pretrain" and "LOCAL_RANK" not in os.environ:
             with locks.held(params.paths.resume, "byol pretrain"):  # one run per project at a time
                 if params.pretrain.processes > 1:

@@ -67,6 +67,7 @@ class PathsConfig(_Section):
     metrics: Path
     resume: Path
     cache: Path
+    embeddings: Path
 
     @field_validator("*", mode="after")
     @classmethod
@@ -81,7 +82,7 @@ class PathsConfig(_Section):
         if root is not None and _within(Path(root).resolve(), prepared):
             raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
                              "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
-        for name in ("models", "metrics", "resume", "cache"):
+        for name in ("models", "metrics", "resume", "cache", "embeddings"):
             if _within(getattr(self, name).resolve(), prepared):
                 raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
                                  f"({self.prepared}), which ingest replaces wholesale: move one of them")
@@ -113,6 +114,10 @@ class PathsConfig(_Section):
         return self.metrics / "pretrain_curve.csv"
 
     @property
+    def pretrain_steps(self) -> Path:
+        return self.metrics / "pretrain_steps.csv"
+
+    @property
     def eval_metrics(self) -> Path:
         return self.metrics / "eval.json"
 
@@ -123,6 +128,26 @@ class PathsConfig(_Section):
     @property
     def export_metrics(self) -> Path:
         return self.metrics / "export.json"
+
+    @property
+    def eval_label_efficiency(self) -> Path:
+        return self.metrics / "label_efficiency.png"
+
+    @property
+    def embeddings_file(self) -> Path:
+        return self.embeddings / "embeddings.parquet"
+
+    @property
+    def embed_metrics(self) -> Path:
+        return self.metrics / "embed.json"
+
+    @property
+    def neighbours_png(self) -> Path:
+        return self.metrics / "neighbours.png"
+
+    @property
+    def embedding_map_png(self) -> Path:
+        return self.metrics / "embedding_map.png"
 
     @property
     def resume_state(self) -> Path:
@@ -241,6 +266,13 @@ class EvaluateConfig(_Section):
     tolerance: Annotated[float, Field(gt=0.0)]  # converged when max |gradient| of the probe loss is below this
     batch_size: PositiveInt  # feature-extraction batch
     probe_max_mb: Annotated[float, Field(gt=0.0)]  # features one probe holds; larger splits: an even subset
+    label_fractions: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...]  # shares of train labels probed too
+
+
+class EmbedConfig(_Section):
+    batch_size: PositiveInt  # images per onnxruntime call
+    near_duplicate: Annotated[float, Field(gt=0.0, le=1.0)]  # cosine similarity from which two images count
+    neighbours: Annotated[int, Field(ge=1, le=64)]  # training neighbours per query in the picture
 
 
 class ExportConfig(_Section):
@@ -277,6 +309,7 @@ class Params(_Section):
     knn: KnnConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    embed: EmbedConfig
     checks: ChecksConfig
 
     @field_validator("device")

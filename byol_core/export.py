@@ -1,8 +1,9 @@
 """ONNX export of the online encoder, with a parity check against PyTorch in onnxruntime.
 
 The model takes normalised float32 images ``images`` (batch, C, H, W) with a dynamic batch
-axis and returns ``features`` (batch, D). How to normalise is in the JSON sidecar and in
-the model's own metadata, so a consumer needs nothing else.
+axis and returns ``features`` (batch, D). How to normalise is in the model's own metadata
+(see :mod:`byol_core.onnxmodel`) and, for people, in the JSON sidecar, so a consumer needs
+nothing but the file.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ import numpy as np
 import onnx
 import torch
 
-from byol_core.errors import ByolError, brief
 from byol_core.storage import atomic_write
-
-PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def export_onnx(encoder: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, max_batch: int,
-                metadata: dict[str, str]) -> None:
+                metadata: dict[str, str], doc: str = "") -> None:
     """Export ``encoder`` (eval mode, on CPU) to one self-contained ``.onnx`` file at ``path``.
 
     Eval mode folds BatchNorm into the convolutions. ``example`` (B, C, H, W) fixes every
@@ -48,34 +46,11 @@ def export_onnx(encoder: torch.nn.Module, example: torch.Tensor, path: Path, ops
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
+        model.doc_string = doc
         onnx.checker.check_model(model)
         onnx.save_model(model, str(tmp))
 
     atomic_write(path, write)
-
-
-def open_session(path: Path):
-    """An onnxruntime session on the first provider that actually works: CUDA, then CPU.
-    Returns (session, provider used), read back from the session rather than assumed."""
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    # The GPU build lists CUDA as available even on a host without a GPU, then logs an
-    # error while falling back to CPU; so CUDA is only tried where a GPU is visible.
-    if not torch.cuda.is_available():
-        available.discard("CUDAExecutionProvider")
-    wanted = [p for p in PROVIDER_PREFERENCE if p in available]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not Path(path).is_file():
-        raise ByolError(f"{path}: no ONNX model there. Run `byol export` to make it.")
-    try:  # parse and check the graph in Python first: damaged bytes never reach the native runtime
-        onnx.checker.check_model(str(path))
-        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
-    except Exception as exc:
-        raise ByolError(f"{path}: not a usable ONNX model ({brief(exc) or type(exc).__name__}). "
-                        "Run `byol export` again.") from None
-    return session, session.get_providers()[0]
 
 
 def check_parity(session, encoder: torch.nn.Module, images: torch.Tensor, atol: float, rtol: float) -> dict:

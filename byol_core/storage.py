@@ -67,7 +67,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def commit_files(outputs: list[tuple[Path, Callable[[Path], None]]], journal: Path) -> None:
+class Folder:
+    """An output that is a whole folder: ``write(staging)`` fills a fresh folder, which then
+    replaces the old one (see :func:`commit_files`)."""
+
+    def __init__(self, write: Callable[[Path], None]):
+        self.write = write
+
+
+def _write_temp_dir(path: Path, folder: Folder) -> Path:
+    staging = staging_dir(path)
+    try:
+        folder.write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def commit_files(outputs: list[tuple[Path, Callable[[Path], None] | Folder]], journal: Path) -> None:
     """Write a stage's outputs so that they change together: all new, or all as they were.
 
     Each output is first written in full to a temp file beside it (a failure, a full disk
@@ -79,12 +97,16 @@ def commit_files(outputs: list[tuple[Path, Callable[[Path], None]]], journal: Pa
     temps: list[tuple[Path, Path]] = []
     try:
         for final, write in outputs:
-            temps.append((_write_temp(final, write), Path(final)))
+            made = _write_temp_dir(final, write) if isinstance(write, Folder) else _write_temp(final, write)
+            temps.append((made, Path(final)))
         plan = [[str(tmp), str(final)] for tmp, final in temps]
         atomic_write(journal, lambda tmp: tmp.write_text(json.dumps(plan)))
     except BaseException:
         for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         raise
     _apply(journal)
 
@@ -107,8 +129,16 @@ def _apply(journal: Path) -> None:
         except (OSError, ValueError):
             plan = []  # atomic_write never leaves a cut journal; an unreadable one holds nothing to do
         for tmp, final in plan:
-            if Path(tmp).exists():
+            if Path(tmp).is_dir():  # a folder: the old one goes aside, then away
+                old_dir = Path(final).with_name(f".{Path(final).name}.old")
+                if Path(final).exists():
+                    shutil.rmtree(old_dir, ignore_errors=True)
+                    os.replace(final, old_dir)
                 os.replace(tmp, final)
+            elif Path(tmp).exists():
+                os.replace(tmp, final)
+        for _, final in plan:
+            shutil.rmtree(Path(final).with_name(f".{Path(final).name}.old"), ignore_errors=True)
         for folder in {Path(final).parent for _, final in plan}:
             _fsync_dir(folder)
         journal.unlink(missing_ok=True)

@@ -98,14 +98,15 @@ class TrainState:
     optimizer: LARS
     step: int = 0
     epoch: int = 0  # completed epochs
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    steps: list[dict] = field(default_factory=list)  # one row per log interval (pretrain.log_every)
     forward: torch.nn.Module | None = None  # the DDP wrapper of ``model`` when distributed
 
     def to_checkpoint(self, key: str, params: Params) -> dict:
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"run_key": key, "step": self.step, "epoch": self.epoch, "history": self.history,
+        return {"run_key": key, "step": self.step, "epoch": self.epoch, "history": self.history, "steps": self.steps,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": rng, "params": params.model_dump(mode="json")}
 
@@ -113,6 +114,7 @@ class TrainState:
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.step, self.epoch, self.history = int(blob["step"]), int(blob["epoch"]), list(blob["history"])
+        self.steps = list(blob.get("steps", []))
         torch.set_rng_state(blob["rng"]["cpu"])
         if "cuda" in blob["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
@@ -235,6 +237,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
         bar = tqdm(total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=None if world.is_main else True, leave=False, file=sys.stderr)
         started = time.perf_counter()
+        logged = (0, 0.0, 0.0)  # (steps, loss sum, collapse sum) at the last log point
         with contextlib.closing(batches.batches(order, schedule.steps_per_epoch, batch, local, world.rank)) as epoch_batches:
             for i, images in enumerate(epoch_batches):
                 lr = lr_at(state.step, schedule.total_steps, schedule.warmup_steps, schedule.peak_lr)
@@ -244,10 +247,17 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
                 loss_sum += loss
                 collapse_sum += collapse
                 if (i + 1) % cfg.log_every == 0 or i + 1 == schedule.steps_per_epoch:
-                    # one host sync per log interval (and one all-reduce: every rank stops together)
-                    _check_finite(distributed.mean_over_ranks(loss_sum), state, resume_path)
+                    # one host sync per log interval (and all-reduces: every rank stops together)
+                    mean_loss = distributed.mean_over_ranks(loss_sum)
+                    _check_finite(mean_loss, state, resume_path)
+                    sums = (float(mean_loss), float(distributed.mean_over_ranks(collapse_sum)))
                     rate = (i + 1) * batch / (time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}", img_s=f"{rate:.0f}")
+                    interval = (i + 1) - logged[0]
+                    state.steps.append({"step": state.step, "epoch": round(epoch + (i + 1) / schedule.steps_per_epoch, 4),
+                                        "loss": (sums[0] - logged[1]) / interval, "lr": lr, "tau": tau,
+                                        "collapse_std": (sums[1] - logged[2]) / interval, "images_per_sec": rate})
+                    logged = (i + 1, *sums)
+                    bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", img_s=f"{rate:.0f}")
                     bar.update((i + 1) - bar.n)
         synchronize(device)
         seconds = time.perf_counter() - started

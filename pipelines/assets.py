@@ -1,4 +1,5 @@
-"""The four stages as assets: prepared_dataset -> byol_encoder -> linear_eval -> onnx_encoder.
+"""The five stages as assets: prepared_dataset -> byol_encoder -> linear_eval -> onnx_encoder
+-> image_embeddings.
 
 Each asset runs its DVC stage (see resources.DvcProject.repro) and turns what the stage
 wrote into metadata; the asset's DataVersion is a hash of the stage's DVC output hashes,
@@ -12,7 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from byol_core.config import Params
-from pipelines.plots import curves_markdown
+from pipelines.plots import curves_markdown, picture
 from pipelines.resources import DvcProject, json_file
 
 GROUP = "byol"
@@ -77,7 +78,7 @@ def _encoder(params: Params) -> dict:
         "monitor kNN top-1": dg.MetadataValue.float(metrics["knn_top1"]),
         "encoder parameters": dg.MetadataValue.int(metrics["encoder_parameters"]),
         "device": metrics["device"],
-        "training curves": curves_markdown(paths.pretrain_curve),
+        "training curves": curves_markdown(paths.pretrain_curve, paths.pretrain_steps),
         "encoder": dg.MetadataValue.path(str(paths.encoder)),
         "checkpoint": dg.MetadataValue.path(str(paths.checkpoint)),
     }
@@ -103,8 +104,23 @@ def _evaluation(params: Params) -> dict:
         "pixels linear top-1": dg.MetadataValue.float(metrics["pixels_linear_top1"]),
         "test images": dg.MetadataValue.int(metrics["n_test"]),
         "probe vs baselines": _probe_table(metrics),
+        "retrieval recall@1": dg.MetadataValue.float(metrics["retrieval"]["byol"]["recall_at_1"]),
+        "retrieval recall@5": dg.MetadataValue.float(metrics["retrieval"]["byol"]["recall_at_5"]),
+        "retrieval mAP@R": dg.MetadataValue.float(metrics["retrieval"]["byol"]["map_at_r"]),
+        "label efficiency": _efficiency_table(metrics["label_efficiency"]),
+        "label efficiency curve": picture(params.paths.eval_label_efficiency, "label efficiency"),
         "metrics": dg.MetadataValue.path(str(params.paths.eval_metrics)),
     }
+
+
+def _efficiency_table(efficiency: dict) -> dg.MetadataValue:
+    """Linear top-1 per feature set (rows) and share of train labels (columns)."""
+    shares = sorted(next(iter(efficiency.values())), key=float)
+    names = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
+    columns = [dg.TableColumn("features", "string")] + [dg.TableColumn(f"{float(s):.0%} labels", "float") for s in shares]
+    return dg.MetadataValue.table(
+        [dg.TableRecord({"features": names.get(name, name), **{f"{float(s):.0%} labels": round(row[s], 4) for s in shares}})
+         for name, row in efficiency.items()], schema=dg.TableSchema(columns=columns))
 
 
 def _onnx(params: Params) -> dict:
@@ -116,6 +132,25 @@ def _onnx(params: Params) -> dict:
         "opset": dg.MetadataValue.int(metrics["opset"]),
         "latency ms at batch 1": dg.MetadataValue.float(round(metrics["latency_ms_batch1"], 3)),
         "onnx": dg.MetadataValue.path(str(params.paths.onnx)),
+    }
+
+
+def _embeddings(params: Params) -> dict:
+    paths = params.paths
+    metrics = json_file(paths.embed_metrics)
+    dup = metrics["near_duplicates"]
+    return {
+        "images": dg.MetadataValue.int(metrics["rows"]),
+        "dimensions": dg.MetadataValue.int(metrics["dim"]),
+        "images per second": dg.MetadataValue.float(round(metrics["images_per_sec"], 1)),
+        "provider": metrics["provider"],
+        "near-duplicate threshold (cosine)": dg.MetadataValue.float(dup["threshold"]),
+        "test images with a near-duplicate in train": dg.MetadataValue.int(dup["test_with_train_near_duplicate"]),
+        "near-duplicate pairs within train": dg.MetadataValue.int(dup["train_pairs"]),
+        "nearest neighbours": picture(paths.neighbours_png, "test queries and their nearest training images"),
+        "embedding map": picture(paths.embedding_map_png, "test embeddings, 2-D"),
+        "embeddings": dg.MetadataValue.path(str(paths.embeddings_file)),
+        "near-duplicate list": dg.MetadataValue.path(str(paths.embeddings / "near_duplicates.csv")),
     }
 
 
@@ -138,4 +173,11 @@ onnx_encoder = stage_asset(
     "after linear_eval so that its blocking check gates what ships.",
     _onnx)
 
-ASSETS = [prepared_dataset, byol_encoder, linear_eval, onnx_encoder]
+image_embeddings = stage_asset(
+    "image_embeddings", "embed", [prepared_dataset, onnx_encoder], {"onnx", "parquet"},
+    "`byol embed`: every prepared image through the shipped ONNX file (onnxruntime), l2-normalised, as "
+    "Parquet (data/embeddings/), with near-duplicates and pictures. Gated by onnx_encoder's parity check; "
+    "`byol neighbours` searches it.",
+    _embeddings)
+
+ASSETS = [prepared_dataset, byol_encoder, linear_eval, onnx_encoder, image_embeddings]

@@ -1,4 +1,4 @@
-"""Retraining: one job over the four assets, a weekly schedule for it, and a sensor that
+"""Retraining: one job over the five assets, a weekly schedule for it, and a sensor that
 asks for it when the ingest source changes. Both start stopped; switch them on in the UI
 (Automation) or with `dagster schedule start` / `dagster sensor start`. A run whose data
 did not change costs seconds: DVC skips every stage after ingest."""
@@ -15,7 +15,7 @@ RETRAIN_CRON = "0 3 * * 1"  # Mondays at 03:00 (the schedule's timezone below)
 
 retrain_job = dg.define_asset_job(
     "retrain", selection=dg.AssetSelection.groups(GROUP),
-    description="Materialize all four assets: `dvc repro` stage by stage, with the asset checks.")
+    description="Materialize all five assets: `dvc repro` stage by stage, with the asset checks.")
 
 weekly_retrain = dg.ScheduleDefinition(
     name="weekly_retrain", job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",

@@ -13,10 +13,12 @@ import yaml
 
 from conftest import SOURCE, TINY_DVC, dvc, edit_params, git, make_fashion_files, make_project, rename_param
 
-STAGES = ("ingest", "pretrain", "evaluate", "export")
+STAGES = ("ingest", "pretrain", "evaluate", "export", "embed")
 OUTPUTS = {"data/prepared", "models/encoder.pt", "models/checkpoint.pt", "models/encoder.onnx",
            "models/encoder.onnx.json", "metrics/pretrain.json", "metrics/pretrain_curve.csv",
-           "metrics/eval.json", "metrics/eval_predictions.csv", "metrics/export.json"}
+           "metrics/pretrain_steps.csv", "metrics/eval.json", "metrics/eval_predictions.csv",
+           "metrics/label_efficiency.png", "metrics/export.json", "data/embeddings", "metrics/embed.json",
+           "metrics/neighbours.png", "metrics/embedding_map.png"}
 
 
 def ran(result: subprocess.CompletedProcess) -> set[str]:
@@ -50,14 +52,14 @@ def project(base, tmp_path):
     return copy
 
 
-def test_repro_runs_the_four_stages_and_caches_every_output(base):
+def test_repro_runs_the_five_stages_and_caches_every_output(base):
     root, first = base
     assert ran(first) == set(STAGES)
     order = [first.stdout.index(f"Running stage '{name}'") for name in STAGES]
     assert order == sorted(order)
     outs = lock_outs(root)
     assert set(outs) == OUTPUTS
-    assert outs["data/prepared"].endswith(".dir")
+    assert outs["data/prepared"].endswith(".dir") and outs["data/embeddings"].endswith(".dir")
     # Nothing is written outside the declared outputs (the resume state is gone once done).
     known = {".git", ".dvc", "byol_core", "dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", "dagster.yaml", SOURCE}
     written = []
@@ -86,7 +88,9 @@ def test_metrics_show_prints_pretrain_eval_and_export_figures(base):
                 collect(value)
 
     collect(shown)
-    assert set(found) == {"metrics/pretrain.json", "metrics/eval.json", "metrics/export.json"}
+    assert set(found) == {"metrics/pretrain.json", "metrics/eval.json", "metrics/export.json", "metrics/embed.json"}
+    assert found["metrics/embed.json"]["rows"] == 256 + 128
+    assert 0.0 <= found["metrics/eval.json"]["retrieval"]["byol"]["map_at_r"] <= 1.0
     assert 0.0 <= found["metrics/eval.json"]["linear_top1"] <= 1.0
     assert found["metrics/pretrain.json"]["epochs"] == 1
     assert found["metrics/export.json"]["parity_ok"] is True
@@ -96,10 +100,12 @@ def test_plots_show_renders_the_curves_and_the_confusion_matrix(base, tmp_path):
     root, _ = base
     dvc(root, "plots", "show", "-o", str(tmp_path / "plots"))
     page = (tmp_path / "plots" / "index.html").read_text()
-    for title in ("BYOL loss per epoch", "kNN top-1 of the monitor", "target EMA rate tau",
-                  "learning rate", "collapse std", "confusion matrix"):
+    for title in ("BYOL loss per epoch", "BYOL loss per logged step", "kNN top-1 of the monitor",
+                  "target EMA rate tau", "learning rate", "collapse std", "confusion matrix"):
         assert title in page
-    assert page.count("vegaEmbed(") == 6
+    assert page.count("vegaEmbed(") == 7
+    for picture in ("neighbours.png", "embedding_map.png", "label_efficiency.png"):
+        assert picture in page  # the pictures, as images
     assert '"template": "confusion"' in page or "confusion" in page
 
 
@@ -112,7 +118,7 @@ def test_a_param_reruns_exactly_the_stages_that_read_it(project):
     prepared = lock_outs(project)["data/prepared"]
     edit_params(project, "pretrain.tau_base", 0.98)
     result = dvc(project, "repro")
-    assert ran(result) == {"pretrain", "evaluate", "export"} and skipped(result) == {"ingest"}
+    assert ran(result) == {"pretrain", "evaluate", "export", "embed"} and skipped(result) == {"ingest"}
     assert lock_outs(project)["data/prepared"] == prepared
     edit_params(project, "evaluate.max_iter", 20)  # read by evaluate alone
     result = dvc(project, "repro")

@@ -1,13 +1,20 @@
-"""The four stage commands, run as a user runs them, on a Fashion-MNIST slice."""
+"""The five stage commands and `byol neighbours`, run as a user runs them, on a Fashion-MNIST slice."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
+
+from byol_core.checkpoint import input_normalisation, load_encoder
+from byol_core.data import load_prepared
+from byol_core.evaluate import extract_features
 
 from conftest import TINY, fashion_mnist_dir, write_params
 
@@ -40,7 +47,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     params = write_params(root, {**E2E, "data.source_dir": str(source)})
     outputs = {}
-    for stage in ("ingest", "pretrain", "evaluate", "export"):
+    for stage in ("ingest", "pretrain", "evaluate", "export", "embed"):
         result = _byol(stage, params)
         assert result.returncode == 0, f"byol {stage} failed:\n{result.stderr[-3000:]}"
         outputs[stage] = result
@@ -104,3 +111,123 @@ def test_export_contract(run):
     assert sidecar["input_shape"] == ["batch", 1, 28, 28]
     assert len(sidecar["normalisation"]["mean"]) == 1
     assert (root / "models" / "encoder.onnx").stat().st_size > 10_000
+
+
+def test_eval_carries_retrieval_and_label_efficiency(run):
+    root, _ = run
+    metrics = json.loads((root / "metrics" / "eval.json").read_text())
+    for name in ("byol", "random_init", "pixels"):
+        found = metrics["retrieval"][name]
+        assert 0.0 <= found["recall_at_1"] <= found["recall_at_5"] <= 1.0 and 0.0 < found["map_at_r"] <= 1.0
+        assert found["queries"] == 1000 and found["gallery"] == 4096
+        curve = metrics["label_efficiency"][name]
+        assert set(curve) == {"0.01", "0.1", "1.0"}
+        assert curve["1.0"] == metrics["probe"][name]["top1"]
+    byol = metrics["label_efficiency"]["byol"]
+    assert byol["1.0"] > byol["0.01"]  # 40 labels teach the probe less than 4096
+    assert metrics["retrieval"]["byol"]["recall_at_1"] > 0.5  # chance is 0.1
+    assert (root / "metrics" / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _client_features(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
+    """What a client that knows nothing of this project computes: onnx + onnxruntime + the
+    model's own metadata, no sidecar, none of byol_core."""
+    import onnx
+    import onnxruntime as ort
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    recipe = json.loads(props["byol.preprocess"])
+    mean = np.array(recipe["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.array(recipe["std"], dtype=np.float32)[None, :, None, None]
+    x = (pixels.astype(np.float32) * np.float32(recipe["scale"]) - mean) / std
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def test_the_onnx_file_alone_gives_the_encoders_features(run, tmp_path):
+    root, _ = run
+    alone = tmp_path / "encoder.onnx"  # copied without its sidecar
+    alone.write_bytes((root / "models" / "encoder.onnx").read_bytes())
+    prepared = load_prepared(root / "data" / "prepared", ("test",))
+    pixels = prepared.images["test"][:64]
+    got = _client_features(alone, pixels)
+    encoder, _, info = load_encoder(root / "models" / "encoder.pt")
+    mean, std = input_normalisation(info)
+    expected = extract_features(encoder, pixels, mean, std, 64, torch.device("cpu")).numpy()
+    assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
+    props = {p.key: p.value for p in __import__("onnx").load(str(alone)).metadata_props}
+    card = json.loads((root / "data" / "prepared" / "card.json").read_text())
+    assert props["byol.data_hash"] == card["data_hash"] and json.loads(props["byol.preprocess"])["size"] == 28
+
+
+def test_embeddings_cover_every_prepared_image_once(run):
+    root, _ = run
+    table = pq.read_table(root / "data" / "embeddings" / "embeddings.parquet")
+    manifest = pd.read_parquet(root / "data" / "prepared" / "manifest.parquet")
+    assert table.num_rows == len(manifest) == 4096 + 1000
+    assert table.schema.field("embedding").type.list_size == 64
+    frame = table.drop(["embedding"]).to_pandas()
+    merged = frame.merge(manifest, on=["split", "index"], suffixes=("", "_manifest"))
+    assert len(merged) == len(frame)
+    assert (merged.label == merged.label_manifest).all() and (merged.source == merged.source_manifest).all()
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The ONNX file alone, on the prepared pixels, gives the stored embeddings.
+    prepared = load_prepared(root / "data" / "prepared", ("test",))
+    direct = _client_features(root / "models" / "encoder.onnx", prepared.images["test"][:32])
+    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+    stored = vectors[(frame.split == "test").to_numpy()][:32]
+    assert np.abs(direct - stored).max() < 1e-5
+
+
+def _neighbours(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "byol_core.cli", "neighbours", *args, "--params",
+                           str(root / "params.yaml")], capture_output=True, text=True, timeout=300, cwd=root)
+
+
+def test_a_training_image_saved_as_png_finds_itself_first(run, tmp_path):
+    root, _ = run
+    prepared = load_prepared(root / "data" / "prepared", ("train",))
+    manifest = pd.read_parquet(root / "data" / "prepared" / "manifest.parquet")
+    unique = manifest[(manifest.split == "train") & ~manifest.content_hash.duplicated(keep=False)]["index"].to_numpy()
+    queries = []
+    for i in unique[[3, 1000, 4000]]:
+        path = tmp_path / f"train-{i}.png"
+        Image.fromarray(prepared.images["train"][int(i):int(i) + 1][0, 0]).save(path)
+        queries.append((int(i), path))
+    result = _neighbours(root, *[str(p) for _, p in queries], "--k", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert [entry["query"] for entry in found] == [str(p) for _, p in queries]
+    for (i, _), entry in zip(queries, found):
+        first = entry["neighbours"][0]
+        assert (first["split"], first["index"]) == ("train", i) and first["similarity"] >= 0.999
+        assert len(entry["neighbours"]) == 5
+        sims = [n["similarity"] for n in entry["neighbours"]]
+        assert sims == sorted(sims, reverse=True)
+    # The same image by its index: its own row is left out, the rest agree.
+    by_index = json.loads(_neighbours(root, "--index", str(queries[0][0]), "--k", "4", "--json").stdout)[0]
+    assert [(n["split"], n["index"]) for n in by_index["neighbours"]] == \
+        [(n["split"], n["index"]) for n in found[0]["neighbours"][1:]]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["missing.png"], "missing.png: no such file"),
+    (["rgb.npy"], "rgb.npy: a uint8 array of shape (3, 28, 28); the encoder takes uint8 (1, 28, 28)"),
+    (["corrupt.png"], "corrupt.png: cannot be read as an image"),
+    (["small.png"], "small.png: 8x8 px is smaller than"),
+    (["ok.png", "--k", "0"], "--k 0: must be at least 1"),
+    (["--index", "test:99999"], "no test image 99999 among the 5096 embedded images"),
+    (["--index", "seven"], "--index 'seven': expected N or SPLIT:N"),
+])
+def test_bad_queries_get_one_clear_line(run, tmp_path, args, expected):
+    root, _ = run
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 28, 28), dtype=np.uint8))
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    Image.new("L", (28, 28)).save(tmp_path / "ok.png")
+    result = subprocess.run([sys.executable, "-m", "byol_core.cli", "neighbours", *args, "--params",
+                             str(root / "params.yaml")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("byol neighbours: error: ") and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

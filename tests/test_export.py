@@ -2,7 +2,8 @@ import onnx
 import pytest
 import torch
 
-from byol_core.export import check_parity, export_onnx, open_session
+from byol_core.export import check_parity, export_onnx
+from byol_core.onnxmodel import open_session
 from byol_core.nets import EncoderSpec, build_encoder
 
 

@@ -1,4 +1,4 @@
-"""Dagster on top of the real dvc: in-process materialization of the four assets on a
+"""Dagster on top of the real dvc: in-process materialization of the five assets on a
 tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
 
 import json
@@ -23,11 +23,11 @@ from pipelines.definitions import defs
 from pipelines.resources import DvcProject, StageRun
 from pipelines.schedules import RETRAIN_CRON, new_source_data, weekly_retrain
 
-KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder"]
-STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export"]))
+KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
+STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export", "embed"]))
 
 
-def test_definitions_load_with_four_assets_three_checks_a_job_schedule_and_sensor():
+def test_definitions_load_with_five_assets_three_checks_a_job_schedule_and_sensor():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert sorted(key.to_user_string() for key in graph.get_all_asset_keys()) == sorted(KEYS)
@@ -78,6 +78,12 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
     assert found["linear_eval"].metadata["probe vs baselines"].value.records[0].data["features"] == "BYOL encoder"
     assert found["byol_encoder"].metadata["training curves"].value.startswith("![training curves](data:image/png;base64,")
     assert found["onnx_encoder"].metadata["parity ok"].value is True
+    embeddings = found["image_embeddings"].metadata
+    assert embeddings["images"].value == 256 + 128
+    for name in ("nearest neighbours", "embedding map"):  # inline pictures, not links
+        assert embeddings[name].value.startswith("![") and "(data:image/png;base64," in embeddings[name].value
+    assert found["linear_eval"].metadata["label efficiency curve"].value.startswith("![label efficiency](data:image/png")
+    assert found["linear_eval"].metadata["label efficiency"].value.records[0].data["features"] == "BYOL encoder"
     evaluations = {e.asset_check_key.name: e.passed for e in first.get_asset_check_evaluations()}
     assert evaluations == {"encoder_not_collapsed": True, "probe_beats_random_init": True, "onnx_matches_pytorch": True}
 

@@ -16,8 +16,8 @@ from conftest import ROOT, TINY, make_fashion_files, write_params
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_dvc_yaml_has_the_four_stages_in_order_each_running_its_command():
-    assert list(DVC_STAGES) == list(stages.STAGES) == ["ingest", "pretrain", "evaluate", "export"]
+def test_dvc_yaml_has_the_five_stages_in_order_each_running_its_command():
+    assert list(DVC_STAGES) == list(stages.STAGES) == ["ingest", "pretrain", "evaluate", "export", "embed"]
     for name, stage in DVC_STAGES.items():
         assert stage["cmd"] == f"byol {name}"
 

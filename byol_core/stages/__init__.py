@@ -1,4 +1,4 @@
-"""The four stage entry points: ingest -> pretrain -> evaluate -> export.
+"""The five stage entry points: ingest -> pretrain -> evaluate -> export -> embed.
 
 Each stage is a module with ``PARAMS`` (the params keys it reads: exactly what dvc.yaml
 lists for it) and ``run(params) -> (one-line summary, metrics)``. :func:`run` hands a stage
@@ -24,6 +24,7 @@ STAGES = {
     "pretrain": "train the BYOL encoder on the prepared train split",
     "evaluate": "linear probe and kNN on frozen features, with baselines",
     "export": "export the encoder to ONNX and check parity with onnxruntime",
+    "embed": "embed every prepared image with the ONNX encoder; near-duplicates and pictures",
 }
 
 

@@ -15,8 +15,11 @@ from byol_core.device import resolve_device
 from byol_core.errors import ByolError
 from byol_core.evaluate import extract_features, knn_top1, linear_probe, pixel_dim, pixel_features
 from byol_core.nets import build_encoder
+from byol_core.pictures import label_efficiency
+from byol_core.retrieval import balanced_subset, retrieval_metrics
 from byol_core.storage import commit_files, json_writer, recover, text_writer
 
+LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
 PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "knn", "evaluate")
 
 
@@ -66,6 +69,15 @@ def run(params: Params) -> tuple[str, dict]:
               for name, (f_train, f_test) in features.items()}
     byol_train, byol_test = features["byol"]
     knn = knn_top1(byol_train, y_train, byol_test, y_test, len(classes), params.knn)
+    # The same probes on small class-balanced shares of the train labels (seeded), and the
+    # test images as retrieval queries against the train gallery.
+    efficiency = {name: {"1.0": probe.top1} for name, probe in probes.items()}
+    for fraction in cfg.label_fractions:
+        few = balanced_subset(y_train, fraction, params.seed)
+        for name, (f_train, f_test) in features.items():
+            probe = linear_probe(f_train[few], y_train[few], f_test, y_test, len(classes), cfg, params.seed)
+            efficiency[name][str(fraction)] = probe.top1
+    retrieval = {name: retrieval_metrics(f_train, y_train, f_test, y_test) for name, (f_train, f_test) in features.items()}
 
     metrics = {
         "linear_top1": probes["byol"].top1,
@@ -77,12 +89,18 @@ def run(params: Params) -> tuple[str, dict]:
         "n_test": int(len(y_test)),
         "subset": bool(len(y_train) < len(prepared.labels["train"]) or len(y_test) < len(prepared.labels["test"])),
         "probe": {name: result.summary() for name, result in probes.items()},
+        "retrieval": retrieval,
+        "label_efficiency": efficiency,
     }
+    curves = {LABELS[name]: points for name, points in efficiency.items()}
     commit_files([(params.paths.eval_metrics, json_writer(metrics)),
-                  (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions)))],
+                  (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions))),
+                  (params.paths.eval_label_efficiency, lambda tmp: tmp.write_bytes(label_efficiency(curves)))],
                  journal(params))
     line = (f"evaluate: linear {metrics['linear_top1']:.4f} (top5 {metrics['linear_top5']:.4f}), "
             f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
-            f"pixels {metrics['pixels_linear_top1']:.4f} on {metrics['n_test']} test images "
+            f"pixels {metrics['pixels_linear_top1']:.4f} on {metrics['n_test']} test images; "
+            f"retrieval recall@1 {retrieval['byol']['recall_at_1']:.4f}, mAP@R {retrieval['byol']['map_at_r']:.4f}; "
+            f"{', '.join(f'{float(f):.0%} labels {v:.4f}' for f, v in efficiency['byol'].items() if f != '1.0')} "
             f"({time.perf_counter() - started:.0f}s)")
     return line, metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import torch
@@ -11,7 +12,8 @@ from byol_core.augment import to_input
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.config import Params
 from byol_core.errors import ByolError
-from byol_core.export import check_parity, export_onnx, measure_latency, open_session
+from byol_core.export import check_parity, export_onnx, measure_latency
+from byol_core.onnxmodel import PREPROCESS_KEY, RESIZE, open_session, preprocess_record
 from byol_core.storage import commit_files, json_writer, recover
 
 PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")
@@ -33,17 +35,28 @@ def run(params: Params) -> tuple[str, dict]:
     if images.shape[1] != spec.in_channels:
         raise ByolError(f"{paths.encoder} expects {spec.in_channels}-channel images but the prepared test "
                         f"images have {images.shape[1]}. Run `byol pretrain` on this data again.")
+    data_hash = prepared.card["data_hash"]
+    preprocess = preprocess_record(spec.in_channels, info["size"], info["mean"], info["std"])
     sidecar = {
         "input_name": "images", "output_name": "features",
         "input_shape": ["batch", spec.in_channels, info["size"], info["size"]],
         "input_dtype": "float32", "channels": spec.in_channels,
         "normalisation": {"scale": "uint8 / 255", "mean": info["mean"], "std": info["std"]},
+        "preprocess": preprocess, "data_hash": data_hash,
         "output_dim": spec.feature_dim, "encoder": spec.to_dict(), "opset": cfg.opset,
     }
+    # The file describes itself: a client needs no sidecar and none of our code (onnxmodel).
+    metadata = {PREPROCESS_KEY: json.dumps(preprocess), "byol.data_hash": data_hash,
+                "byol.output_dim": str(spec.feature_dim), "byol.input": json.dumps(sidecar["input_shape"]),
+                "byol.mean": json.dumps(info["mean"]), "byol.std": json.dumps(info["std"]),
+                "byol.encoder": json.dumps(spec.to_dict())}
+    doc = (f"BYOL image encoder ({spec.arch}, width {spec.width}). Input 'images': float32 "
+           f"(batch, {spec.in_channels}, {info['size']}, {info['size']}) = (uint8 pixels / 255 - mean) / std per "
+           f"channel, mean {info['mean']}, std {info['std']} ({preprocess['colour']}; resize {RESIZE}). Output "
+           f"'features': (batch, {spec.feature_dim}), compared by cosine similarity. Trained on data {data_hash}; "
+           f"the metadata key {PREPROCESS_KEY} holds this as JSON.")
     candidate = paths.onnx.with_name(f".{paths.onnx.name}.candidate")
-    export_onnx(encoder, images[:2], candidate, cfg.opset, cfg.max_batch,
-                {"byol.input": str(sidecar["input_shape"]), "byol.mean": str(info["mean"]),
-                 "byol.std": str(info["std"]), "byol.encoder": str(spec.to_dict())})
+    export_onnx(encoder, images[:2], candidate, cfg.opset, cfg.max_batch, metadata, doc)
     try:
         session, provider = open_session(candidate)
         parity = check_parity(session, encoder, images, cfg.atol, cfg.rtol)

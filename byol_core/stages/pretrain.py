@@ -73,7 +73,8 @@ def run(params: Params) -> tuple[str, dict]:
     commit_files([(params.paths.encoder, torch_writer(record)),
                   (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
                   (params.paths.pretrain_metrics, json_writer(metrics)),
-                  (params.paths.pretrain_curve, text_writer(_curve_csv(history)))], journal(params))
+                  (params.paths.pretrain_curve, text_writer(_curve_csv(history))),
+                  (params.paths.pretrain_steps, text_writer(_curve_csv(state.steps)))], journal(params))
     resume.unlink()  # finished: nothing left to resume
     line = (f"pretrain: {metrics['epochs']} epochs, {state.step} steps on {device} in "
             f"{time.perf_counter() - started:.0f}s, loss {metrics['final_loss']:.4f}, "

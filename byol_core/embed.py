@@ -1,0 +1,144 @@
+"""Embeddings of every prepared image through the shipped ONNX encoder, and near-duplicates.
+
+``embeddings.parquet`` has one row per prepared image, splits in the order train, test,
+unlabeled and images in their prepared order:
+
+  ``index``      int64, the image's place in its split (as in the manifest)
+  ``split``      string
+  ``label``      int64 (-1 in ``unlabeled``)
+  ``source``     string, the manifest's origin of the image (its file, or place in an archive)
+  ``duplicate``  bool, an identical image came earlier (the manifest's flag)
+  ``embedding``  fixed_size_list<float32>[D], l2-normalised: a dot product is a cosine
+
+It is written a batch at a time (row groups of :data:`GROUP_ROWS`), so memory holds one
+batch of images and one row group, however many images there are.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from byol_core.data import Prepared
+from byol_core.onnxmodel import Encoder
+from byol_core.search import Gallery, top_k
+
+GROUP_ROWS = 65536
+QUERY_ROWS = 4096  # queries compared with the gallery at once in the near-duplicate scan
+
+
+def _schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([("index", pa.int64()), ("split", pa.string()), ("label", pa.int64()),
+                      ("source", pa.string()), ("duplicate", pa.bool_()),
+                      ("embedding", pa.list_(pa.float32(), dim))])
+
+
+def _manifest_columns(manifest_path: Path, split: str, n: int) -> tuple[list[str], np.ndarray]:
+    """The ``source`` and ``duplicate`` of a split's prepared images, in index order."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest_path, columns=["index", "split", "source", "duplicate", "status"],
+                          filters=[("split", "=", split), ("status", "=", "ok")])
+    table = table.sort_by("index")
+    index = table["index"].to_numpy()
+    if len(index) != n or (len(index) and not np.array_equal(index, np.arange(n))):
+        from byol_core.errors import ByolError
+
+        raise ByolError(f"{manifest_path}: the {split} rows do not match the {n} prepared images. "
+                        "Run `byol ingest` again.")
+    return table["source"].to_pylist(), pc.fill_null(table["duplicate"], False).to_numpy(zero_copy_only=False)
+
+
+def write_embeddings(encoder: Encoder, prepared: Prepared, manifest_path: Path, path: Path, batch_size: int,
+                     progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Embed every image of every split into ``path`` (Parquet). Returns rows per split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema(encoder.dim)
+    counts = {}
+    with pq.ParquetWriter(path, schema) as writer:
+        for split, images in prepared.images.items():
+            n = len(images)
+            sources, duplicate = _manifest_columns(manifest_path, split, n)
+            labels = prepared.labels[split]
+            for start in range(0, n, GROUP_ROWS):
+                stop = min(n, start + GROUP_ROWS)
+                vectors = np.concatenate([encoder.features(images[i:min(stop, i + batch_size)])
+                                          for i in range(start, stop, batch_size)])
+                writer.write_table(pa.table({
+                    "index": np.arange(start, stop, dtype=np.int64), "split": [split] * (stop - start),
+                    "label": labels[start:stop], "source": sources[start:stop], "duplicate": duplicate[start:stop],
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), encoder.dim),
+                }, schema=schema))
+                progress(stop - start)
+            counts[split] = n
+    return counts
+
+
+def _split_ranges(gallery: Gallery) -> dict[str, tuple[int, int]]:
+    """Each split's [first, last + 1) gallery rows (splits are stored one after another)."""
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(gallery.path, columns=["split"])["split"].to_numpy(zero_copy_only=False)
+    ranges = {}
+    for split in dict.fromkeys(column):
+        where = np.flatnonzero(column == split)
+        ranges[str(split)] = (int(where[0]), int(where[-1]) + 1)
+    return ranges
+
+
+def _rows(gallery: Gallery, first: int, stop: int):
+    """Gallery rows [first, stop) as blocks (read a row group at a time)."""
+    offset = 0
+    for block in gallery.blocks():
+        lo, hi = max(first, offset), min(stop, offset + len(block))
+        if lo < hi:
+            yield block[lo - offset:hi - offset]
+        offset += len(block)
+        if offset >= stop:
+            return
+
+
+def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path) -> dict:
+    """Images whose nearest *other* train image has cosine similarity >= ``threshold``:
+    test images (leakage: the test figure partly measures memory) and train images (pairs
+    counted once). Every pair found is written to ``out_csv`` with its similarity. Exact,
+    blocked search: test x train and train x train."""
+    ranges = _split_ranges(gallery)
+    train = ranges.get("train", (0, 0))
+    found = {"test_train": [], "train_train": []}
+    for kind, split in (("test_train", "test"), ("train_train", "train")):
+        if split not in ranges or train[1] == train[0]:
+            continue
+        lo, hi = ranges[split]
+        for start in range(lo, hi, QUERY_ROWS):
+            stop = min(hi, start + QUERY_ROWS)
+            queries = np.concatenate(list(_rows(gallery, start, stop)))
+            exclude = np.arange(start, stop) - train[0] if split == "train" else None
+            sims, rows = top_k(queries, _rows(gallery, *train), 1, exclude)
+            hit = np.flatnonzero(sims[:, 0] >= threshold) if sims.size else np.zeros(0, dtype=np.int64)
+            for q in hit:
+                a, b = start + int(q), train[0] + int(rows[q, 0])
+                found[kind].append((min(a, b), max(a, b), float(sims[q, 0])) if split == "train" else
+                                   (a, b, float(sims[q, 0])))
+    found["train_train"] = sorted(set(found["train_train"]))
+    described = gallery.describe(np.array([r for pairs in found.values() for a, b, _ in pairs for r in (a, b)],
+                                          dtype=np.int64))
+    with open(out_csv, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["kind", "split_a", "index_a", "source_a", "split_b", "index_b", "source_b", "similarity"])
+        it = iter(described)
+        for kind, pairs in found.items():
+            for _, _, sim in pairs:
+                a, b = next(it), next(it)
+                writer.writerow([kind.replace("_", "-"), a["split"], a["index"], a["source"], b["split"], b["index"],
+                                 b["source"], f"{sim:.6f}"])
+    return {"threshold": threshold, "test_with_train_near_duplicate": len(found["test_train"]),
+            "train_pairs": len(found["train_train"])}

@@ -1,0 +1,140 @@
+"""Nearest neighbours by cosine similarity over l2-normalised embeddings.
+
+:func:`top_k` is exact search, blocked: the gallery arrives a block of rows at a time and
+only the best ``k`` per query are kept between blocks, so memory holds one block and the
+running results, however large the gallery. :class:`Gallery` is the embeddings Parquet
+file the ``embed`` stage writes, read a row group at a time. numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from byol_core.errors import ByolError, brief
+
+BLOCK_ROWS = 65536  # gallery rows compared at once: a (queries x 65536) float32 similarity block
+COLUMNS = ("index", "split", "label", "source", "duplicate")  # what a hit reports besides its similarity
+
+
+def top_k(queries: np.ndarray, blocks: Iterable[np.ndarray], k: int,
+          exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most similar gallery rows per query, exactly.
+
+    queries (M, D) and each block (n, D) are l2-normalised float32; blocks are the gallery
+    in order, so a row's number is its place in the concatenation. ``exclude`` (M,) names
+    one gallery row per query to leave out (its own row; -1 for none). Returns similarities
+    and rows, (M, k') each with k' = min(k, gallery rows), best first; equal similarities
+    come in row order, so the result does not depend on the block size."""
+    queries = np.asarray(queries, dtype=np.float32)
+    m = len(queries)
+    best_sim = np.full((m, 0), -np.inf, dtype=np.float32)
+    best_row = np.zeros((m, 0), dtype=np.int64)
+    offset = 0
+    for block in blocks:
+        sims = queries @ np.asarray(block, dtype=np.float32).T  # (M, n)
+        rows = np.broadcast_to(np.arange(offset, offset + len(block), dtype=np.int64), sims.shape)
+        if exclude is not None:
+            local = exclude - offset
+            hit = (local >= 0) & (local < len(block))
+            sims[np.nonzero(hit)[0], local[hit]] = -np.inf
+        offset += len(block)
+        sims = np.concatenate([best_sim, sims], axis=1)
+        rows = np.concatenate([best_row, rows], axis=1)
+        if sims.shape[1] > k:
+            keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            # argpartition may cut a tie arbitrarily: keep every row tied with the k-th best
+            # for the final ordering, so ties are settled by row number below.
+            kth = np.take_along_axis(sims, keep, axis=1).min(axis=1, keepdims=True)
+            tied = np.flatnonzero(np.sum(sims >= kth, axis=1) > k)
+            if len(tied):
+                keep[tied] = _ties_kept(sims[tied], k)
+            sims, rows = np.take_along_axis(sims, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
+        best_sim, best_row = sims, rows
+    order = np.lexsort((best_row, -best_sim), axis=1) if best_sim.size else np.zeros_like(best_row)
+    best_sim, best_row = np.take_along_axis(best_sim, order, axis=1), np.take_along_axis(best_row, order, axis=1)
+    if exclude is not None and best_sim.size:  # a gallery smaller than k + 1 keeps an excluded row at -inf
+        kept = np.isfinite(best_sim).all(axis=0)
+        best_sim, best_row = best_sim[:, kept], best_row[:, kept]
+    return best_sim, best_row
+
+
+def _ties_kept(sims: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the k best columns, ties at the k-th similarity broken by column (which is
+    row order: the running best comes first and was itself chosen that way)."""
+    order = np.lexsort((np.broadcast_to(np.arange(sims.shape[1]), sims.shape), -sims), axis=1)
+    return order[:, :k]
+
+
+class Gallery:
+    """The embeddings Parquet file (see :mod:`byol_core.embed`), opened for search."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        fix = "Run `byol embed` (or `dvc repro`) to make it."
+        if not self.path.is_file():
+            raise ByolError(f"{self.path}: no embeddings there. {fix}")
+        try:
+            self._file = pq.ParquetFile(self.path)
+            field = self._file.schema_arrow.field("embedding")
+            self.dim = field.type.list_size
+            missing = [c for c in COLUMNS if c not in self._file.schema_arrow.names]
+        except Exception as exc:
+            raise ByolError(f"{self.path}: not an embeddings file ({brief(exc, 120)}). {fix}") from None
+        if missing or not self.dim or self.dim < 1:
+            raise ByolError(f"{self.path}: not an embeddings file (columns {missing or ['embedding']} missing). {fix}")
+        meta = self._file.metadata
+        self.rows = meta.num_rows
+        self._starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The embeddings, (n, D) float32, a row group at a time, in row order."""
+        for i in range(self._file.metadata.num_row_groups):
+            yield self._vectors(self._file.read_row_group(i, columns=["embedding"]).column(0))
+
+    def _vectors(self, column) -> np.ndarray:
+        values = column.combine_chunks().values.to_numpy(zero_copy_only=False)
+        return values.reshape(-1, self.dim).astype(np.float32, copy=False)
+
+    def _groups(self, rows: np.ndarray) -> dict[int, np.ndarray]:
+        group = np.searchsorted(self._starts, rows, side="right") - 1
+        return {int(g): rows[group == g] for g in np.unique(group)}
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The embeddings of gallery rows ``rows`` (in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for g, members in self._groups(rows).items():
+            block = self._vectors(self._file.read_row_group(g, columns=["embedding"]).column(0))
+            for row in np.unique(members):
+                out[rows == row] = block[row - self._starts[g]]
+        return out
+
+    def describe(self, rows: np.ndarray) -> list[dict]:
+        """index, split, label, source and duplicate flag of gallery rows ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        found: dict[int, dict] = {}
+        for g, members in self._groups(rows).items():
+            table = self._file.read_row_group(g, columns=list(COLUMNS)).to_pydict()
+            for row in np.unique(members):
+                local = int(row - self._starts[g])
+                found[int(row)] = {c: table[c][local] for c in COLUMNS}
+        return [found[int(row)] for row in rows]
+
+    def find(self, split: str, index: int) -> int:
+        """The gallery row of prepared image ``index`` of ``split``."""
+        import pyarrow.compute as pc
+
+        offset = 0
+        for i in range(self._file.metadata.num_row_groups):
+            table = self._file.read_row_group(i, columns=["index", "split"])
+            hit = pc.and_(pc.equal(table["split"], split), pc.equal(table["index"], index))
+            where = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+            if len(where):
+                return offset + int(where[0])
+            offset += table.num_rows
+        raise ByolError(f"{self.path}: no {split} image {index} among the {self.rows} embedded images.")

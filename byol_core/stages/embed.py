@@ -1,0 +1,118 @@
+"""embed: every prepared image through the shipped ONNX encoder -> embeddings, near-duplicates, pictures."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from byol_core import data
+from byol_core.config import Params
+from byol_core.embed import near_duplicates, write_embeddings
+from byol_core.errors import ByolError
+from byol_core.onnxmodel import Encoder
+from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
+from byol_core.search import Gallery, top_k
+from byol_core.storage import Folder, commit_files, json_writer, recover, write_json
+
+PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "paths.embeddings", "embed")
+GRID_QUERIES = 8  # test queries in the neighbour picture
+MAP_POINTS = 5000  # test images on the 2-D map (evenly spaced)
+CARD = "card.json"
+
+
+def journal(params: Params):
+    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
+    return params.paths.metrics / ".embed.commit"
+
+
+def _progress(total: int):
+    done, started, last = [0], time.perf_counter(), [0.0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        now = time.perf_counter()
+        if now - last[0] > 10 or done[0] == total:
+            last[0] = now
+            print(f"embed: {done[0]}/{total} images, {done[0] / max(now - started, 1e-9):.0f} img/s",
+                  file=sys.stderr)
+    return step
+
+
+def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, bytes]:
+    """The neighbour grid (test queries against train) and the 2-D map of test embeddings."""
+    classes = prepared.card["classes"]
+    splits = list(prepared.images)
+    sizes = [len(prepared.images[s]) for s in splits]
+    first = dict(zip(splits, np.cumsum([0] + sizes[:-1]).tolist()))
+    n_test, n_train = len(prepared.images["test"]), len(prepared.images["train"])
+    if n_test == 0 or n_train == 0:
+        raise ByolError(f"{prepared.card.get('source')}: embed needs train and test images (found {n_train} and "
+                        f"{n_test}). Ingest more data.")
+    picked = data.spread(n_test, GRID_QUERIES)
+    queries = gallery.vectors(first["test"] + picked)
+    train = first["train"]
+    sims, rows = top_k(queries, _train_blocks(gallery, train, train + n_train), min(k, n_train))
+    shape = prepared.images["train"].shape[1:]
+    neighbours = prepared.images["train"].take(rows.ravel()).reshape(*rows.shape, *shape)
+    label = lambda split, i: classes[int(prepared.labels[split][i])]  # noqa: E731
+    grid = neighbour_grid(prepared.images["test"].take(picked), [label("test", i) for i in picked], neighbours,
+                          [[label("train", i) for i in row] for row in rows], sims)
+    shown = data.spread(n_test, MAP_POINTS)
+    points = pca_2d(gallery.vectors(first["test"] + shown))
+    return {"neighbours": grid, "map": embedding_map(points, prepared.labels["test"][shown], classes)}
+
+
+def _train_blocks(gallery: Gallery, lo: int, hi: int):
+    offset = 0
+    for block in gallery.blocks():
+        a, b = max(lo, offset), min(hi, offset + len(block))
+        if a < b:
+            yield block[a - offset:b - offset]
+        offset += len(block)
+
+
+def run(params: Params) -> tuple[str, dict]:
+    recover(journal(params))
+    paths, cfg = params.paths, params.embed
+    prepared = data.load_prepared(paths.prepared)
+    encoder = Encoder.open(paths.onnx)
+    card = prepared.card
+    if (encoder.channels, encoder.size) != (card["channels"], card["height"]) or card["height"] != card["width"]:
+        raise ByolError(f"{paths.onnx} takes {encoder.channels}x{encoder.size}x{encoder.size} images but the prepared "
+                        f"data is {card['channels']}x{card['height']}x{card['width']}. Run `byol pretrain` and "
+                        "`byol export` on this data again.")
+    if paths.embeddings.exists() and not (paths.embeddings / CARD).is_file():
+        raise ByolError(f"refusing to replace {paths.embeddings}: it exists but has no {CARD}, so it was not "
+                        "written by this stage. Point paths.embeddings at a new folder, or remove that one yourself.")
+    total = sum(len(images) for images in prepared.images.values())
+    started = time.perf_counter()
+    found, pictures = {}, {}
+
+    def fill(folder):
+        counts = write_embeddings(encoder, prepared, paths.prepared / "manifest.parquet",
+                                  folder / paths.embeddings_file.name, cfg.batch_size, _progress(total))
+        seconds = time.perf_counter() - started
+        gallery = Gallery(folder / paths.embeddings_file.name)
+        duplicates = near_duplicates(gallery, cfg.near_duplicate, folder / "near_duplicates.csv")
+        pictures.update(_pictures(gallery, prepared, cfg.neighbours))
+        found.update({
+            "rows": gallery.rows, "dim": gallery.dim, "splits": counts, "provider": encoder.provider,
+            "images_per_sec": total / max(seconds, 1e-9), "embed_seconds": seconds,
+            "data_hash": card["data_hash"], "encoder_data_hash": encoder.data_hash,
+            "near_duplicates": duplicates,
+        })
+        write_json(folder / CARD, {k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")})
+
+    # One commit: the folder is filled first, and the files after it are written from what
+    # filling it found. All change together, or none does.
+    commit_files([(paths.embeddings, Folder(fill)),
+                  (paths.embed_metrics, lambda tmp: json_writer(found)(tmp)),
+                  (paths.neighbours_png, lambda tmp: tmp.write_bytes(pictures["neighbours"])),
+                  (paths.embedding_map_png, lambda tmp: tmp.write_bytes(pictures["map"]))], journal(params))
+    dup = found["near_duplicates"]
+    line = (f"embed: {found['rows']} images -> {paths.embeddings_file} ({found['dim']}-d, {encoder.provider}, "
+            f"{found['images_per_sec']:.0f} img/s); near-duplicates at cosine >= {dup['threshold']}: "
+            f"{dup['test_with_train_near_duplicate']} test images, {dup['train_pairs']} train pairs")
+    return line, found
