@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a prepared image as the query (train unless SPLIT is given; its own row is left out)")
     sub.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
     sub.add_argument("--json", action="store_true", help="print a JSON list, one entry per query")
+    sub.add_argument("--exact", action="store_true", help="search every embedding even where the embed stage "
+                     "built an approximate index (galleries of embed.approximate_from images and more)")
     sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     return parser
 
@@ -118,7 +120,7 @@ def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
     except (OSError, ValueError, AttributeError):
         classes = []
     results = neighbours(params.paths.onnx, params.paths.embeddings_file, classes if isinstance(classes, list) else [],
-                         args.queries, args.index, args.k)
+                         args.queries, args.index, args.k, args.exact)
     return render(results, args.json), {}
 
 

@@ -273,6 +273,8 @@ class EmbedConfig(_Section):
     batch_size: PositiveInt  # images per onnxruntime call
     near_duplicate: Annotated[float, Field(gt=0.0, le=1.0)]  # cosine similarity from which two images count
     neighbours: Annotated[int, Field(ge=1, le=64)]  # training neighbours per query in the picture
+    approximate_from: PositiveInt  # gallery rows from which an approximate index is built and searched
+    approximate_recall: Annotated[float, Field(gt=0.0, le=1.0)]  # its recall@10 against exact search, at least
 
 
 class ExportConfig(_Section):

@@ -10,11 +10,13 @@ the embeddings the ``embed`` stage wrote from the same file.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from byol_core import ann
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.search import Gallery, top_k
@@ -65,11 +67,20 @@ def read_query(path: Path, encoder: Encoder) -> np.ndarray:
     return pixels[None]
 
 
-def search(gallery: Gallery, queries: list[Query], k: int) -> list[list[dict]]:
-    """The ``k`` nearest gallery images of each query, best first."""
+def search(gallery: Gallery, queries: list[Query], k: int, exact: bool = False) -> list[list[dict]]:
+    """The ``k`` nearest gallery images of each query, best first: exactly, or through the
+    approximate index when the embed stage built one (large galleries) and ``exact`` is off."""
     vectors = np.stack([q.vector for q in queries])
     exclude = np.array([q.row for q in queries], dtype=np.int64)
-    sims, rows = top_k(vectors, gallery.blocks(), k, exclude if (exclude >= 0).any() else None)
+    approximate = gallery.card.get("approximate")
+    index_path = gallery.path.with_name(ann.INDEX)
+    if approximate and index_path.is_file() and not exact:
+        print(f"searching {gallery.rows} embeddings approximately ({approximate['kind']}, nprobe "
+              f"{approximate['nprobe']}, measured recall@10 {approximate['recall_at_10']:.4f}); --exact searches "
+              "them all", file=sys.stderr)
+        sims, rows = ann.search(ann.open_index(index_path), approximate["nprobe"], vectors, k, exclude)
+    else:
+        sims, rows = top_k(vectors, gallery.blocks(), k, exclude if (exclude >= 0).any() else None)
     described = gallery.describe(rows)
     results, it = [], iter(described)
     for q in range(len(queries)):
@@ -78,7 +89,7 @@ def search(gallery: Gallery, queries: list[Query], k: int) -> list[list[dict]]:
 
 
 def neighbours(onnx_path: Path, gallery_path: Path, classes: list[str], files: list[str], indices: list[str],
-               k: int) -> list[dict]:
+               k: int, exact: bool = False) -> list[dict]:
     """Everything ``byol neighbours`` prints, per query in the order given (files, then indices)."""
     if k < 1:
         raise ByolError(f"--k {k}: must be at least 1.")
@@ -97,7 +108,7 @@ def neighbours(onnx_path: Path, gallery_path: Path, classes: list[str], files: l
         split, index = parse_index(text)
         row = gallery.find(split, index)
         queries.append(Query(f"{split}:{index}", gallery.vectors(np.array([row]))[0], row))
-    found = search(gallery, queries, k)
+    found = search(gallery, queries, k, exact)
     out = []
     for query, hits in zip(queries, found):
         for hit in hits:

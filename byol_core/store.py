@@ -174,8 +174,9 @@ class ShardWriter:
         return {"count": self.count, "shards": self.shards}
 
 
-def _read_npy_header(path: Path, handle) -> tuple[tuple[int, ...], int]:
-    """(shape, data offset) of a uint8, C-order .npy file; anything else is refused."""
+def read_npy_header(path: Path, handle, descr: str = "|u1") -> tuple[tuple[int, ...], int]:
+    """(shape, data offset) of a C-order .npy file of dtype ``descr`` (uint8 unless told);
+    anything else is refused."""
     magic = handle.read(8)
     if len(magic) < 8 or not magic.startswith(_NPY_MAGIC):
         raise ValueError("not a .npy file")
@@ -196,8 +197,8 @@ def _read_npy_header(path: Path, handle) -> tuple[tuple[int, ...], int]:
         header = ast.literal_eval(text.decode("latin1"))
     except (ValueError, SyntaxError) as exc:
         raise ValueError("unreadable header") from exc
-    if not isinstance(header, dict) or header.get("descr") != "|u1" or header.get("fortran_order") is not False:
-        raise ValueError("not C-ordered uint8 data")
+    if not isinstance(header, dict) or header.get("descr") != descr or header.get("fortran_order") is not False:
+        raise ValueError(f"not C-ordered {np.dtype(descr)} data")
     shape = header.get("shape")
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError("bad shape in header")
@@ -223,7 +224,7 @@ class _Rows:
         try:
             with os.fdopen(os.dup(self.fd), "rb") as handle:
                 if offset is None:
-                    shape, offset = _read_npy_header(path, handle)
+                    shape, offset = read_npy_header(path, handle)
                     if shape != (count, *image_shape):
                         raise ValueError(f"holds {shape}, the layout says {(count, *image_shape)}")
                 size = os.fstat(handle.fileno()).st_size

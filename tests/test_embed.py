@@ -12,7 +12,7 @@ import torch
 
 from byol_core.embed import near_duplicates
 from byol_core.retrieval import balanced_subset, retrieval_metrics
-from byol_core.search import Gallery, top_k
+from byol_core.search import VECTORS, Gallery, top_k
 from byol_core.storage import Folder, commit_files
 
 
@@ -88,6 +88,7 @@ def _gallery_file(path, splits: dict[str, np.ndarray]):
             "source": [f"{split}/{i}.png" for i in range(n)], "duplicate": np.zeros(n, dtype=bool),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(_unit(vectors).ravel()), vectors.shape[1])}))
     pq.write_table(pa.concat_tables(tables), path, row_group_size=7)
+    np.save(path.with_name(VECTORS), _unit(np.concatenate(list(splits.values()))))
     return Gallery(path)
 
 
@@ -135,3 +136,43 @@ def test_a_folder_and_files_commit_together_or_not_at_all(tmp_path):
                   (metrics, lambda tmp: tmp.write_text("new"))], journal)
     assert sorted(p.name for p in folder.iterdir()) == ["b.txt"] and metrics.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings", "m.json"]
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, dim))
+    return _unit(centres[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, dim)))
+
+
+def test_the_approximate_index_reaches_its_recall_and_agrees_with_exact_search(tmp_path):
+    from byol_core import ann
+
+    vectors = _clustered(6300, 16, seed=5)
+    gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors[:5000], "test": vectors[5000:6000]})
+    found = ann.build(gallery, tmp_path / ann.INDEX, seed=0, target=0.99)
+    assert found["recall_at_10"] >= 0.99 and 1 <= found["nprobe"] <= found["nlist"]
+    index = ann.open_index(tmp_path / ann.INDEX)
+    queries = vectors[6000:]  # from the same distribution, but not in the gallery
+    _, exact = top_k(queries, gallery.blocks(), 10)
+    sims, approx = ann.search(index, found["nprobe"], queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.tolist(), approx.tolist())])
+    assert recall >= 0.97 and (np.diff(sims, axis=1) <= 1e-6).all()
+    # A row range and an excluded row are honoured.
+    _, within = ann.search(index, found["nprobe"], queries[:20], 5, exclude=np.full(20, 5001), rows=(5000, 6000))
+    assert ((within >= 5000) & (within < 6000)).all() and not (within == 5001).any()
+
+
+def test_near_duplicates_through_the_index_match_the_exact_scan(tmp_path):
+    from byol_core import ann
+
+    vectors = _clustered(3000, 16, seed=7)
+    vectors[2500] = vectors[100]
+    vectors[2600] = vectors[200] + 1e-4
+    vectors[300] = vectors[301]
+    gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors[:2400], "test": vectors[2400:]})
+    found = ann.build(gallery, tmp_path / ann.INDEX, seed=0, target=0.999)
+    exact = near_duplicates(gallery, 0.9999, tmp_path / "exact.csv")
+    approx = near_duplicates(gallery, 0.9999, tmp_path / "approx.csv", ann.open_index(tmp_path / ann.INDEX),
+                             found["nprobe"])
+    assert exact == approx and exact["test_with_train_near_duplicate"] >= 2 and exact["train_pairs"] >= 1
+    assert (tmp_path / "exact.csv").read_text() == (tmp_path / "approx.csv").read_text()

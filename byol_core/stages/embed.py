@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from byol_core import data
+from byol_core import ann, data
 from byol_core.config import Params
 from byol_core.embed import near_duplicates, write_embeddings
 from byol_core.errors import ByolError
@@ -53,7 +53,7 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
     picked = data.spread(n_test, GRID_QUERIES)
     queries = gallery.vectors(first["test"] + picked)
     train = first["train"]
-    sims, rows = top_k(queries, _train_blocks(gallery, train, train + n_train), min(k, n_train))
+    sims, rows = top_k(queries, gallery.blocks(first=train, stop=train + n_train), min(k, n_train))
     shape = prepared.images["train"].shape[1:]
     neighbours = prepared.images["train"].take(rows.ravel()).reshape(*rows.shape, *shape)
     label = lambda split, i: classes[int(prepared.labels[split][i])]  # noqa: E731
@@ -62,15 +62,6 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
     shown = data.spread(n_test, MAP_POINTS)
     points = pca_2d(gallery.vectors(first["test"] + shown))
     return {"neighbours": grid, "map": embedding_map(points, prepared.labels["test"][shown], classes)}
-
-
-def _train_blocks(gallery: Gallery, lo: int, hi: int):
-    offset = 0
-    for block in gallery.blocks():
-        a, b = max(lo, offset), min(hi, offset + len(block))
-        if a < b:
-            yield block[a - offset:b - offset]
-        offset += len(block)
 
 
 def run(params: Params) -> tuple[str, dict]:
@@ -95,13 +86,21 @@ def run(params: Params) -> tuple[str, dict]:
                                   folder / paths.embeddings_file.name, cfg.batch_size, _progress(total))
         seconds = time.perf_counter() - started
         gallery = Gallery(folder / paths.embeddings_file.name)
-        duplicates = near_duplicates(gallery, cfg.near_duplicate, folder / "near_duplicates.csv")
+        approximate, index = None, None
+        if gallery.rows >= cfg.approximate_from:  # too many to scan per query: an index too
+            approximate = ann.build(gallery, folder / ann.INDEX, seed=0, target=cfg.approximate_recall)
+            index = ann.open_index(folder / ann.INDEX)
+            print(f"embed: approximate index of {gallery.rows} rows, nprobe {approximate['nprobe']}: recall@10 "
+                  f"{approximate['recall_at_10']:.4f} against exact search on {approximate['recall_queries']} "
+                  f"held-out rows ({approximate['build_seconds']:.0f}s)", file=sys.stderr)
+        duplicates = near_duplicates(gallery, cfg.near_duplicate, folder / "near_duplicates.csv", index,
+                                     approximate["nprobe"] if approximate else 0)
         pictures.update(_pictures(gallery, prepared, cfg.neighbours))
         found.update({
             "rows": gallery.rows, "dim": gallery.dim, "splits": counts, "provider": encoder.provider,
             "images_per_sec": total / max(seconds, 1e-9), "embed_seconds": seconds,
             "data_hash": card["data_hash"], "encoder_data_hash": encoder.data_hash,
-            "near_duplicates": duplicates,
+            "near_duplicates": duplicates, "approximate": approximate,
         })
         write_json(folder / CARD, {k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")})
 
