@@ -77,6 +77,22 @@ def _retarget_spec(path: Path) -> None:
     torch.save(blob, path)
 
 
+def _onnx(root: Path, bare: bool = False) -> None:
+    """A real export of the project's encoder; ``bare``: without the metadata that says how
+    to prepare its input (as an older version wrote it)."""
+    from byol_core import stages
+
+    params = load_params(root / "params.yaml")
+    if not bare:
+        stages.run("export", params)
+        return
+    from byol_core.export import export_onnx
+    from byol_core.checkpoint import load_encoder
+
+    encoder, _, _ = load_encoder(params.paths.encoder)
+    export_onnx(encoder, torch.zeros(2, 1, 28, 28), params.paths.onnx, 20, 64, {})
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -218,6 +234,16 @@ CASES = [
     Case("encoder without its spec", "evaluate", r"encoder\.pt: not a valid encoder file \(the spec is a NoneType",
          None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 1, True),
                                      _edit_encoder(lambda blob: blob.pop("spec")))),
+    Case("embed without an ONNX file", "embed", r"encoder\.onnx: no ONNX model there\. Run `byol export` to make it",
+         None),
+    Case("damaged ONNX file", "embed", r"encoder\.onnx: not a usable ONNX model .*Run `byol export` again",
+         None, lambda root: (root / "models" / "encoder.onnx").write_bytes(b"\x08\x07garbage" * 100)),
+    Case("ONNX file without its input description", "embed",
+         r"encoder\.onnx: no usable input description in the model's metadata .*run `byol export` again",
+         None, lambda root: _onnx(root, bare=True)),
+    Case("embeddings folder that is not the stage's", "embed",
+         r"refusing to replace <project>/src: it exists but has no card\.json",
+         {"paths.embeddings": "src"}, _onnx),
     Case("ONNX parity failure", "export",
          r"onnxruntime \(CPUExecutionProvider\) disagrees with PyTorch: max abs diff .* exceeds atol=1e-12",
          {"export.atol": 1e-12, "export.rtol": 0.0}),
