@@ -109,6 +109,7 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
     ranges = _split_ranges(gallery)
     train = ranges.get("train", (0, 0))
     found = {"test_train": [], "train_train": []}
+    nearest = []  # each test image's similarity to its nearest train image: the scale to read the threshold on
     for kind, split in (("test_train", "test"), ("train_train", "train")):
         if split not in ranges or train[1] == train[0]:
             continue
@@ -125,6 +126,8 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
                 sims, rows = ann.search(index, nprobe, queries, 1, None if exclude is None else exclude + train[0], train)
                 rows = rows - train[0]
             hit = np.flatnonzero(sims[:, 0] >= threshold) if sims.size else np.zeros(0, dtype=np.int64)
+            if split == "test" and sims.size:
+                nearest.append(sims[:, 0])
             for q in hit:
                 a, b = start + int(q), train[0] + int(rows[q, 0])
                 found[kind].append((min(a, b), max(a, b), float(sims[q, 0])) if split == "train" else
@@ -141,5 +144,10 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
                 a, b = next(it), next(it)
                 writer.writerow([kind.replace("_", "-"), a["split"], a["index"], a["source"], b["split"], b["index"],
                                  b["source"], f"{sim:.6f}"])
+    quantiles = {}
+    if nearest:
+        values = np.concatenate(nearest)
+        quantiles = {f"p{q}": round(float(np.quantile(values, q / 100)), 6) for q in (1, 50, 99)}
+        quantiles["max"] = round(float(values.max()), 6)
     return {"threshold": threshold, "test_with_train_near_duplicate": len(found["test_train"]),
-            "train_pairs": len(found["train_train"])}
+            "train_pairs": len(found["train_train"]), "test_nearest_train_similarity": quantiles}

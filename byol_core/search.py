@@ -39,24 +39,15 @@ def top_k(queries: np.ndarray, blocks: Iterable[np.ndarray], k: int,
     offset = 0
     for block in blocks:
         sims = queries @ np.asarray(block, dtype=np.float32).T  # (M, n)
-        rows = np.broadcast_to(np.arange(offset, offset + len(block), dtype=np.int64), sims.shape)
         if exclude is not None:
             local = exclude - offset
             hit = (local >= 0) & (local < len(block))
             sims[np.nonzero(hit)[0], local[hit]] = -np.inf
+        rows = np.arange(offset, offset + len(block), dtype=np.int64)
         offset += len(block)
-        sims = np.concatenate([best_sim, sims], axis=1)
-        rows = np.concatenate([best_row, rows], axis=1)
-        if sims.shape[1] > k:
-            keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            # argpartition may cut a tie arbitrarily: keep every row tied with the k-th best
-            # for the final ordering, so ties are settled by row number below.
-            kth = np.take_along_axis(sims, keep, axis=1).min(axis=1, keepdims=True)
-            tied = np.flatnonzero(np.sum(sims >= kth, axis=1) > k)
-            if len(tied):
-                keep[tied] = _ties_kept(sims[tied], k)
-            sims, rows = np.take_along_axis(sims, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
-        best_sim, best_row = sims, rows
+        sims, rows = _best(sims, np.broadcast_to(rows, sims.shape), k)  # the block's own best first
+        best_sim, best_row = _best(np.concatenate([best_sim, sims], axis=1),
+                                   np.concatenate([best_row, rows], axis=1), k)
     order = np.lexsort((best_row, -best_sim), axis=1) if best_sim.size else np.zeros_like(best_row)
     best_sim, best_row = np.take_along_axis(best_sim, order, axis=1), np.take_along_axis(best_row, order, axis=1)
     if exclude is not None and best_sim.size:  # a gallery smaller than k + 1 keeps an excluded row at -inf
@@ -65,11 +56,22 @@ def top_k(queries: np.ndarray, blocks: Iterable[np.ndarray], k: int,
     return best_sim, best_row
 
 
-def _ties_kept(sims: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the k best columns, ties at the k-th similarity broken by column (which is
-    row order: the running best comes first and was itself chosen that way)."""
-    order = np.lexsort((np.broadcast_to(np.arange(sims.shape[1]), sims.shape), -sims), axis=1)
-    return order[:, :k]
+def _best(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k columns of highest similarity (unordered), ties at the k-th
+    similarity going to the lower row. ``rows`` rise along each row of columns."""
+    if sims.shape[1] <= k:
+        return sims, np.ascontiguousarray(rows)
+    if k == 1:  # argmax takes the first of equal maxima: the lowest row
+        keep = sims.argmax(axis=1)[:, None]
+    else:
+        keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        # argpartition may cut a tie arbitrarily: where more columns equal the k-th best
+        # than fit, order those queries fully (by similarity, then row).
+        kth = np.take_along_axis(sims, keep, axis=1).min(axis=1, keepdims=True)
+        tied = np.flatnonzero(np.sum(sims >= kth, axis=1) > k)
+        if len(tied):
+            keep[tied] = np.lexsort((rows[tied], -sims[tied]), axis=1)[:, :k]
+    return np.take_along_axis(sims, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
 
 
 VECTORS = "vectors.npy"  # beside the Parquet file: the same embeddings as one float32 (N, D) array

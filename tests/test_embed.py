@@ -101,7 +101,9 @@ def test_near_duplicates_find_planted_leakage_and_train_pairs(tmp_path):
     train[25] = train[2]
     gallery = _gallery_file(tmp_path / "e.parquet", {"train": train, "test": test})
     found = near_duplicates(gallery, 0.999, tmp_path / "pairs.csv")
+    spread = found.pop("test_nearest_train_similarity")
     assert found == {"threshold": 0.999, "test_with_train_near_duplicate": 2, "train_pairs": 1}
+    assert spread["max"] == pytest.approx(1.0, abs=1e-5) and spread["p1"] <= spread["p50"] <= spread["p99"] <= spread["max"]
     rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
     pairs = {(r["kind"], r["source_a"], r["source_b"]) for r in rows}
     assert pairs == {("test-train", "test/4.png", "train/11.png"), ("test-train", "test/9.png", "train/30.png"),

@@ -205,6 +205,16 @@ def test_a_training_image_saved_as_png_finds_itself_first(run, tmp_path):
         assert len(entry["neighbours"]) == 5
         sims = [n["similarity"] for n in entry["neighbours"]]
         assert sims == sorted(sims, reverse=True)
+    # Embedding the file equals the stored embedding of the prepared image.
+    from byol_core.neighbours import read_query
+    from byol_core.onnxmodel import Encoder
+    from byol_core.search import Gallery
+
+    encoder = Encoder.open(root / "models" / "encoder.onnx")
+    gallery = Gallery(root / "data" / "embeddings" / "embeddings.parquet")
+    for i, path in queries:
+        from_file = encoder.features(read_query(path, encoder))[0]
+        assert np.abs(from_file - gallery.vectors(np.array([gallery.find("train", i)]))[0]).max() <= 1e-5
     # The same image by its index: its own row is left out, the rest agree.
     by_index = json.loads(_neighbours(root, "--index", str(queries[0][0]), "--k", "4", "--json").stdout)[0]
     assert [(n["split"], n["index"]) for n in by_index["neighbours"]] == \
