@@ -17,7 +17,6 @@ def _pyplot():
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    plt.rcParams["svg.hashsalt"] = "byol"
     return plt
 
 
@@ -49,11 +48,11 @@ def neighbour_grid(queries: np.ndarray, query_labels: list[str], neighbours: np.
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.25 * (k + 1), 1.35 * rows), dpi=90, squeeze=False)
     for r in range(rows):
         _show(axes[r, 0], queries[r])
-        axes[r, 0].set_title(f"query: {query_labels[r]}"[:22], fontsize=6.5, fontweight="bold")
+        axes[r, 0].set_title(f"query - {query_labels[r]}"[:22], fontsize=6.5, fontweight="bold")
         for j in range(k):
             _show(axes[r, j + 1], neighbours[r, j])
             same = neighbour_labels[r][j] == query_labels[r]
-            axes[r, j + 1].set_title(f"{neighbour_labels[r][j][:14]} {similarities[r, j]:.2f}", fontsize=6,
+            axes[r, j + 1].set_title(f"{neighbour_labels[r][j][:12]} {similarities[r, j]:.3f}", fontsize=6,
                                      color="darkgreen" if same else "firebrick")
     fig.suptitle("test queries (left) and their nearest training images by cosine similarity", fontsize=9)
     fig.tight_layout()
