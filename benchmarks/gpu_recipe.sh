@@ -2,7 +2,7 @@
 # The Fashion-MNIST recipe (recipes/fashion-mnist-gpu.yaml) on a lent GPU machine, in one
 # call, without DVC (the GPU machine has none): ingest -> pretrain -> evaluate on a copy of
 # params.yaml with the recipe's overrides, then the figures for the README's results table
-# (linear, kNN, both baselines, wall time, card). EPOCHS=N overrides the recipe's epochs
+# (linear, kNN, both baselines, wall time, card) and the retrieval and label-efficiency figures. EPOCHS=N overrides the recipe's epochs
 # (for a shorter run that fits a device budget).
 # Run there with: command `bash benchmarks/gpu_recipe.sh`, timeout_s 560, carry
 #   ["data/raw/fashion-mnist", ".whl"] (.whl: wheels for packages the machine lacks, as
@@ -47,4 +47,7 @@ print(f"| Fashion-MNIST 60k/10k | ResNet-18 w{p['model']['width']} small stem | 
       f"| {p['pretrain']['batch_size']} | {sys.argv[1]} | {int(sys.argv[2])} s | {e['linear_top1']:.4f} "
       f"| {e['knn_top1']:.4f} | {e['random_init_linear_top1']:.4f} | {e['pixels_linear_top1']:.4f} |")
 print(f"pretrain {t['images_per_sec']:.0f} img/s on {t['device']}")
+r, le = e["retrieval"]["byol"], e["label_efficiency"]["byol"]
+print(f"retrieval recall@1 {r['recall_at_1']:.4f}, recall@5 {r['recall_at_5']:.4f}, mAP@R {r['map_at_r']:.4f}; "
+      f"linear with 1% / 10% / 100% of labels: {le['0.01']:.4f} / {le['0.1']:.4f} / {le['1.0']:.4f}")
 PY
