@@ -3,7 +3,11 @@
 #   make test  set up, then run the test suite
 # and one for the speed comparison:
 #   make bench set up, install the peers (lightly, byol-pytorch), then time our step against theirs
-.PHONY: setup run test bench
+# and the Dagster UI:
+#   make ui    `dg dev` with a persistent DAGSTER_HOME (.dagster/home): history survives a restart
+#   make serve PostgreSQL, dagster-daemon and dagster-webserver on 127.0.0.1 (scripts/serve.sh)
+#   make stop  stop what `make serve` started
+.PHONY: setup run test bench ui serve stop
 
 setup:
 	@scripts/setup.sh
@@ -20,3 +24,13 @@ bench: setup
 	.venv/bin/pip install -q -e '.[bench]'
 	.venv/bin/pip install -q 'antlr4-python3-runtime==4.13.2'
 	.venv/bin/python benchmarks/step_vs_peers.py
+
+ui: setup
+	mkdir -p .dagster/home && cp dagster.yaml .dagster/home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster/home .venv/bin/dg dev
+
+serve: setup
+	scripts/serve.sh start
+
+stop:
+	scripts/serve.sh stop

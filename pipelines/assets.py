@@ -7,6 +7,7 @@ so an asset whose stage DVC skipped keeps its version. No hyperparameter is set 
 params.yaml is their only source, and run config holds only run knobs.
 """
 
+import warnings
 from collections.abc import Callable
 
 import dagster as dg
@@ -29,12 +30,46 @@ class StageConfig(dg.Config):
                         "change (`dvc repro --force`); otherwise DVC skips an up-to-date stage.")
 
 
+# Run when anything upstream has a new version (a stage that ran upstream), and only once
+# the blocking checks upstream have passed. Ingest also runs when the raw files' observed
+# data version differs from the one the last evaluation saw: a comparison of versions,
+# not of event ids, so an observation stored while an evaluation is under way is not lost.
+AUTOMATION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+INGEST_AUTOMATION = (dg.AutomationCondition.eager()
+                     | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+                        & ~dg.AutomationCondition.in_progress()))
+RAW_KEY = dg.AssetKey("raw_source_files")
+
+
+def _raw_source_files(dvc: DvcProject) -> dg.ObserveResult:
+    return observe_folder(dvc.params().data.source_dir)
+
+
+with warnings.catch_warnings():  # the decorator is marked beta; its use here is plain
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    raw_source_files = dg.observable_source_asset(key=RAW_KEY, group_name=GROUP, description=(
+        "The source files in params.yaml's data.source_dir. Observing them gives a data version: a hash of every "
+        "file's path, size and modification time, so new, removed or rewritten files make a new version."))(
+        _raw_source_files)
+
+
+def observe_folder(folder) -> dg.ObserveResult:
+    """The source folder's data version (its fingerprint) and size."""
+    from pipelines.schedules import source_fingerprint
+
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return dg.ObserveResult(data_version=dg.DataVersion(source_fingerprint(folder)), metadata={
+        "folder": dg.MetadataValue.path(str(folder)), "files": dg.MetadataValue.int(len(files)),
+        "MiB": dg.MetadataValue.float(round(sum(p.stat().st_size for p in files) / 2**20, 1))})
+
+
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
-                describe: Callable[[Params], dict]) -> dg.AssetsDefinition:
+                describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION
+                ) -> dg.AssetsDefinition:
     """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``."""
 
     @dg.asset(name=name, group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=deps,
-              kinds={"dvc", *kinds}, description=description)
+              kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
         run = dvc.repro(context, stage, config.force)
         return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata()},
@@ -70,12 +105,12 @@ def _encoder(params: Params) -> dict:
     paths = params.paths
     metrics = json_file(paths.pretrain_metrics)
     return {
-        "final loss": dg.MetadataValue.float(metrics["final_loss"]),
+        "final loss": dg.MetadataValue.float(round(metrics["final_loss"], 4)),
         "epochs": dg.MetadataValue.int(metrics["epochs"]),
         "steps": dg.MetadataValue.int(metrics["steps"]),
         "images per second": dg.MetadataValue.float(round(metrics["images_per_sec"], 1)),
-        "collapse std": dg.MetadataValue.float(metrics["collapse_std"]),
-        "monitor kNN top-1": dg.MetadataValue.float(metrics["knn_top1"]),
+        "collapse std": dg.MetadataValue.float(round(metrics["collapse_std"], 4)),
+        "monitor kNN top-1": dg.MetadataValue.float(round(metrics["knn_top1"], 4)),
         "encoder parameters": dg.MetadataValue.int(metrics["encoder_parameters"]),
         "device": metrics["device"],
         "training curves": curves_markdown(paths.pretrain_curve, paths.pretrain_steps),
@@ -97,16 +132,16 @@ def _probe_table(metrics: dict) -> dg.MetadataValue:
 def _evaluation(params: Params) -> dict:
     metrics = json_file(params.paths.eval_metrics)
     return {
-        "linear top-1": dg.MetadataValue.float(metrics["linear_top1"]),
-        "linear top-5": dg.MetadataValue.float(metrics["linear_top5"]),
-        "kNN top-1": dg.MetadataValue.float(metrics["knn_top1"]),
-        "random-init linear top-1": dg.MetadataValue.float(metrics["random_init_linear_top1"]),
-        "pixels linear top-1": dg.MetadataValue.float(metrics["pixels_linear_top1"]),
+        "linear top-1": dg.MetadataValue.float(round(metrics["linear_top1"], 4)),
+        "linear top-5": dg.MetadataValue.float(round(metrics["linear_top5"], 4)),
+        "kNN top-1": dg.MetadataValue.float(round(metrics["knn_top1"], 4)),
+        "random-init linear top-1": dg.MetadataValue.float(round(metrics["random_init_linear_top1"], 4)),
+        "pixels linear top-1": dg.MetadataValue.float(round(metrics["pixels_linear_top1"], 4)),
         "test images": dg.MetadataValue.int(metrics["n_test"]),
         "probe vs baselines": _probe_table(metrics),
-        "retrieval recall@1": dg.MetadataValue.float(metrics["retrieval"]["byol"]["recall_at_1"]),
-        "retrieval recall@5": dg.MetadataValue.float(metrics["retrieval"]["byol"]["recall_at_5"]),
-        "retrieval mAP@R": dg.MetadataValue.float(metrics["retrieval"]["byol"]["map_at_r"]),
+        "retrieval recall@1": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["recall_at_1"], 4)),
+        "retrieval recall@5": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["recall_at_5"], 4)),
+        "retrieval mAP@R": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["map_at_r"], 4)),
         "label efficiency": _efficiency_table(metrics["label_efficiency"]),
         "label efficiency curve": picture(params.paths.eval_label_efficiency, "label efficiency"),
         "metrics": dg.MetadataValue.path(str(params.paths.eval_metrics)),
@@ -126,7 +161,7 @@ def _efficiency_table(efficiency: dict) -> dg.MetadataValue:
 def _onnx(params: Params) -> dict:
     metrics = json_file(params.paths.export_metrics)
     return {
-        "parity max abs diff": dg.MetadataValue.float(metrics["max_abs_diff"]),
+        "parity max abs diff": dg.MetadataValue.float(float(f"{metrics['max_abs_diff']:.3g}")),
         "parity ok": dg.MetadataValue.bool(metrics["parity_ok"]),
         "provider": metrics["provider"],
         "opset": dg.MetadataValue.int(metrics["opset"]),
@@ -155,9 +190,9 @@ def _embeddings(params: Params) -> dict:
 
 
 prepared_dataset = stage_asset(
-    "prepared_dataset", "ingest", [], {"numpy"},
+    "prepared_dataset", "ingest", [RAW_KEY], {"numpy"},
     "`byol ingest`: the source images as uint8 shards, a manifest and a dataset card (data/prepared/).",
-    _dataset)
+    _dataset, INGEST_AUTOMATION)
 byol_encoder = stage_asset(
     "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},
     "`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.",

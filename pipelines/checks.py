@@ -7,7 +7,7 @@ from pipelines.assets import byol_encoder, linear_eval, onnx_encoder
 from pipelines.resources import DvcProject, json_file
 
 
-@dg.asset_check(asset=byol_encoder, blocking=True,
+@dg.asset_check(asset=byol_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The encoder has not collapsed: its features of test images still spread out.")
 def encoder_not_collapsed(dvc: DvcProject) -> dg.AssetCheckResult:
     from byol_core.checks import feature_spread
@@ -21,10 +21,10 @@ def encoder_not_collapsed(dvc: DvcProject) -> dg.AssetCheckResult:
         description=None if passed else (
             f"collapsed encoder: feature spread {found['feature_spread']:.4f} < {floor} on "
             f"{found['n_images']} test images (0 means every image gets the same features)"),
-        metadata={"feature spread": found["feature_spread"], "threshold": floor, "images": found["n_images"]})
+        metadata={"feature spread": round(found["feature_spread"], 4), "threshold": floor, "images": found["n_images"]})
 
 
-@dg.asset_check(asset=linear_eval, blocking=True,
+@dg.asset_check(asset=linear_eval, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The linear probe on BYOL features beats the same probe on a random-init encoder.")
 def probe_beats_random_init(dvc: DvcProject) -> dg.AssetCheckResult:
     params = dvc.params()
@@ -37,11 +37,12 @@ def probe_beats_random_init(dvc: DvcProject) -> dg.AssetCheckResult:
         description=None if passed else (
             f"probe top-1 {metrics['linear_top1']:.4f} beats the random-init encoder's "
             f"{metrics['random_init_linear_top1']:.4f} by {margin:+.4f}, less than the {wanted} required"),
-        metadata={"linear top-1": metrics["linear_top1"], "random-init top-1": metrics["random_init_linear_top1"],
-                  "margin": margin, "required margin": wanted})
+        metadata={"linear top-1": round(metrics["linear_top1"], 4),
+                  "random-init top-1": round(metrics["random_init_linear_top1"], 4),
+                  "margin": round(margin, 4), "required margin": wanted})
 
 
-@dg.asset_check(asset=onnx_encoder, blocking=True,
+@dg.asset_check(asset=onnx_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="onnxruntime on the shipped ONNX file matches the PyTorch encoder on test images.")
 def onnx_matches_pytorch(dvc: DvcProject) -> dg.AssetCheckResult:
     from byol_core.checks import onnx_parity
@@ -56,7 +57,7 @@ def onnx_matches_pytorch(dvc: DvcProject) -> dg.AssetCheckResult:
         description=None if passed else (
             f"ONNX and PyTorch disagree: max abs diff {found['max_abs_diff']:.3g} beyond atol={tol.atol}, "
             f"rtol={tol.rtol} on {found['n_images']} test images ({found['provider']})"),
-        metadata={"max abs diff": found["max_abs_diff"], "atol": tol.atol, "rtol": tol.rtol,
+        metadata={"max abs diff": float(f"{found['max_abs_diff']:.3g}"), "atol": tol.atol, "rtol": tol.rtol,
                   "provider": found["provider"], "images": found["n_images"]})
 
 

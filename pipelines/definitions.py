@@ -7,18 +7,23 @@ import os
 
 import dagster as dg
 
-from pipelines.assets import ASSETS
+from pipelines.assets import ASSETS, raw_source_files
 from pipelines.checks import CHECKS
+from pipelines.monitor import fail_dead_runs
 from pipelines.resources import REPO_ROOT, DvcProject
-from pipelines.schedules import new_source_data, retrain_job, weekly_retrain
+from pipelines.schedules import observe_source_data, retrain_job, retrain_on_new_data, weekly_retrain
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[raw_source_files, *ASSETS],
     asset_checks=CHECKS,
     jobs=[retrain_job],
     schedules=[weekly_retrain],
-    sensors=[new_source_data],
-    resources={"dvc": DvcProject(project_dir=os.environ.get("BYOL_PROJECT_DIR", str(REPO_ROOT)))},
+    sensors=[observe_source_data, retrain_on_new_data, fail_dead_runs],
+    # A resource without config: the launchpad offers only run knobs (`force`), never where
+    # the project lives (BYOL_PROJECT_DIR sets that, for the whole code location).
+    resources={"dvc": dg.ResourceDefinition.hardcoded_resource(
+        DvcProject(project_dir=os.environ.get("BYOL_PROJECT_DIR", str(REPO_ROOT))),
+        "The project folder (dvc.yaml, params.yaml) and its dvc command.")},
     # One process per run, not one per step: the steps take turns in the "dvc" pool anyway,
     # and a fresh process per step would re-import torch for each of the seven.
     executor=dg.in_process_executor,

@@ -1,5 +1,8 @@
-"""Retraining: one job over the five assets, a weekly schedule for it, and a sensor that
-asks for it when the ingest source changes. Both start stopped; switch them on in the UI
+"""Retraining. On new data, Dagster's own idiom: ``observe_source_data`` gives the raw files
+(the source asset ``raw_source_files``) a new data version when they change, and the
+stages' automation conditions, evaluated by ``retrain_on_new_data``, then ask for one run
+of the chain. On a calendar: the ``retrain`` job and its weekly schedule, which retrains
+whether or not the files changed. All three start stopped; switch them on in the UI
 (Automation) or with `dagster schedule start` / `dagster sensor start`. A run whose data
 did not change costs seconds: DVC skips every stage after ingest."""
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.assets import GROUP
+from pipelines.assets import GROUP, RAW_KEY
 from pipelines.resources import DvcProject
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays at 03:00 (the schedule's timezone below)
@@ -35,15 +38,28 @@ def source_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Request a retraining run when the files in params.yaml's data.source_dir change.")
-def new_source_data(context: dg.SensorEvaluationContext, dvc: DvcProject):
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Observe the files in params.yaml's data.source_dir every minute: a new fingerprint "
+                       "becomes a new data version of raw_source_files (no run is launched for it).")
+def observe_source_data(context: dg.SensorEvaluationContext, dvc: DvcProject):
     folder = dvc.params().data.source_dir
     fingerprint = source_fingerprint(folder)
-    if context.cursor is None:  # first look: remember what is there, train on changes from now on
-        context.update_cursor(fingerprint)
-        return dg.SkipReason(f"watching {folder} (fingerprint {fingerprint})")
     if fingerprint == context.cursor:
         return dg.SkipReason(f"no change in {folder}")
     context.update_cursor(fingerprint)
-    return dg.RunRequest(run_key=f"source-{fingerprint}", tags={"byol/trigger": "new-source-data"})
+    return dg.SensorResult(asset_events=[observation(folder, fingerprint)])
+
+
+def observation(folder: Path, fingerprint: str) -> dg.AssetObservation:
+    return dg.AssetObservation(asset_key=RAW_KEY, metadata={"folder": dg.MetadataValue.path(str(folder))},
+                               tags={"dagster/data_version": fingerprint})
+
+
+# Declarative automation over the stages: each asset asks to run when something upstream
+# has a new version (a new observation of the raw files, or a stage that ran), once the
+# blocking checks upstream passed. Evaluated by this sensor, on the daemon.
+retrain_on_new_data = dg.AutomationConditionSensorDefinition(
+    "retrain_on_new_data", target=dg.AssetSelection.groups(GROUP), minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Materialize the stages whose inputs have a new version: after observe_source_data sees new "
+                "files, one run of the whole chain (DVC then reruns what changed).")

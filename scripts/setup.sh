@@ -4,6 +4,7 @@
 #     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir, a DVC dependency).
 #  2. A virtual environment in .venv with the project installed (editable) and its test tools.
 #  3. dvc in an environment of its own (.venv-dvc), reached through .venv/bin/dvc.
+#  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,19 @@ if ! has_all "$RAW" && has_all "$DEBIAN"; then
     cp "$DEBIAN/$f" "$RAW/.$f.tmp" && mv "$RAW/.$f.tmp" "$RAW/$f"
   done
   echo "setup: copied Fashion-MNIST from $DEBIAN/ to $RAW/"
+fi
+
+# PostgreSQL, for `make serve` and its test: Debian's postgresql package, where apt-get exists.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing PostgreSQL (apt-get install postgresql)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: no apt-get here; install PostgreSQL for \`make serve\` (or point DAGSTER_PG_HOST at one)"
+  fi
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

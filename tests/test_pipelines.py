@@ -2,6 +2,7 @@
 tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -21,7 +22,8 @@ from pipelines.assets import ASSETS, POOL
 from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch, probe_beats_random_init
 from pipelines.definitions import defs
 from pipelines.resources import DvcProject, StageRun
-from pipelines.schedules import RETRAIN_CRON, new_source_data, weekly_retrain
+from pipelines.assets import observe_folder
+from pipelines.schedules import RETRAIN_CRON, observe_source_data, source_fingerprint, weekly_retrain
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
 STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export", "embed"]))
@@ -30,7 +32,9 @@ STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export", "embed"])
 def test_definitions_load_with_five_assets_three_checks_a_job_schedule_and_sensor():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert sorted(key.to_user_string() for key in graph.get_all_asset_keys()) == sorted(KEYS)
+    assert sorted(key.to_user_string() for key in graph.get_all_asset_keys()) == sorted([*KEYS, "raw_source_files"])
+    # The lineage starts at the raw files: ingest depends on them.
+    assert [k.to_user_string() for k in graph.get(dg.AssetKey("prepared_dataset")).parent_keys] == ["raw_source_files"]
     assert {c.name for c in graph.asset_check_keys} == {"encoder_not_collapsed", "probe_beats_random_init",
                                                         "onnx_matches_pytorch"}
     for asset in ASSETS:
@@ -193,24 +197,44 @@ def test_the_schedule_ticks_a_retrain_run():
     assert weekly_retrain.job_name == "retrain"
 
 
-def test_the_sensor_fires_once_per_change_of_the_source(tmp_path):
+def test_new_files_are_observed_and_ask_for_exactly_one_run_of_the_chain(tmp_path):
     root = make_project(tmp_path / "project", TINY_DVC)
     resource = DvcProject(project_dir=str(root))
+    instance = dg.DagsterInstance.ephemeral()
+    chain = {*KEYS, "encoder_not_collapsed", "probe_beats_random_init", "onnx_matches_pytorch"}
 
     def tick(cursor):
-        context = dg.build_sensor_context(cursor=cursor, resources={"dvc": resource})
-        result = new_source_data(context)
+        context = dg.build_sensor_context(cursor=cursor, resources={"dvc": resource}, instance=instance)
+        result = observe_source_data(context)
+        if isinstance(result, dg.SensorResult):
+            for event in result.asset_events:
+                instance.report_runless_asset_event(event)
         return result, context.cursor
 
-    first, cursor = tick(None)
-    assert isinstance(first, dg.SkipReason) and cursor
-    same, cursor_again = tick(cursor)
-    assert isinstance(same, dg.SkipReason) and cursor_again == cursor
+    def requested(cursor):
+        found = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys() if found.get_num_requested(k)}
+        checks = {r.key.name for r in found.results if isinstance(r.key, dg.AssetCheckKey) and r.true_subset.size}
+        return keys | checks, found.cursor
+
+    nothing, cursor = requested(None)
+    assert nothing == set()  # nothing observed yet: nothing to do
+    first, sensor_cursor = tick(None)
+    assert isinstance(first, dg.SensorResult) and sensor_cursor == source_fingerprint(root / SOURCE)
+    assert first.asset_events[0].tags["dagster/data_version"] == sensor_cursor
+    everything, cursor = requested(cursor)
+    assert everything == chain  # the five stages and their three checks, in one tick
+    same, same_cursor = tick(sensor_cursor)
+    assert isinstance(same, dg.SkipReason) and same_cursor == sensor_cursor
+    again, cursor = requested(cursor)
+    assert again == set()  # asked once, not again
     make_fashion_files(root / SOURCE, n_train=330, n_test=160, seed=3)  # new data arrives
-    fired, new_cursor = tick(cursor)
-    assert isinstance(fired, dg.RunRequest) and new_cursor != cursor
-    quiet, _ = tick(new_cursor)
-    assert isinstance(quiet, dg.SkipReason)
+    fired, new_cursor = tick(sensor_cursor)
+    assert isinstance(fired, dg.SensorResult) and new_cursor != sensor_cursor
+    assert requested(cursor)[0] == chain
+    # Observing the asset by hand (the UI's "Observe") gives the same version.
+    observed = observe_folder(root / SOURCE)
+    assert observed.data_version.value == new_cursor and observed.metadata["files"].value == 4
 
 
 def test_dg_check_defs_loads_the_project_from_its_root():
@@ -227,3 +251,30 @@ def test_a_missing_dvc_command_fails_with_what_to_do(project):
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert len(failures) == 1
     assert "was not found: run `make setup`" in failures[0].step_failure_data.user_failure_data.description
+
+
+def test_a_started_run_whose_worker_is_gone_is_marked_failed_and_a_live_one_is_not():
+    from dagster._core.events import EngineEventData
+
+    from pipelines.monitor import fail_dead_runs
+
+    @dg.asset
+    def something():
+        return 1
+
+    instance = dg.DagsterInstance.ephemeral()
+    dead = dg.materialize([something], instance=instance)
+    alive = dg.materialize([something], instance=instance)
+    # Both now look started, as if their workers were still at work: one worker is this
+    # process (alive), the other a pid that is gone.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for result, pid in ((dead, gone.pid), (alive, os.getpid())):
+        instance.run_storage.handle_run_event(result.run_id, dg.DagsterEvent(
+            event_type_value="PIPELINE_START", job_name=result.dagster_run.job_name))
+        instance.report_engine_event(f"Executing steps in process (pid: {pid})", instance.get_run_by_id(result.run_id),
+                                     EngineEventData(metadata={"pid": dg.MetadataValue.text(str(pid))}))
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.STARTED
+    fail_dead_runs(dg.build_sensor_context(instance=instance))
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED

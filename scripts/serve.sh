@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The production shape on one machine, all on 127.0.0.1:
+#   PostgreSQL  run history, schedules, sensor cursors and automation state (dagster-postgres);
+#               a cluster of its own in $STATE/postgres (initdb on first use, port $BYOL_PG_PORT),
+#               unless DAGSTER_PG_HOST names an existing server
+#   dagster-daemon     schedules, sensors, declarative automation, the run queue, run monitoring
+#   dagster-webserver  the UI on http://127.0.0.1:$BYOL_UI_PORT
+# DAGSTER_HOME is $STATE/home; its dagster.yaml is written from scripts/serve-dagster.yaml.
+#
+#   scripts/serve.sh start   (make serve)   start what is not running; idempotent
+#   scripts/serve.sh stop    (make stop)    stop the webserver, the daemon (each with every process
+#                                           below it) and the local PostgreSQL
+#   scripts/serve.sh status                 what runs, with pids
+#   scripts/serve.sh destroy                stop, then delete the state and the cluster
+#
+# An existing PostgreSQL: export DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_USERNAME,
+# DAGSTER_PG_PASSWORD and DAGSTER_PG_DB before `make serve`; nothing is written to a file.
+# BYOL_SERVE_STATE moves $STATE (default .dagster/serve); BYOL_PROJECT_DIR points the code
+# location at another checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE=$(realpath -m "${BYOL_SERVE_STATE:-.dagster/serve}")
+PG_PORT=${BYOL_PG_PORT:-54329}
+UI_PORT=${BYOL_UI_PORT:-3000}
+BIN=$ROOT/.venv/bin
+mkdir -p "$STATE/home" "$STATE/logs"
+
+say() { echo "serve: $*"; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$dir" ] || { echo "serve: error: PostgreSQL is not installed: run \`make setup\` (it installs Debian's postgresql)" >&2; exit 1; }
+  echo "$dir"
+}
+
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the postgres user.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+local_pg() { [ -z "${DAGSTER_PG_HOST:-}" ]; }
+
+# The cluster's folder: $STATE/postgres, unless run as root where the postgres user cannot
+# reach it (a private folder above it); then a folder of the postgres user's own, named
+# after $STATE, so each state folder keeps its own cluster.
+pg_data() {
+  if [ "$(id -u)" -ne 0 ] || runuser -u postgres -- test -x "$STATE"; then
+    echo "$STATE/postgres"
+  else
+    echo "/var/lib/postgresql/byol-serve-$(echo -n "$STATE" | sha256sum | cut -c1-12)"
+  fi
+}
+
+start_pg() {
+  local bin data
+  bin=$(pg_bin)
+  data=$(pg_data)
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "creating a PostgreSQL cluster in $data"
+    mkdir -p "$data"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$data"; chmod 700 "$data"; fi
+    # trust, on loopback and the cluster's own socket only: no password to keep in a file.
+    as_pg "$bin/initdb" -D "$data" -U dagster --auth=trust -E UTF8 >"$STATE/logs/initdb.log"
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $data" start >/dev/null
+    say "PostgreSQL on 127.0.0.1:$PG_PORT"
+  fi
+  if ! as_pg "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U dagster -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname='dagster'" | grep -q 1; then
+    as_pg "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U dagster dagster
+  fi
+}
+
+stop_pg() {
+  local data
+  data=$(pg_data)
+  [ -f "$data/PG_VERSION" ] || return 0
+  if as_pg "$(pg_bin)/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_pg "$(pg_bin)/pg_ctl" -D "$data" -w -m fast stop >/dev/null && say "PostgreSQL stopped"
+  fi
+}
+
+# A process in a session of its own, so that stop can end it with everything it started.
+launch() {
+  local name=$1; shift
+  if alive "$STATE/$name.pid"; then say "$name already runs (pid $(cat "$STATE/$name.pid"))"; return; fi
+  setsid "$@" >>"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$STATE/$name.pid"
+  say "$name started (pid $!, log $STATE/logs/$name.log)"
+}
+
+stop_group() {
+  local name=$1 pid
+  alive "$STATE/$name.pid" || { rm -f "$STATE/$name.pid"; return 0; }
+  pid=$(cat "$STATE/$name.pid")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$STATE/$name.pid"
+  say "$name stopped"
+}
+
+env_for_dagster() {
+  if local_pg; then
+    export DAGSTER_PG_HOST=127.0.0.1 DAGSTER_PG_PORT=$PG_PORT DAGSTER_PG_USERNAME=dagster DAGSTER_PG_DB=dagster
+    export DAGSTER_PG_PASSWORD=${DAGSTER_PG_PASSWORD:-}
+  fi
+  export DAGSTER_HOME=$STATE/home
+  export BYOL_PROJECT_DIR=${BYOL_PROJECT_DIR:-$ROOT}
+  cp scripts/serve-dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+}
+
+case "${1:-start}" in
+  start)
+    local_pg && start_pg
+    env_for_dagster
+    cd "$ROOT"
+    launch daemon "$BIN/dagster-daemon" run -m pipelines.definitions
+    launch webserver "$BIN/dagster-webserver" -h 127.0.0.1 -p "$UI_PORT" -m pipelines.definitions
+    say "UI: http://127.0.0.1:$UI_PORT (DAGSTER_HOME=$DAGSTER_HOME); stop with \`make stop\`"
+    ;;
+  stop)
+    stop_group webserver
+    stop_group daemon
+    local_pg && stop_pg
+    ;;
+  destroy)  # stop, then delete the state and the cluster (tests; a fresh start)
+    stop_group webserver
+    stop_group daemon
+    if local_pg; then stop_pg; rm -rf "$(pg_data)"; fi
+    rm -rf "$STATE"
+    ;;
+  status)
+    for name in daemon webserver; do
+      if alive "$STATE/$name.pid"; then say "$name runs (pid $(cat "$STATE/$name.pid"))"; else say "$name is stopped"; fi
+    done
+    if local_pg; then as_pg "$(pg_bin)/pg_ctl" -D "$(pg_data)" status 2>/dev/null | head -1 || say "PostgreSQL is stopped"; fi
+    ;;
+  *) echo "usage: scripts/serve.sh start|stop|status|destroy" >&2; exit 2 ;;
+esac

@@ -1,0 +1,168 @@
+"""`make serve` for real: scripts/serve.sh starts PostgreSQL (a private cluster on its own
+port), dagster-daemon and dagster-webserver on 127.0.0.1 over a scratch project. The
+daemon, not a GraphQL launch, starts the retraining: the observation sensor sees the source
+files, the automation sensor asks for the chain. Then a restart keeps the run history and
+the sensors' state, and new files lead to exactly one more run."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project
+from pipelines.devserver import Webserver, free_port, wait_for_webserver
+
+SENSORS = ("observe_source_data", "retrain_on_new_data")
+KEYS = {"prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"}
+
+
+class Served(Webserver):
+    def __init__(self, project: Path, state: Path):
+        self.env = {**os.environ, "BYOL_SERVE_STATE": str(state), "BYOL_PROJECT_DIR": str(project),
+                    "BYOL_UI_PORT": str(free_port()), "BYOL_PG_PORT": str(free_port())}
+        self.env.pop("DAGSTER_HOME", None)
+        self.url = f"http://127.0.0.1:{self.env['BYOL_UI_PORT']}"
+        self.state = state
+
+    def serve(self, command: str) -> str:
+        done = subprocess.run([str(ROOT / "scripts" / "serve.sh"), command], env=self.env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def start(self) -> None:
+        self.serve("start")
+        assert wait_for_webserver(self.url, 180), self.log_tail()
+
+    def log_tail(self) -> str:
+        logs = self.state / "logs"
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+
+    def wait_for_runs(self, count: int, timeout: float) -> list[dict]:
+        """Wait until ``count`` runs exist and all have ended; returns them, oldest first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs()
+            if len(runs) >= count and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+                return runs[::-1]
+            time.sleep(3)
+        raise AssertionError(f"runs after {timeout:.0f}s: {self.runs()}\n{self.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    project = make_project(base / "project", TINY_DVC)
+    server = Served(project, base / "state")
+    server.start()
+    try:
+        yield server, project
+    finally:
+        server.serve("destroy")
+
+
+def _processes(state: Path) -> list[str]:
+    found = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if str(state) in line or "dagster-daemon" in line and str(state) in line]
+
+
+def test_serve_brings_up_postgres_the_daemon_and_the_webserver_on_loopback(served):
+    server, _ = served
+    info = server.instance_info()
+    assert "PostgresRunStorage" in info and "PostgresEventLogStorage" in info and "PostgresScheduleStorage" in info
+    assert "127.0.0.1" in server.url
+    status = server.serve("status")
+    assert "daemon runs" in status and "webserver runs" in status and "server is running" in status
+
+
+def test_the_daemon_retrains_on_new_files_and_a_restart_keeps_history_and_cursors(served):
+    server, project = served
+    for name in SENSORS:
+        assert server.start_sensor(name) == "RUNNING"
+    started = time.monotonic()
+    (first,) = server.wait_for_runs(1, 420)
+    assert first["status"] == "SUCCESS", server.log_tail()
+    assert first["tags"].get("dagster/sensor_name") == "retrain_on_new_data" or \
+        "dagster/from_automation_condition" in first["tags"], first["tags"]
+    cursor = server.sensor_state("observe_source_data")["cursor"]
+    assert cursor
+    first_seconds = time.monotonic() - started
+
+    server.serve("stop")
+    assert not [line for line in _processes(server.state) if "dagster" in line]
+    server.start()
+    assert [r["runId"] for r in server.runs()] == [first["runId"]]  # history is in PostgreSQL
+    for name in SENSORS:
+        assert server.sensor_state(name)["status"] == "RUNNING"
+    assert server.sensor_state("observe_source_data")["cursor"] == cursor
+
+    time.sleep(5)
+    # New data arrives, each file whole (written beside the folder, then renamed in).
+    staging = project / "incoming"
+    make_fashion_files(staging, n_train=330, n_test=160, seed=4)
+    for path in staging.iterdir():
+        os.replace(path, project / SOURCE / path.name)
+    arrived = time.monotonic()
+    runs = server.wait_for_runs(2, 420)
+    observed = [line for line in (server.state / "logs" / "daemon.log").read_text().splitlines()
+                if "observe_source_data" in line and "no change" not in line]
+    assert len(runs) == 2 and runs[1]["status"] == "SUCCESS", f"{runs}\n{observed}"
+    print(f"first retrain from switching the sensors on: {first_seconds:.0f}s; "
+          f"new files -> finished run: {time.monotonic() - arrived:.0f}s")
+
+
+def _pretraining(project: Path) -> list[int]:
+    """Pids of `byol pretrain` processes working in ``project``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if any(a.endswith(b"byol") for a in args) and b"pretrain" in args and \
+                    Path(os.readlink(proc / "cwd")) == project:
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(served):
+    server, project = served
+    automated = len(server.runs())
+    edit_params(project, "pretrain.epochs", 40)  # long enough to be caught mid-way
+    # 40 epochs on random pixels squeeze this tiny encoder's features: the check is not the point here.
+    edit_params(project, "checks.min_feature_spread", 1e-6)
+    run_id = server.launch_job("retrain")
+    resume = project / ".byol" / "resume" / "pretrain-state.pt"
+    deadline = time.monotonic() + 300
+    while not (resume.is_file() and _pretraining(project)):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.5)
+    daemon = int((server.state / "daemon.pid").read_text())
+    os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, the run worker, dvc and byol
+    time.sleep(2)
+    assert not _pretraining(project)
+    assert server.run(run_id)["status"] == "STARTED"  # nobody is left to say otherwise
+    import torch
+
+    saved = torch.load(resume, weights_only=True)  # what the killed run had checkpointed
+    assert saved["epoch"] >= 1
+    server.serve("stop")
+    server.start()
+    deadline = time.monotonic() + 300
+    while server.run(run_id)["status"] not in ("FAILURE", "CANCELED"):
+        assert time.monotonic() < deadline, f"{server.run(run_id)}\n{server.log_tail()}"
+        time.sleep(3)
+    again = server.launch_job("retrain")
+    assert server.wait([again], 600)[again] == "SUCCESS", server.log_tail()
+    # Resumed, not restarted: the first epochs' rows are the checkpoint's, wall times included
+    # (a fresh run would have timed its epochs anew).
+    import pandas as pd
+
+    curve = pd.read_csv(project / "metrics" / "pretrain_curve.csv")
+    assert len(curve) == 40
+    assert curve.seconds.tolist()[:saved["epoch"]] == [row["seconds"] for row in saved["history"]]
+    # No retraining was asked for meanwhile: the files did not change.
+    assert len([r for r in server.runs() if r["runId"] not in (run_id, again)]) == automated
