@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.data import Prepared
+from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.search import VECTORS, Gallery, top_k
 
@@ -50,8 +51,6 @@ def _manifest_columns(manifest_path: Path, split: str, n: int) -> tuple[list[str
     table = table.sort_by("index")
     index = table["index"].to_numpy()
     if len(index) != n or (len(index) and not np.array_equal(index, np.arange(n))):
-        from byol_core.errors import ByolError
-
         raise ByolError(f"{manifest_path}: the {split} rows do not match the {n} prepared images. "
                         "Run `byol ingest` again.")
     return table["source"].to_pylist(), pc.fill_null(table["duplicate"], False).to_numpy(zero_copy_only=False)
@@ -88,7 +87,7 @@ def write_embeddings(encoder: Encoder, prepared: Prepared, manifest_path: Path, 
     return counts
 
 
-def _split_ranges(gallery: Gallery) -> dict[str, tuple[int, int]]:
+def split_ranges(gallery: Gallery) -> dict[str, tuple[int, int]]:
     """Each split's [first, last + 1) gallery rows (splits are stored one after another)."""
     import pyarrow.parquet as pq
 
@@ -106,7 +105,7 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
     counted once). Every pair found is written to ``out_csv`` with its similarity. Exact,
     blocked search (test x train, train x train), or through ``index`` (see
     :mod:`byol_core.ann`) when one is given."""
-    ranges = _split_ranges(gallery)
+    ranges = split_ranges(gallery)
     train = ranges.get("train", (0, 0))
     found = {"test_train": [], "train_train": []}
     nearest = []  # each test image's similarity to its nearest train image: the scale to read the threshold on

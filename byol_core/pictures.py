@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,10 +20,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path | None) -> bytes:
+def png(fig, path: Path | None = None) -> bytes:
+    """The figure as PNG bytes (also written to ``path`` when given); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     if path is not None:
         Path(path).write_bytes(buffer.getvalue())
     return buffer.getvalue()
@@ -43,7 +44,7 @@ def neighbour_grid(queries: np.ndarray, query_labels: list[str], neighbours: np.
                    neighbour_labels: list[list[str]], similarities: np.ndarray, path: Path | None = None) -> bytes:
     """One row per query: the query image, then its nearest gallery images left to right,
     each titled with its label (green: same as the query's, red: not) and similarity."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, k = neighbours.shape[:2]
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.25 * (k + 1), 1.35 * rows), dpi=90, squeeze=False)
     for r in range(rows):
@@ -56,7 +57,7 @@ def neighbour_grid(queries: np.ndarray, query_labels: list[str], neighbours: np.
                                      color="darkgreen" if same else "firebrick")
     fig.suptitle("test queries (left) and their nearest training images by cosine similarity", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return png(fig, path)
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def embedding_map(points: np.ndarray, labels: np.ndarray, classes: list[str], path: Path | None = None) -> bytes:
     """A scatter of 2-D points coloured by class, with a legend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=90)
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c, name in enumerate(classes):
@@ -84,12 +85,12 @@ def embedding_map(points: np.ndarray, labels: np.ndarray, classes: list[str], pa
     if len(classes) <= 20:
         ax.legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return png(fig, path)
 
 
 def label_efficiency(curves: dict[str, dict[str, float]], path: Path | None = None) -> bytes:
     """Linear-probe top-1 against the share of train labels used, one line per feature set."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=90)
     for name, points in curves.items():
         shares = sorted(points, key=float)
@@ -101,4 +102,4 @@ def label_efficiency(curves: dict[str, dict[str, float]], path: Path | None = No
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return png(fig, path)

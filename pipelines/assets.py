@@ -7,8 +7,10 @@ so an asset whose stage DVC skipped keeps its version. No hyperparameter is set 
 params.yaml is their only source, and run config holds only run knobs.
 """
 
+import hashlib
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -53,14 +55,29 @@ with warnings.catch_warnings():  # the decorator is marked beta; its use here is
         _raw_source_files)
 
 
-def observe_folder(folder) -> dg.ObserveResult:
-    """The source folder's data version (its fingerprint) and size."""
-    from pipelines.schedules import source_fingerprint
+def scan_source(folder: Path) -> tuple[str, int, int]:
+    """(fingerprint, files, bytes) of ``folder``, in one walk. The fingerprint hashes every
+    file's relative path, size and modification time: it changes when a file is added,
+    removed, replaced or rewritten (DVC then compares the contents and decides what to rerun)."""
+    digest, files, size = hashlib.sha256(), 0, 0
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            files, size = files + 1, size + stat.st_size
+    return digest.hexdigest()[:16], files, size
 
-    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    return dg.ObserveResult(data_version=dg.DataVersion(source_fingerprint(folder)), metadata={
-        "folder": dg.MetadataValue.path(str(folder)), "files": dg.MetadataValue.int(len(files)),
-        "MiB": dg.MetadataValue.float(round(sum(p.stat().st_size for p in files) / 2**20, 1))})
+
+def source_fingerprint(folder: Path) -> str:
+    return scan_source(folder)[0]
+
+
+def observe_folder(folder: Path) -> dg.ObserveResult:
+    """The source folder's data version (its fingerprint) and size."""
+    fingerprint, files, size = scan_source(folder)
+    return dg.ObserveResult(data_version=dg.DataVersion(fingerprint), metadata={
+        "folder": dg.MetadataValue.path(str(folder)), "files": dg.MetadataValue.int(files),
+        "MiB": dg.MetadataValue.float(round(size / 2**20, 1))})
 
 
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,

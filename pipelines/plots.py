@@ -4,7 +4,6 @@ click): the training curves, drawn here, and the pictures the stages leave in me
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import dagster as dg
@@ -17,11 +16,9 @@ CURVES = (("loss", "BYOL loss"), ("knn_top1", "kNN top-1 (monitor, per epoch)"),
 def curves_png(curve_csv: Path, steps_csv: Path | None = None) -> bytes:
     """One small chart per curve: per logged step from ``pretrain_steps.csv`` when given
     (the kNN monitor runs once per epoch, so it stays per epoch), else per epoch."""
-    import matplotlib
+    from byol_core.pictures import png, pyplot
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     epochs = pd.read_csv(curve_csv)
     steps = pd.read_csv(steps_csv) if steps_csv is not None and Path(steps_csv).is_file() else None
     fig, axes = plt.subplots(1, len(CURVES), figsize=(3.2 * len(CURVES), 2.6), dpi=90)
@@ -36,10 +33,7 @@ def curves_png(curve_csv: Path, steps_csv: Path | None = None) -> bytes:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def curves_markdown(curve_csv: Path, steps_csv: Path | None = None) -> dg.MetadataValue:

@@ -6,12 +6,11 @@ whether or not the files changed. All three start stopped; switch them on in the
 (Automation) or with `dagster schedule start` / `dagster sensor start`. A run whose data
 did not change costs seconds: DVC skips every stage after ingest."""
 
-import hashlib
 from pathlib import Path
 
 import dagster as dg
 
-from pipelines.assets import GROUP, RAW_KEY
+from pipelines.assets import GROUP, RAW_KEY, source_fingerprint
 from pipelines.resources import DvcProject
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays at 03:00 (the schedule's timezone below)
@@ -24,18 +23,6 @@ weekly_retrain = dg.ScheduleDefinition(
     name="weekly_retrain", job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Retrain weekly. With unchanged data the run ends in seconds (DVC skips the stages).")
-
-
-def source_fingerprint(folder: Path) -> str:
-    """A hash of every file's relative path, size and modification time under ``folder``:
-    it changes when a file is added, removed, replaced or rewritten (DVC then compares the
-    contents and decides what to rerun)."""
-    digest = hashlib.sha256()
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,

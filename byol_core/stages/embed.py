@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 
 from byol_core import ann, data
 from byol_core.config import Params
-from byol_core.embed import near_duplicates, write_embeddings
+from byol_core.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
@@ -43,13 +42,11 @@ def _progress(total: int):
 def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, bytes]:
     """The neighbour grid (test queries against train) and the 2-D map of test embeddings."""
     classes = prepared.card["classes"]
-    splits = list(prepared.images)
-    sizes = [len(prepared.images[s]) for s in splits]
-    first = dict(zip(splits, np.cumsum([0] + sizes[:-1]).tolist()))
     n_test, n_train = len(prepared.images["test"]), len(prepared.images["train"])
     if n_test == 0 or n_train == 0:
         raise ByolError(f"{prepared.card.get('source')}: embed needs train and test images (found {n_train} and "
                         f"{n_test}). Ingest more data.")
+    first = {split: start for split, (start, _) in split_ranges(gallery).items()}
     picked = data.spread(n_test, GRID_QUERIES)
     queries = gallery.vectors(first["test"] + picked)
     train = first["train"]
