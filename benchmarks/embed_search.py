@@ -57,7 +57,7 @@ def embed_speed(width: float, n: int, batch: int = 256) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from byol_core.evaluate import extract_features
+    from byol_core.features import extract_features
     from byol_core.export import export_onnx
     from byol_core.nets import EncoderSpec, build_encoder
     from byol_core.onnxmodel import PREPROCESS_KEY, Encoder, preprocess_record

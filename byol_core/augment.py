@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from byol_core.config import AugmentConfig
+from byol_core.inputs import normalize
 
 SMALL_IMAGE_PX = 32  # at or below this size blur is off unless forced (solo-learn's CIFAR recipe)
 _CROP_TRIES = 10  # like torchvision's RandomResizedCrop, before falling back to a centre crop
@@ -239,16 +240,6 @@ def apply_view(images: torch.Tensor, params: ViewParams, size: int,
         x = _blur(x, params.blur_sigma)
     x = torch.where(params.solarize.view(-1, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
     return normalize(x, mean, std)
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> per-channel standardised, the encoder's input convention."""
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> the encoder's float input, unaugmented (evaluation, export)."""
-    return normalize(images.float() / 255.0, mean, std)
 
 
 def make_view(images: torch.Tensor, spec: ViewSpec, size: int, mean: torch.Tensor, std: torch.Tensor,

@@ -1,4 +1,5 @@
-"""How good is an encoder: frozen features, a linear probe, and a weighted kNN.
+"""How good is an encoder: the linear probe on frozen features (features.py extracts them
+and holds the kNN).
 
 The linear probe is multinomial logistic regression on standardised frozen features,
 fitted to convergence with full-batch L-BFGS. Its weight decay is chosen on a validation
@@ -15,26 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from byol_core.augment import to_input
-from byol_core.config import EvaluateConfig, KnnConfig
-from byol_core.device import memory_format
-
-
-@torch.no_grad()
-def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor, mean: torch.Tensor,
-                     std: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Eval-mode features of uint8 images (N, C, H, W) -> float32 (N, D) on the CPU."""
-    was_training = encoder.training
-    encoder.eval()
-    mean, std = mean.to(device), std.to(device)
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.as_tensor(images[start:start + batch_size]).to(device, non_blocking=True)
-        x = to_input(batch, mean, std).contiguous(memory_format=memory_format(device))
-        chunks.append(encoder(x).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(chunks)
-
+from byol_core.config import EvaluateConfig
+from byol_core.inputs import to_input
 
 PIXEL_PX = 32  # the raw-pixel baseline sees images at most this size (area-downsampled)
 
@@ -55,28 +38,6 @@ def pixel_dim(channels: int, size: int) -> int:
     return channels * min(size, PIXEL_PX) ** 2
 
 
-@torch.no_grad()
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                cfg: KnnConfig, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN (Wu et al. 2018): cosine similarity, the k nearest bank entries vote
-    with weight ``exp(sim / temperature)``. bank (N, D), queries (M, D) -> labels (M,)."""
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(cfg.k, len(bank))
-    predictions = []
-    for start in range(0, len(queries), chunk):
-        q = F.normalize(queries[start:start + chunk].float(), dim=1)
-        sims, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes, dtype=sims.dtype, device=sims.device)
-        # Shift by each row's best similarity (topk sorts, so column 0) before exp: the vote
-        # is unchanged and a small temperature cannot overflow float32.
-        votes.scatter_add_(1, bank_labels[idx], ((sims - sims[:, :1]) / cfg.temperature).exp())
-        predictions.append(votes.argmax(1))
-    return torch.cat(predictions)
-
-
-def knn_top1(bank, bank_labels, queries, query_labels, num_classes: int, cfg: KnnConfig) -> float:
-    predicted = knn_predict(bank, torch.as_tensor(bank_labels), queries, num_classes, cfg)
-    return int((predicted == torch.as_tensor(query_labels)).sum()) / len(predicted)
 
 
 def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:

@@ -29,7 +29,7 @@ from byol_core.config import Params, Schedule, derive_schedule
 from byol_core.data import Prepared, spread
 from byol_core.device import autocast, free_memory, memory_format, synchronize
 from byol_core.errors import ByolError, brief
-from byol_core.evaluate import extract_features, knn_top1
+from byol_core.features import extract_features, knn_top1
 from byol_core.nets import EncoderSpec
 from byol_core.optim import LARS, lr_at, param_groups
 from byol_core.storage import remove_stale_temps

@@ -14,7 +14,7 @@ from PIL import Image
 
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.data import load_prepared
-from byol_core.evaluate import extract_features
+from byol_core.features import extract_features
 
 from conftest import TINY, fashion_mnist_dir, write_params
 

@@ -13,7 +13,8 @@ from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
-from byol_core.evaluate import extract_features, knn_top1, linear_probe, pixel_dim, pixel_features
+from byol_core.evaluate import linear_probe, pixel_dim, pixel_features
+from byol_core.features import extract_features, knn_top1
 from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics

@@ -1,0 +1,63 @@
+"""Rewrite each dvc.yaml stage's ``byol_core/`` deps to the files the stage really imports.
+
+    .venv/bin/python scripts/code_deps.py          # rewrite dvc.yaml in place
+    .venv/bin/python scripts/code_deps.py --check  # exit 1 if any stage's list is out of date
+
+A stage imports ``byol_core.cli`` and its stage module (byol_core/stages/<name>.py); the
+files in ``sys.modules`` afterwards are its code. tests/test_stages.py checks the same.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ("import sys, byol_core.cli, byol_core.stages as s; s.load(sys.argv[1]); "
+         "print('\\n'.join(m for m in sys.modules if m == 'byol_core' or m.startswith('byol_core.')))")
+
+
+def imported_files(stage: str) -> list[str]:
+    names = subprocess.run([sys.executable, "-c", PROBE, stage], capture_output=True, text=True, check=True,
+                           cwd=ROOT).stdout.split()
+    files = set()
+    for module in names:
+        path = module.replace(".", "/")
+        files.add(f"{path}/__init__.py" if (ROOT / path).is_dir() else f"{path}.py")
+    return sorted(files)
+
+
+def rewrite(text: str, stage: str, files: list[str]) -> str:
+    """Replace the run of ``- byol_core/...`` lines under ``stage:``'s deps."""
+    block = re.search(rf"^  {stage}:\n(?:    .*\n|\n)*?    deps:\n((?:      - .*\n)+)", text, re.M)
+    if block is None:
+        raise SystemExit(f"dvc.yaml: no deps list for stage {stage!r}")
+    lines = block.group(1).splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip().startswith("- byol_core/")]
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("- byol_core/"))
+    new = kept[:first] + [f"      - {f}\n" for f in files] + kept[first:]
+    return text[:block.start(1)] + "".join(new) + text[block.end(1):]
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from byol_core import stages
+
+    path = ROOT / "dvc.yaml"
+    text = path.read_text()
+    new = text
+    for stage in stages.STAGES:
+        new = rewrite(new, stage, imported_files(stage))
+    if "--check" in sys.argv[1:]:
+        if new != text:
+            print("dvc.yaml's code deps are out of date: run .venv/bin/python scripts/code_deps.py", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
