@@ -19,9 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the Dagster harness: tests/helpers/devserver.py
 
 from pipelines.checks import CHECKS  # noqa: E402
-from pipelines.devserver import DagsterDev  # noqa: E402
+from helpers.devserver import DagsterDev  # noqa: E402
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder"]
 

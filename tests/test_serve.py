@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project
-from pipelines.devserver import Webserver, free_port, wait_for_webserver
+from helpers.devserver import Webserver, free_port, wait_for_webserver
 
 SENSORS = ("observe_source_data", "retrain_on_new_data")
 KEYS = {"prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"}

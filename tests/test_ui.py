@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY_DVC, make_project
 from pipelines.checks import CHECKS
-from pipelines.devserver import DagsterDev
+from helpers.devserver import DagsterDev
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
 CHECK_NAMES = {spec.asset_key.to_user_string(): spec.name for check in CHECKS for spec in check.check_specs}
