@@ -1,9 +1,10 @@
 """Ingest: read the configured source and write the prepared format (:mod:`byol_core.data`).
 
-Every source goes through the same steps: read it, convert it to ``data.channels`` /
-``data.image_size``, add the images of an ``unlabeled/`` folder inside ``data.source_dir``
-(any depth, any format PIL reads, converted to the labelled split's channels and size),
-cap each split, count exact duplicates, and write shards, manifest and card at once.
+Every source goes through the same steps: read it (its reader keeps each split's first
+``data.max_*`` images), convert it to ``data.channels`` / ``data.image_size``, add the
+images of an ``unlabeled/`` folder inside ``data.source_dir`` (any depth, any format PIL
+reads, converted to the labelled split's channels and size, up to ``data.max_unlabeled``),
+count exact duplicates, and write shards, manifest and card at once.
 Image files are converted through a cache (:mod:`byol_core.cache`), so a re-ingest converts
 only new or changed files, and the output is the same as a from-scratch ingest's. Splits
 are streamed into the shards, so memory holds a few thousand images at a time, not a split.
@@ -22,21 +23,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from byol_core.config import DataConfig
+from byol_core import sources
 from byol_core.cache import ConversionCache
 from byol_core.data import FORMAT, LABELLED, LAYOUT_FILE, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
 from byol_core.filesplit import CHUNK_BYTES, resolve
-from byol_core.sources import FileSplit, SourceData, cifar10, cifar100, conform, fashion_mnist, imagefolder, stl10
+from byol_core.schema.data import DataConfig
+from byol_core.sources import imagefolder
+from byol_core.sources.common import FileSplit, SourceData, conform
 from byol_core.storage import replace_dir, staging_dir
 from byol_core.store import ShardWriter
 
-UNLABELED_FOLDER = "unlabeled"
-SOURCES = {module.NAME: module for module in (fashion_mnist, cifar10, cifar100, stl10, imagefolder)}
+# Every reader, whichever data.source names: all of them are ingest's code (its DVC deps).
+READERS = {name: sources.reader(name) for name in sources.SOURCES}
 
 
 def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
-    folder = cfg.source_dir / UNLABELED_FOLDER
+    folder = cfg.source_dir / sources.UNLABELED_FOLDER
     if not folder.is_dir():
         return
     if "unlabeled" in data.images:
@@ -46,7 +49,7 @@ def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
     if not files:
         raise ByolError(f"{folder} holds no images. Add images for pretraining or remove the folder.")
     channels, size = _image_shape(data.images["train"])[:2]
-    data.images["unlabeled"] = FileSplit(cfg.source_dir, files, channels, size, cfg.max_unlabeled)
+    data.images["unlabeled"] = FileSplit(cfg.source_dir, files, channels, size, cfg.caps["unlabeled"])
     data.labels["unlabeled"] = np.full(len(files), UNLABELED, dtype=np.int64)
     data.origins["unlabeled"] = [f[0] for f in files]
 
@@ -58,20 +61,16 @@ def _image_shape(images: np.ndarray | FileSplit) -> tuple[int, int, int]:
 
 
 def read_source(cfg: DataConfig) -> SourceData:
-    """The configured source, converted to ``data.channels`` / ``data.image_size``, with its
-    ``unlabeled/`` folder if any, and in-memory splits capped to ``data.max_*`` (image
+    """The configured source, capped to ``data.max_*`` by its reader and converted to
+    ``data.channels`` / ``data.image_size``, with its ``unlabeled/`` folder if any (image
     files are capped as they are converted)."""
-    data = SOURCES[cfg.source].read(cfg).check(cfg.source_dir)
+    data = READERS[cfg.source].read(cfg).check(cfg.source_dir)
     conform(data, cfg.channels, cfg.image_size, f"{cfg.source} in {cfg.source_dir}")
     height, width = _image_shape(data.images["train"])[1:]
     if height != width:
         raise ByolError(f"{cfg.source} in {cfg.source_dir}: images are {height}x{width} px, not square, and every "
                         "later stage takes square images. Set data.image_size to resize and centre-crop them.")
     _add_unlabeled_folder(data, cfg)
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test), ("unlabeled", cfg.max_unlabeled)):
-        if cap is not None and split in data.images and not isinstance(data.images[split], FileSplit):
-            data.images[split], data.labels[split] = data.images[split][:cap], data.labels[split][:cap]
-            data.origins[split] = data.origins[split][:cap]
     return data
 
 

@@ -5,8 +5,9 @@ import sys
 import pytest
 import yaml
 
-from byol_core.config import derive_schedule, load_params, parse_params
+from byol_core.config import load_params, parse_params
 from byol_core.errors import ByolError
+from byol_core.schema.pretrain import derive_schedule
 from conftest import ROOT, params_dict, write_params
 
 

@@ -66,8 +66,8 @@ def test_parity_check_can_fail(exported):
 
 
 def test_knn_votes_survive_a_tiny_temperature():
-    from byol_core.config import KnnConfig
     from byol_core.features import knn_predict
+    from byol_core.schema.probe import KnnConfig
 
     torch.manual_seed(0)
     centres = torch.randn(4, 16) * 5

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import torchvision.datasets
 from PIL import Image
+from pydantic import ValidationError
 
-from byol_core.config import DataConfig
 from byol_core.data import load_prepared
 from byol_core.errors import ByolError
 from byol_core.ingest import ingest
-from byol_core.sources import cifar10, cifar100, imagefolder, stl10
+from byol_core.schema.data import DataConfig
+from byol_core.sources import SOURCES, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
+from conftest import make_fashion_files
 from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
 
 
@@ -50,6 +52,29 @@ def _assert_read(data, made, splits=("train", "test")):
         assert np.array_equal(data.images[split], made["images"][split])
         assert np.array_equal(data.labels[split], made["labels"][split])
     assert data.classes == made["classes"]
+
+
+# --- the registry --------------------------------------------------------------------------
+
+def test_validation_accepts_exactly_the_registered_sources_each_with_a_reader(tmp_path):
+    for name in SOURCES:
+        assert _cfg(name, tmp_path).source == name
+        assert callable(reader(name).read)
+    listed = ", ".join(repr(name) for name in list(SOURCES)[:-1]) + f" or {list(SOURCES)[-1]!r}"
+    with pytest.raises(ValidationError, match=f"Input should be {listed}"):
+        _cfg("mnist", tmp_path)
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------
+
+def test_fashion_mnist_caps_keep_the_first_images(tmp_path):
+    make_fashion_files(tmp_path, n_train=5, n_test=4)
+    full = fashion_mnist.read(_cfg("fashion-mnist", tmp_path))
+    capped = fashion_mnist.read(_cfg("fashion-mnist", tmp_path, max_train=2, max_test=9))
+    assert np.array_equal(capped.images["train"], full.images["train"][:2])
+    assert capped.labels["train"].tolist() == full.labels["train"][:2].tolist()
+    assert capped.origins["train"] == full.origins["train"][:2]
+    assert len(capped.images["test"]) == len(capped.origins["test"]) == 4  # a cap above the split keeps it all
 
 
 # --- CIFAR ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from byol_core import stages
-from byol_core.config import load_params, restrict
+from byol_core.config import load_params
+from byol_core.schema.base import restrict
 from conftest import ROOT, TINY, make_fashion_files, write_params
 
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

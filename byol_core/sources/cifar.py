@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.config import DataConfig
 from byol_core.errors import ByolError
-from byol_core.sources import SourceData, ensure_local
+from byol_core.schema.data import DataConfig
+from byol_core.sources.common import SourceData, ensure_local
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE
@@ -153,6 +153,6 @@ def read_cifar(cfg: DataConfig, spec: CifarSpec) -> SourceData:
     folder = root / spec.folder
     classes = read_classes(folder / spec.meta, spec.names_key)
     images, labels, origins = {}, {}, {}
-    for split, files, cap in (("train", spec.train, cfg.max_train), ("test", spec.test, cfg.max_test)):
-        images[split], labels[split], origins[split] = _read_split(folder, spec, files, cap, len(classes))
+    for split, files in (("train", spec.train), ("test", spec.test)):
+        images[split], labels[split], origins[split] = _read_split(folder, spec, files, cfg.caps[split], len(classes))
     return SourceData(images=images, labels=labels, origins=origins, classes=classes).check(folder)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from byol_core.config import DataConfig
-from byol_core.sources import SourceData
+from byol_core.schema.data import DataConfig
+from byol_core.sources.common import SourceData
 from byol_core.sources.cifar import CifarSpec, read_cifar
 
-NAME = "cifar10"
-NATIVE_CHANNELS = 3
 SPEC = CifarSpec(
     what="CIFAR-10",
     folder="cifar-10-batches-py",

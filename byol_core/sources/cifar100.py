@@ -3,12 +3,10 @@ classes (the 20 coarse superclasses are not used)."""
 
 from __future__ import annotations
 
-from byol_core.config import DataConfig
-from byol_core.sources import SourceData
+from byol_core.schema.data import DataConfig
+from byol_core.sources.common import SourceData
 from byol_core.sources.cifar import CifarSpec, read_cifar
 
-NAME = "cifar100"
-NATIVE_CHANNELS = 3
 SPEC = CifarSpec(
     what="CIFAR-100",
     folder="cifar-100-python",

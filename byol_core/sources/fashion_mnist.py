@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.config import DataConfig
 from byol_core.errors import ByolError
-from byol_core.sources import SourceData, ensure_local
+from byol_core.schema.data import DataConfig
+from byol_core.sources.common import SourceData, ensure_local
 
-NAME = "fashion-mnist"
-NATIVE_CHANNELS = 1
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FILES = {
@@ -93,7 +91,8 @@ def read(cfg: DataConfig) -> SourceData:
         if len(y) and y.max() >= len(CLASSES):
             raise ByolError(f"{directory / label_file}: label {int(y.max())} is not one of Fashion-MNIST's "
                             f"{len(CLASSES)} classes. Fetch the original file.")
-        images[split] = x[:, None, :, :]
-        labels[split] = y.astype(np.int64)
-        origins[split] = [f"{image_file}#{i}" for i in range(len(x))]
+        cap = cfg.caps[split]  # None: all
+        images[split] = x[:cap, None, :, :]
+        labels[split] = y[:cap].astype(np.int64)
+        origins[split] = [f"{image_file}#{i}" for i in range(len(labels[split]))]
     return SourceData(images, labels, origins, list(CLASSES))

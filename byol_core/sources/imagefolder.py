@@ -31,13 +31,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from byol_core.config import DataConfig
 from byol_core.errors import ByolError
-from byol_core.sources import FileSplit, Listed, SourceData
+from byol_core.schema.data import DataConfig
+from byol_core.sources import UNLABELED_FOLDER
+from byol_core.sources.common import FileSplit, Listed, SourceData
 
-NAME = "imagefolder"
-NATIVE_CHANNELS = None
-RESERVED = "unlabeled"  # read by the central code as the unlabeled split, for every source
 BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
 PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more
 _GREY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -180,7 +178,7 @@ def _class_files(folder: Path, root: Path, reserved: tuple[str, ...] = ()) -> di
         found[name] = files
     if not found:
         raise ByolError(f"{folder} holds no class folders. Put each class's images in a folder named after the "
-                        f"class (a folder named {RESERVED}/ directly in data.source_dir is not a class).")
+                        f"class (a folder named {UNLABELED_FOLDER}/ directly in data.source_dir is not a class).")
     return found
 
 
@@ -219,7 +217,7 @@ def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], d
         classes = sorted(train)
         groups = {"train": train, "test": test}
     else:
-        by_class = _class_files(root, root, reserved=(RESERVED,))
+        by_class = _class_files(root, root, reserved=(UNLABELED_FOLDER,))
         classes = sorted(by_class)
         groups = {"train": {}, "test": {}}
         for name, files in by_class.items():
@@ -251,9 +249,9 @@ def read(cfg: DataConfig) -> SourceData:
                         "(or train/ and test/ of them).")
     classes, splits, label = _split_files(cfg)
     images, labels, origins = {}, {}, {}
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
+    for split in ("train", "test"):
         files = splits[split]
-        images[split] = FileSplit(root, files, cfg.channels or 3, cfg.image_size, cap)
+        images[split] = FileSplit(root, files, cfg.channels or 3, cfg.image_size, cfg.caps[split])
         labels[split] = np.array([label[f[0]] for f in files], dtype=np.int64)
         origins[split] = [f[0] for f in files]
     return SourceData(images=images, labels=labels, origins=origins, classes=classes).check(root)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.config import DataConfig
+from byol_core.data import UNLABELED
 from byol_core.errors import ByolError
-from byol_core.sources import UNLABELED, SourceData, ensure_local
+from byol_core.schema.data import DataConfig
+from byol_core.sources.common import SourceData, ensure_local
 
-NAME = "stl10"
-NATIVE_CHANNELS = 3
 FOLDER = "stl10_binary"
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -93,7 +92,6 @@ def read(cfg: DataConfig) -> SourceData:
     ensure_local(root, REQUIRED, "STL-10", _download, how)
     folder = root / FOLDER
     classes = read_classes(folder / CLASS_NAMES)
-    caps = {"train": cfg.max_train, "test": cfg.max_test, "unlabeled": cfg.max_unlabeled}
     images, labels, origins = {}, {}, {}
     for split, (image_file, label_file) in FILES.items():
         total = image_count(folder / image_file)
@@ -101,7 +99,7 @@ def read(cfg: DataConfig) -> SourceData:
             y = np.full(total, UNLABELED, dtype=np.int64)
         else:
             y = read_labels(folder / label_file, total, folder / image_file, len(classes))
-        count = total if caps[split] is None else min(total, caps[split])
+        count = total if cfg.caps[split] is None else min(total, cfg.caps[split])
         images[split] = read_images(folder / image_file, count)
         labels[split] = y[:count]
         origins[split] = [f"{FOLDER}/{image_file}#{i}" for i in range(count)]

@@ -14,8 +14,10 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from byol_core import schema
+
 if TYPE_CHECKING:
-    from byol_core.config import Params
+    from byol_core.schema.base import Params
 
 StageResult = tuple[str, dict]
 
@@ -29,13 +31,19 @@ STAGES = {
 
 
 def load(name: str) -> ModuleType:
+    """Stage ``name``'s module, and with it the schema of each params section it reads:
+    the schema turns params.yaml into the values the stage is handed, so it is part of the
+    stage's code (dvc.yaml's deps), and the schema of any other section is not."""
     if name not in STAGES:
         raise KeyError(f"no stage {name!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(f"byol_core.stages.{name}")
+    stage = importlib.import_module(f"byol_core.stages.{name}")
+    for key in stage.PARAMS:
+        schema.section(key)
+    return stage
 
 
 def run(name: str, params: Params) -> StageResult:
-    from byol_core.config import restrict  # here: the CLI starts without pydantic and yaml
+    from byol_core.schema.base import restrict  # here: the CLI starts without pydantic and yaml
 
     stage = load(name)
     return stage.run(restrict(params, stage.PARAMS))

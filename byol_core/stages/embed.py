@@ -7,11 +7,11 @@ import time
 
 
 from byol_core import ann, data
-from byol_core.config import Params
 from byol_core.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
+from byol_core.schema.base import Params
 from byol_core.search import Gallery, top_k
 from byol_core.storage import Folder, commit_files, json_writer, recover, write_json
 

@@ -9,11 +9,11 @@ import torch
 
 from byol_core import data
 from byol_core.checkpoint import input_normalisation, load_encoder
-from byol_core.config import Params
 from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency
 from byol_core.inputs import to_input
 from byol_core.onnxmodel import PREPROCESS_KEY, RESIZE, open_session, preprocess_record
+from byol_core.schema.base import Params
 from byol_core.storage import commit_files, json_writer, recover
 
 PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")

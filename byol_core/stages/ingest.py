@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from byol_core import ingest
-from byol_core.config import Params
+from byol_core.schema.base import Params
 
 PARAMS = ("paths.prepared", "paths.cache", "data")
 

@@ -1,0 +1,41 @@
+"""``data``: which source ingest reads and how it is converted (the ingest stage alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from byol_core.schema.base import PositiveInt, Section, anchored
+from byol_core.sources import SOURCES
+
+
+class DataConfig(Section):
+    source: Literal[tuple(SOURCES)]  # a reader named in byol_core.sources.SOURCES
+    source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
+    channels: Literal[1, 3] | None  # null: the source's own (1 for Fashion-MNIST, else 3)
+    image_size: Annotated[int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/
+    on_corrupt: Literal["fail", "skip"]  # an unreadable, too small or non-image file
+    max_train: PositiveInt | None  # null: all; else the first N images of the split
+    max_test: PositiveInt | None
+    max_unlabeled: PositiveInt | None
+    shard_mb: Annotated[float, Field(gt=0.0, le=4096.0)]  # the largest prepared shard file, in MiB
+
+    @field_validator("source_dir", mode="after")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return anchored(value, info)
+
+    @model_validator(mode="after")
+    def _folder_needs_a_size(self) -> DataConfig:
+        if self.source == "imagefolder" and self.image_size is None:
+            raise ValueError("data.image_size: an imagefolder source has mixed sizes, so it needs "
+                             "an image_size (e.g. 32 or 96)")
+        return self
+
+    @property
+    def caps(self) -> dict[str, int | None]:
+        """Split -> the most images it keeps (None: all). The reader of the split applies it."""
+        return {"train": self.max_train, "test": self.max_test, "unlabeled": self.max_unlabeled}

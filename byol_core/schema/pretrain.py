@@ -1,0 +1,114 @@
+"""``model``, ``augment`` and ``pretrain``: what the pretrain stage alone reads, and the
+training length derived from them (:func:`derive_schedule`), never written down."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from byol_core.errors import ByolError
+from byol_core.schema.base import PositiveInt, Probability, Section, ordered_pair
+
+HeadWidth = Annotated[int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
+
+
+class ModelConfig(Section):
+    arch: Literal["resnet18", "resnet50"]
+    width: Annotated[float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
+    small_stem: bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
+    projector_hidden: HeadWidth
+    projector_out: HeadWidth
+    predictor_hidden: HeadWidth
+
+
+class AugmentConfig(Section):
+    crop_scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
+    crop_ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    flip_p: Probability
+    jitter_p: Probability
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)]
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)]
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)]
+    hue: Annotated[float, Field(ge=0.0, le=0.5)]
+    grayscale_p: Probability
+    blur: Literal["auto", "on", "off"]  # auto: off for images <= 32 px, as solo-learn on CIFAR
+    blur_p: tuple[Probability, Probability]  # (view 1, view 2)
+    blur_sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    solarize_p: tuple[Probability, Probability]  # (view 1, view 2)
+
+    @field_validator("blur", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML 1.1 (PyYAML) reads a bare on/off as a boolean, and `dvc exp run -S
+        # augment.blur=off` writes it bare: take the booleans as the words they were.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma", mode="after")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        return ordered_pair(value, info.field_name)
+
+
+class PretrainConfig(Section):
+    epochs: PositiveInt
+    batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs at least two samples
+    base_lr: Annotated[float, Field(gt=0.0)]  # peak LR = base_lr * batch_size / 256
+    warmup_epochs: Annotated[float, Field(ge=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    trust_coefficient: Annotated[float, Field(gt=0.0)]
+    tau_base: Probability
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    checkpoint_every: PositiveInt  # epochs between resume checkpoints
+    log_every: PositiveInt  # steps between progress updates (each one syncs with the device)
+    monitor_bank: PositiveInt  # labelled train images for the per-epoch kNN monitor
+    monitor_queries: PositiveInt  # test images it classifies
+    devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
+    nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
+    compile: bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
+    resident_max_mb: Literal["auto"] | Annotated[float, Field(ge=0.0)]  # data up to this stays on the device
+
+    @model_validator(mode="after")
+    def _warmup_within_run(self) -> PretrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+    @property
+    def processes(self) -> int:
+        return self.devices * self.nodes
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> PretrainConfig:
+        if self.batch_size % self.processes or self.batch_size // self.processes < 2:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must split into equal "
+                             f"shards of at least 2 over devices x nodes = {self.processes} processes")
+        return self
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training-length values derived from the params and the dataset size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+
+def derive_schedule(cfg: PretrainConfig, n_train: int) -> Schedule:
+    """Steps come from epochs and batch size (the last partial batch is dropped); the peak
+    LR follows the paper's linear scaling rule, ``base_lr * batch_size / 256``."""
+    if cfg.batch_size > n_train:
+        raise ByolError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the {n_train} "
+                        "prepared training images: lower pretrain.batch_size or ingest more data.")
+    steps_per_epoch = n_train // cfg.batch_size
+    return Schedule(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=math.floor(cfg.warmup_epochs * steps_per_epoch),
+        peak_lr=cfg.base_lr * cfg.batch_size / 256,
+    )
