@@ -9,6 +9,8 @@ grayscale (p=0.2), Gaussian blur (p=1.0 / 0.1, sigma in [0.1, 2]) and solarizati
 ``torchvision.transforms.v2`` on a batch draws one set of parameters for the whole batch,
 which is wrong for BYOL, so every parameter here is a tensor with one entry per sample and
 the ops are written as batched tensor maths (one ``grid_sample`` does crop+resize+flip).
+The colour ops follow torchvision's per-image ones (a test holds them to it); where that
+differs from the paper's reference code, :func:`_jitter` says how and why.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from byol_core.config import AugmentConfig
 from byol_core.inputs import normalize
+from byol_core.schema.pretrain import AugmentConfig
 
 SMALL_IMAGE_PX = 32  # at or below this size blur is off unless forced (solo-learn's CIFAR recipe)
 _CROP_TRIES = 10  # like torchvision's RandomResizedCrop, before falling back to a centre crop
@@ -192,6 +194,16 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torc
     or its per-pixel grey, so one blend per slot applies whichever op the sample drew there;
     an identity factor (1, or hue 0) leaves a sample exactly unchanged. Saturation and hue
     are skipped on 1-channel images, where they mean nothing.
+
+    Brightness is multiplicative, ``x * f`` with f in [1 - b, 1 + b], as torchvision's
+    ``adjust_brightness``. The paper's reference code (DeepMind's ``augmentations.py``)
+    adds an offset instead, ``x + d`` with d in [-b, b]; its contrast also blends towards
+    each channel's own mean, where torchvision (and this code) use the mean grey. Kept as
+    torchvision has it: that is what the PyTorch BYOL implementations we compare with
+    (solo-learn, lightly) train with, a test checks these ops against torchvision's one
+    image at a time, and a scale keeps black black, so the dark background of images like
+    Fashion-MNIST's is not lifted to a flat grey. Changing it would change every trained
+    weight and every published figure.
     """
     color = x.shape[1] == 3
     for slot in range(order.shape[1]):
@@ -253,3 +265,38 @@ def make_view(images: torch.Tensor, spec: ViewSpec, size: int, mean: torch.Tenso
     n = images.shape[0]
     params = draw_params(n * world, *images.shape[1:], spec, gen)
     return apply_view(images, params if world == 1 else params.part(rank * n, (rank + 1) * n), size, mean, std)
+
+
+@dataclass(frozen=True)
+class Augmenter:
+    """Makes both BYOL views of a batch. Holds what stays fixed for a run (the two view
+    specs, the output size, the data's per-channel mean and std, this process's ``shard``
+    = (rank, world) of the global batch) and the generator the draws come from. A training
+    loop makes it once without a generator and gives each epoch its own (:meth:`reseeded`),
+    so a resumed run draws what an uninterrupted one drew."""
+
+    views: tuple[ViewSpec, ViewSpec]
+    size: int
+    mean: torch.Tensor  # (C,), on the images' device
+    std: torch.Tensor
+    gen: torch.Generator | None = None
+    shard: tuple[int, int] = (0, 1)
+
+    @classmethod
+    def for_data(cls, cfg: AugmentConfig, size: int, mean: torch.Tensor, std: torch.Tensor,
+                 gen: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> Augmenter:
+        """The paper's two views (:func:`byol_views`) of ``size`` px images."""
+        return cls(byol_views(cfg, size), size, mean, std, gen, shard)
+
+    def reseeded(self, gen: torch.Generator) -> Augmenter:
+        """The same views, drawn from ``gen``."""
+        return replace(self, gen=gen)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, C, H, W) -> view 1 and view 2, each normalised float32 (B, C, size, size).
+        View 1's parameters are drawn before view 2's."""
+        if self.gen is None:
+            raise ValueError("Augmenter has no generator: use augmenter.reseeded(generator)")
+        view1, view2 = (make_view(images, spec, self.size, self.mean, self.std, self.gen, self.shard)
+                        for spec in self.views)
+        return view1, view2

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from byol_core.config import EvaluateConfig
 from byol_core.inputs import to_input
+from byol_core.schema.probe import EvaluateConfig
 
 PIXEL_PX = 32  # the raw-pixel baseline sees images at most this size (area-downsampled)
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from byol_core.config import KnnConfig
 from byol_core.device import memory_format
 from byol_core.inputs import to_input
+from byol_core.schema.probe import KnnConfig
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
-"""The BYOL pretraining loop: one step function, one loop, resumable checkpoints.
+"""The BYOL pretraining loop: resumable, one pass per epoch over the data, each batch
+through :func:`byol_core.step.train_step`.
 
-Order of one step (as in the paper's reference code): set LR -> make both views ->
-forward online and target -> loss -> backward -> LARS step -> EMA update of the target.
-The step returns its metrics as device tensors; the loop decides when to read them,
-so the device is synced only every ``log_every`` steps and at epoch ends.
+:func:`pretrain` reads in training order: set up (data, views, model, optimizer), resume,
+wrap the model for DDP / torch.compile, then per epoch: train, measure, checkpoint. Step
+metrics stay on the device; the loop reads them every ``log_every`` steps and at epoch
+ends, so the device is synced only then.
 """
 
 from __future__ import annotations
@@ -14,59 +15,26 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from byol_core import distributed, loader
-from byol_core.augment import ViewSpec, byol_views, make_view
-from byol_core.byol import BYOL, collapse_std, target_tau
+from byol_core.augment import Augmenter
+from byol_core.byol import BYOL
 from byol_core.checkpoint import load_state, save_state
-from byol_core.config import Params, Schedule, derive_schedule
 from byol_core.data import Prepared, spread
-from byol_core.device import autocast, free_memory, memory_format, synchronize
+from byol_core.device import synchronize
 from byol_core.errors import ByolError, brief
 from byol_core.features import extract_features, knn_top1
-from byol_core.nets import EncoderSpec
-from byol_core.optim import LARS, lr_at, param_groups
+from byol_core.schema.base import Params
+from byol_core.schema.pretrain import Schedule
+from byol_core.step import Recipe, StepMetrics, TrainState, new_state, train_step
 from byol_core.storage import remove_stale_temps
-
-
-def encoder_spec(params: Params, in_channels: int) -> EncoderSpec:
-    m = params.model
-    return EncoderSpec(arch=m.arch, width=m.width, in_channels=in_channels, small_stem=m.small_stem)
-
-
-def build_model(params: Params, in_channels: int) -> BYOL:
-    torch.manual_seed(params.seed)
-    m = params.model
-    return BYOL(encoder_spec(params, in_channels), m.projector_hidden, m.projector_out, m.predictor_hidden)
-
-
-def check_model_fits(params: Params, in_channels: int, device: torch.device) -> None:
-    """Refuse, before allocating anything, a model whose weights, gradients, LARS momentum
-    and target copy would not fit the device's free memory (built on the meta device to
-    count its parameters)."""
-    m = params.model
-    with torch.device("meta"):
-        model = BYOL(encoder_spec(params, in_channels), m.projector_hidden, m.projector_out, m.predictor_hidden)
-    online = sum(p.numel() for p in model.trainable_parameters())
-    everything = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-    need = 4 * (3 * online + everything - online)
-    free = free_memory(device)
-    if free and need > free:
-        raise ByolError(f"model: {online / 1e6:.0f}M trainable parameters need {need / 2**30:.1f} GiB for weights, "
-                        f"gradients, optimizer state and the target network, but {device} has {free / 2**30:.1f} GiB "
-                        "free. Lower model.width or model.projector_hidden / projector_out / predictor_hidden.")
-
-
-def build_optimizer(model: BYOL, params: Params) -> LARS:
-    cfg = params.pretrain
-    return LARS(param_groups(model.trainable_parameters(), cfg.weight_decay), lr=0.0,
-                momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient)
 
 
 def run_key(params: Params, data_hash: str, device: torch.device) -> str:
@@ -88,57 +56,6 @@ def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -
     """Each epoch's randomness comes from (seed, epoch, stream) alone, so a run resumed at
     an epoch boundary draws exactly what the uninterrupted run drew."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch * 7 + stream)
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training, in one place."""
-
-    model: BYOL
-    optimizer: LARS
-    step: int = 0
-    epoch: int = 0  # completed epochs
-    history: list[dict] = field(default_factory=list)  # one row per epoch
-    steps: list[dict] = field(default_factory=list)  # one row per log interval (pretrain.log_every)
-    forward: torch.nn.Module | None = None  # the DDP wrapper of ``model`` when distributed
-
-    def to_checkpoint(self, key: str, params: Params) -> dict:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"run_key": key, "step": self.step, "epoch": self.epoch, "history": self.history, "steps": self.steps,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng, "params": params.model_dump(mode="json")}
-
-    def restore(self, blob: dict) -> None:
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.step, self.epoch, self.history = int(blob["step"]), int(blob["epoch"]), list(blob["history"])
-        self.steps = list(blob.get("steps", []))
-        torch.set_rng_state(blob["rng"]["cpu"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
-
-
-def train_step(state: TrainState, images: torch.Tensor, views: tuple[ViewSpec, ViewSpec], size: int,
-               mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator, lr: float, tau: float,
-               precision: str, shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
-    """One BYOL update on a uint8 batch (B, C, H, W): this rank's ``shard`` = (rank, world)
-    of the global batch. Returns (loss, collapse std) as device tensors, without waiting
-    for the device."""
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    layout = memory_format(images.device)
-    view1, view2 = (make_view(images, spec, size, mean, std, gen, shard).contiguous(memory_format=layout)
-                    for spec in views)
-    with autocast(images.device, precision):
-        loss, z = (state.model if state.forward is None else state.forward)(view1, view2)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    state.optimizer.step()
-    state.model.update_target(tau)  # after the optimizer step, with tau of this step
-    state.step += 1
-    return loss.detach(), collapse_std(z.detach())
 
 
 def _check_finite(value: torch.Tensor, state: TrainState, resume_path: Path, what: str = "the loss") -> None:
@@ -179,110 +96,182 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def _silent(line: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed while a pretraining run goes through its epochs."""
+
+    params: Params
+    device: torch.device
+    world: distributed.World
+    log: Callable[[str], None]
+    batches: loader.Resident | loader.Streamed  # the pretraining images, resident or streamed
+    n_images: int
+    views: Augmenter  # without a generator: each epoch brings its own
+    monitor: Monitor
+    key: str  # run_key: which saved state this run may continue
+    resume_path: Path
+
+
+def _set_up(params: Params, prepared: Prepared, device: torch.device, world: distributed.World,
+            log: Callable[[str], None]) -> tuple[_Run, Recipe]:
+    """The run's fixed parts, and its recipe: steps and peak LR follow from the number of
+    pretraining images, so an impossible batch size is refused before anything is built."""
+    cfg, card = params.pretrain, prepared.card
+    source = prepared.pretrain_images
+    recipe = Recipe.for_run(cfg, len(source))
+    mean = torch.tensor(card["mean"], device=device)
+    std = torch.tensor(card["std"], device=device)
+    views = Augmenter.for_data(params.augment, card["height"], mean, std, shard=world.shard)
+    monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
+    batches = loader.for_data(source, device, cfg.resident_max_mb)
+    log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
+    run = _Run(params, device, world, log, batches, len(source), views, monitor,
+               run_key(params, card["data_hash"], device), params.paths.resume_state)
+    return run, recipe
+
+
+def _resume(state: TrainState, run: _Run) -> None:
+    """Continue from the saved state when it was made under this run's key; otherwise
+    start afresh, and say why."""
+    path = run.resume_path
+    for stale in remove_stale_temps(path):
+        run.log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
+    if not path.is_file():
+        return
+    blob = load_state(path)
+    if blob.get("run_key") != run.key:
+        run.log(f"pretrain: ignoring {path}: it was made under other params or data "
+                f"(key {blob.get('run_key')} != {run.key}); starting fresh")
+        return
+    try:
+        state.restore(blob)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ByolError(f"{path}: the saved training state does not fit this model "
+                        f"({brief(exc, 200)}). Delete it to start afresh.") from None
+    run.log(f"pretrain: resuming from {path} after epoch {state.epoch} (step {state.step})")
+
+
+def _forward(model: BYOL, device: torch.device, world: distributed.World, compiled: bool) -> nn.Module | None:
+    """What the step calls instead of the bare model (None: the model itself): DDP's wrapper
+    across processes, torch.compile's when asked. Made after the restore, as DDP starts
+    every rank from rank 0's weights (identical anyway)."""
+    forward = distributed.wrap(model, device) if world.size > 1 else None
+    if compiled:
+        forward = torch.compile(model if forward is None else forward)
+    return forward
+
+
+class _Tally:
+    """One epoch's running sums of the step metrics, kept on the device, and a progress row
+    (state.steps) per log interval: each costs one host sync and, across processes, the
+    all-reduces that keep every rank stopping together."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.collapse = torch.zeros((), device=device)
+        self.last: StepMetrics | None = None
+        self.logged = (0, 0.0, 0.0)  # (steps, loss sum, collapse sum) at the last log point
+
+    def add(self, metrics: StepMetrics) -> None:
+        self.loss += metrics.loss
+        self.collapse += metrics.collapse_std
+        self.last = metrics
+
+    def log_point(self, state: TrainState, run: _Run, done: int, epoch: float, rate: float) -> float:
+        """Append the progress row of the steps since the last log point (``done`` steps
+        into the epoch); returns the epoch's mean loss so far."""
+        mean_loss = distributed.mean_over_ranks(self.loss)
+        _check_finite(mean_loss, state, run.resume_path)
+        sums = (float(mean_loss), float(distributed.mean_over_ranks(self.collapse)))
+        interval = done - self.logged[0]
+        state.steps.append({"step": state.step, "epoch": epoch,
+                            "loss": (sums[0] - self.logged[1]) / interval, "lr": self.last.lr, "tau": self.last.tau,
+                            "collapse_std": (sums[1] - self.logged[2]) / interval, "images_per_sec": rate})
+        self.logged = (done, *sums)
+        return sums[0] / done
+
+
+def _train_epoch(state: TrainState, run: _Run, epoch: int) -> tuple[_Tally, float]:
+    """One pass over the data in this epoch's own order, with this epoch's own view draws.
+    Returns the epoch's tally and its wall time in seconds."""
+    cfg, device, world = run.params.pretrain, run.device, run.world
+    steps = state.recipe.schedule.steps_per_epoch
+    order_gen = _epoch_generator(run.params.seed, epoch, 0, device)
+    augment = run.views.reseeded(_epoch_generator(run.params.seed, epoch, 1, device))
+    order = torch.randperm(run.n_images, generator=order_gen, device=device)
+    state.model.train()
+    tally = _Tally(device)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               disable=None if world.is_main else True, leave=False, file=sys.stderr)
+    started = time.perf_counter()
+    local = cfg.batch_size // world.size  # this rank's slice of each global batch
+    with contextlib.closing(run.batches.batches(order, steps, cfg.batch_size, local, world.rank)) as epoch_batches:
+        for i, images in enumerate(epoch_batches):
+            tally.add(train_step(state, images, augment))
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                rate = (i + 1) * cfg.batch_size / (time.perf_counter() - started)
+                mean_loss = tally.log_point(state, run, i + 1, round(epoch + (i + 1) / steps, 4), rate)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+                bar.update((i + 1) - bar.n)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    bar.close()
+    return tally, seconds
+
+
+def _epoch_row(state: TrainState, run: _Run, tally: _Tally, seconds: float) -> dict:
+    """The epoch's line of the training curve, with the kNN monitor on the online encoder."""
+    steps = state.recipe.schedule.steps_per_epoch
+    views = run.views  # its mean and std: the data's normalisation, for the monitor too
+    return {
+        "epoch": state.epoch, "step": state.step,
+        "loss": float(distributed.mean_over_ranks(tally.loss)) / steps,
+        "lr": tally.last.lr, "tau": tally.last.tau,
+        "collapse_std": float(distributed.mean_over_ranks(tally.collapse)) / steps,
+        "knn_top1": run.monitor.knn_top1(state.model.encoder, views.mean, views.std, run.params, run.device),
+        "images_per_sec": steps * run.params.pretrain.batch_size / seconds,
+        "seconds": seconds,
+    }
+
+
+def _checkpoint(state: TrainState, run: _Run) -> None:
+    """Save the full state for a resume (rank 0 writes; every rank waits for it)."""
+    # The loss is computed before the last update: check the weights themselves too.
+    weight_norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).sum()
+    _check_finite(weight_norm, state, run.resume_path, "the weight norm")
+    if run.world.is_main:
+        save_state(run.resume_path, state.to_checkpoint(run.key, run.params))
+    distributed.barrier()  # no rank runs ahead of the state it would resume from
+
+
 def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
              world: distributed.World = distributed.World()) -> tuple[TrainState, Schedule]:
     """Train BYOL on the prepared pretraining images, resuming from ``paths.resume_state``
     when it was made under the same params and data. Returns the final state and the
     schedule. Under DDP (``world.size > 1``) every rank calls this; rank 0 alone logs and
     writes the resume state."""
-    if not world.is_main:
-        log = lambda line: None  # noqa: E731 - rank 0 speaks for all
     cfg = params.pretrain
-    card = prepared.card
-    source = prepared.pretrain_images
-    schedule = derive_schedule(cfg, len(source))
-    size = card["height"]
-    mean = torch.tensor(card["mean"], device=device)
-    std = torch.tensor(card["std"], device=device)
-    views = byol_views(params.augment, size)
-    monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
-    batches = loader.for_data(source, device, cfg.resident_max_mb)
-    log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
+    run, recipe = _set_up(params, prepared, device, world, log if world.is_main else _silent)
+    state = new_state(params, prepared.card["channels"], recipe, device, world)
+    _resume(state, run)
+    state.forward = _forward(state.model, device, world, cfg.compile)
 
-    check_model_fits(params, card["channels"], device)
-    model = build_model(params, card["channels"]).to(device, memory_format=memory_format(device))
-    if world.size > 1:
-        model = distributed.sync_batchnorm(model, device)
-    state = TrainState(model, build_optimizer(model, params))
-    key = run_key(params, card["data_hash"], device)
-    resume_path = params.paths.resume_state
-    for stale in remove_stale_temps(resume_path):
-        log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
-    if resume_path.is_file():
-        blob = load_state(resume_path)
-        if blob.get("run_key") == key:
-            try:
-                state.restore(blob)
-            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-                raise ByolError(f"{resume_path}: the saved training state does not fit this model "
-                                f"({brief(exc, 200)}). Delete it to start afresh.") from None
-            log(f"pretrain: resuming from {resume_path} after epoch {state.epoch} (step {state.step})")
-        else:
-            log(f"pretrain: ignoring {resume_path}: it was made under other params or data "
-                f"(key {blob.get('run_key')} != {key}); starting fresh")
-    if world.size > 1:  # after the restore: DDP starts from rank 0's weights, identical anyway
-        state.forward = distributed.wrap(model, device)
-    if cfg.compile:
-        state.forward = torch.compile(model if state.forward is None else state.forward)
-
-    batch = cfg.batch_size
-    local = batch // world.size  # this rank's slice of each global batch
     for epoch in range(state.epoch, cfg.epochs):
-        order_gen = _epoch_generator(params.seed, epoch, 0, device)
-        aug_gen = _epoch_generator(params.seed, epoch, 1, device)
-        order = torch.randperm(len(source), generator=order_gen, device=device)
-        state.model.train()
-        loss_sum = torch.zeros((), device=device)
-        collapse_sum = torch.zeros((), device=device)
-        bar = tqdm(total=schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=None if world.is_main else True, leave=False, file=sys.stderr)
-        started = time.perf_counter()
-        logged = (0, 0.0, 0.0)  # (steps, loss sum, collapse sum) at the last log point
-        with contextlib.closing(batches.batches(order, schedule.steps_per_epoch, batch, local, world.rank)) as epoch_batches:
-            for i, images in enumerate(epoch_batches):
-                lr = lr_at(state.step, schedule.total_steps, schedule.warmup_steps, schedule.peak_lr)
-                tau = target_tau(state.step, schedule.total_steps, cfg.tau_base)
-                loss, collapse = train_step(state, images, views, size,
-                                            mean, std, aug_gen, lr, tau, cfg.precision, world.shard)
-                loss_sum += loss
-                collapse_sum += collapse
-                if (i + 1) % cfg.log_every == 0 or i + 1 == schedule.steps_per_epoch:
-                    # one host sync per log interval (and all-reduces: every rank stops together)
-                    mean_loss = distributed.mean_over_ranks(loss_sum)
-                    _check_finite(mean_loss, state, resume_path)
-                    sums = (float(mean_loss), float(distributed.mean_over_ranks(collapse_sum)))
-                    rate = (i + 1) * batch / (time.perf_counter() - started)
-                    interval = (i + 1) - logged[0]
-                    state.steps.append({"step": state.step, "epoch": round(epoch + (i + 1) / schedule.steps_per_epoch, 4),
-                                        "loss": (sums[0] - logged[1]) / interval, "lr": lr, "tau": tau,
-                                        "collapse_std": (sums[1] - logged[2]) / interval, "images_per_sec": rate})
-                    logged = (i + 1, *sums)
-                    bar.set_postfix(loss=f"{sums[0] / (i + 1):.4f}", img_s=f"{rate:.0f}")
-                    bar.update((i + 1) - bar.n)
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        bar.close()
+        tally, seconds = _train_epoch(state, run, epoch)
         state.epoch = epoch + 1
-        row = {
-            "epoch": state.epoch, "step": state.step,
-            "loss": float(distributed.mean_over_ranks(loss_sum)) / schedule.steps_per_epoch,
-            "lr": lr, "tau": tau,
-            "collapse_std": float(distributed.mean_over_ranks(collapse_sum)) / schedule.steps_per_epoch,
-            "knn_top1": monitor.knn_top1(state.model.encoder, mean, std, params, device),
-            "images_per_sec": schedule.steps_per_epoch * batch / seconds,
-            "seconds": seconds,
-        }
+        row = _epoch_row(state, run, tally, seconds)
         state.history.append(row)
-        log(f"epoch {state.epoch}/{cfg.epochs}  loss {row['loss']:.4f}  lr {lr:.4g}  tau {tau:.5f}  "
-            f"collapse {row['collapse_std']:.3f}  knn {row['knn_top1']:.4f}  {row['images_per_sec']:.0f} img/s")
+        run.log(f"epoch {state.epoch}/{cfg.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}  "
+                f"tau {row['tau']:.5f}  collapse {row['collapse_std']:.3f}  knn {row['knn_top1']:.4f}  "
+                f"{row['images_per_sec']:.0f} img/s")
         if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
-            # The loss is computed before the last update: check the weights themselves too.
-            weight_norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).sum()
-            _check_finite(weight_norm, state, resume_path, "the weight norm")
-            if world.is_main:
-                save_state(resume_path, state.to_checkpoint(key, params))
-            distributed.barrier()  # no rank runs ahead of the state it would resume from
+            _checkpoint(state, run)
+
     if world.size > 1:
-        log(f"pretrain: all {world.size} ranks hold identical online and target weights "
-            f"(hash {distributed.check_in_step(state.model)})")
-    return state, schedule
+        run.log(f"pretrain: all {world.size} ranks hold identical online and target weights "
+                f"(hash {distributed.check_in_step(state.model)})")
+    return state, recipe.schedule

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from byol_core.augment import ViewParams, _jitter, apply_view, byol_views, draw_params, make_view
+from byol_core.augment import Augmenter, ViewParams, _jitter, apply_view, byol_views, draw_params, make_view
 from byol_core.config import parse_params
 from conftest import params_dict
 
@@ -139,3 +139,15 @@ def test_single_channel_skips_colour_ops():
                             "flip": torch.zeros(64, dtype=torch.bool)})
     out = apply_view(images, no_crop, 28, torch.zeros(1), torch.ones(1))
     torch.testing.assert_close(out, images.float() / 255, rtol=0, atol=1e-5)  # grayscale p=1 did nothing
+
+
+def test_augmenter_draws_view_1_then_view_2_from_its_generator():
+    images = _images(8)
+    view1, view2 = byol_views(AUG, 32)
+    gen = torch.Generator().manual_seed(4)
+    expected = (make_view(images, view1, 32, ZERO, ONE, gen), make_view(images, view2, 32, ZERO, ONE, gen))
+    template = Augmenter.for_data(AUG, 32, ZERO, ONE)
+    with pytest.raises(ValueError, match="no generator"):
+        template(images)
+    got = template.reseeded(torch.Generator().manual_seed(4))(images)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

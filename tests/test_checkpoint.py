@@ -7,18 +7,20 @@ from byol_core.checkpoint import load_encoder, load_state, save_encoder, save_st
 from byol_core.config import load_params
 from byol_core.errors import ByolError
 from byol_core.nets import EncoderSpec
-from byol_core.train import TrainState, build_model, build_optimizer, train_step
-from byol_core.augment import byol_views
+from byol_core.step import Recipe, new_state, train_step
+from byol_core.augment import Augmenter
+
+CPU = torch.device("cpu")
 
 
 def _trained_state(params_file):
     params = load_params(params_file)
-    model = build_model(params, in_channels=1)
-    state = TrainState(model, build_optimizer(model, params))
+    recipe = Recipe.for_run(params.pretrain, 256)
+    state = new_state(params, 1, recipe, CPU)
     images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
-    gen = torch.Generator().manual_seed(0)
-    train_step(state, images, byol_views(params.augment, 28), 28, torch.zeros(1), torch.ones(1), gen,
-               0.1, 0.99, "fp32")
+    augment = Augmenter.for_data(params.augment, 28, torch.zeros(1), torch.ones(1), torch.Generator().manual_seed(0))
+    train_step(state, images, augment)
+    train_step(state, images, augment)  # past warmup's LR 0 at step 0: the weights move
     return params, state
 
 
@@ -27,10 +29,9 @@ def test_state_round_trip_is_exact(tiny_params_file, tmp_path):
     path = tmp_path / "state.pt"
     save_state(path, state.to_checkpoint("key", params))
     blob = load_state(path)
-    model = build_model(params, in_channels=1)
-    restored = TrainState(model, build_optimizer(model, params))
+    restored = new_state(params, 1, state.recipe, CPU)
     restored.restore(blob)
-    assert restored.step == state.step == 1
+    assert restored.step == state.step == 2
     for (name, a), (_, b) in zip(state.model.state_dict().items(), restored.model.state_dict().items()):
         assert torch.equal(a, b), name
     for a, b in zip(state.optimizer.state.values(), restored.optimizer.state.values()):
