@@ -9,12 +9,9 @@ normalisation. Alternating rounds, median ms per view. Kornia is a bench-only ex
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -25,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from byol_core.augment import byol_views, make_view  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
+from record import write_results  # noqa: E402
 
 
 def kornia_view(size: int, mean: torch.Tensor, std: torch.Tensor, cfg):
@@ -77,22 +75,18 @@ def main() -> None:
         for name, fn in runners.items():
             runs[name].append(timed(fn, device, args.calls))
     median = {name: statistics.median(r) for name, r in runs.items()}
-    import kornia
-
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d} - {where} - torch {torch.__version__}, kornia {kornia.__version__}")
+    path, record = write_results("augment_vs_kornia", {"batch": args.batch, "size": args.size, "rounds": args.rounds,
+                                                       "calls": args.calls, "ms_per_view": runs, "median_ms": median},
+                                 device=device, tag=device.type, out=args.out, software=("torch", "kornia"))
+    m, sw = record["machine"], record["software"]
+    print(f"{record['date'][:10]} - {m['gpu'] or m['cpu'] + ' CPU'} - torch {sw['torch']}, kornia {sw['kornia']} - "
+          f"commit {record['git']['commit']}")
     print(f"one BYOL view, batch {args.batch}, 3x{args.size}x{args.size}; median of {args.rounds} rounds")
     print("| pipeline | ms per view (median) | runs | kornia / this |\n| --- | --- | --- | --- |")
     for name in runners:
         print(f"| {name} | {median[name]:.2f} | {', '.join(f'{v:.1f}' for v in runs[name])} | "
               f"{median['kornia'] / median[name]:.2f}x |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {"date": datetime.now(timezone.utc).isoformat(), "device": where, "torch": torch.__version__,
-              "kornia": kornia.__version__, "batch": args.batch, "size": args.size, "ms_per_view": runs,
-              "median_ms": median}
-    path = args.out / f"augment_vs_kornia-{device.type}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"record: {path.relative_to(ROOT)}")
+    print(f"record: {path}")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ Prints Markdown tables and writes a JSON record to --out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,13 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from byol_core import ann  # noqa: E402
 from byol_core.search import VECTORS, Gallery, top_k  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+from record import write_results  # noqa: E402
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -192,16 +183,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    record = {"benchmark": "embed_search", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()},
-              "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    import onnxruntime
-    import torch
-
-    record["software"] = {"python": platform.python_version(), "torch": torch.__version__,
-                          "onnxruntime": onnxruntime.__version__}
-    record["embed"] = [embed_speed(0.125, 4096), embed_speed(1.0, 1024)]
-    for row in record["embed"]:
+    figures = {"embed": [embed_speed(0.125, 4096), embed_speed(1.0, 1024)]}
+    for row in figures["embed"]:
         print(json.dumps(row), flush=True)
     galleries = {}
     real = ROOT / "data" / "embeddings" / "embeddings.parquet"
@@ -223,11 +206,8 @@ def main() -> None:
         path, queries = synthetic_gallery(Path(tmp) / "embeddings", args.big, 64)
         galleries[f"synthetic_{args.big}x64"] = search_latency(path, queries, args.cli_runs, True)
         print(json.dumps(galleries[f"synthetic_{args.big}x64"]), flush=True)
-    record["neighbours"] = galleries
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"embed_search-{datetime.datetime.now():%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    figures["neighbours"] = galleries
+    out, record = write_results("embed_search", figures, out=args.out, software=("torch", "onnxruntime"))
 
     print(f"\n{record['date'][:10]} - {record['machine']['cpu']}, {record['machine']['cores']} cores\n")
     print("| encoder width | onnxruntime img/s | PyTorch eager img/s | ratio | max abs diff |")

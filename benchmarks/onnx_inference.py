@@ -13,11 +13,7 @@ the loops. Prints a Markdown table and writes a JSON record to --out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import write_results  # noqa: E402
+
 
 def fresh_export(folder: Path) -> tuple[Path, str]:
     import torch
@@ -36,7 +34,7 @@ def fresh_export(folder: Path) -> tuple[Path, str]:
     from byol_core.config import load_params
     from byol_core.export import export_onnx
     from byol_core.nets import build_encoder
-    from byol_core.train import encoder_spec
+    from byol_core.step import encoder_spec
 
     params = load_params(ROOT / "params.yaml")
     spec = encoder_spec(params, in_channels=1)  # Fashion-MNIST: 1 x 28 x 28
@@ -45,13 +43,6 @@ def fresh_export(folder: Path) -> tuple[Path, str]:
     path = folder / "encoder.onnx"
     export_onnx(encoder, torch.randn(2, 1, 28, 28), path, params.export.opset, params.export.max_batch, {})
     return path, f"fresh untrained export of params.yaml's encoder ({spec.arch}, width {spec.width}, small stem {spec.small_stem})"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def bench(session, shape: list[int], batch: int, calls: int, repeats: int) -> dict:
@@ -101,23 +92,15 @@ def main() -> None:
             calls = max(3, int(args.seconds * probe["img_s_median"] / batch))
             results.append(bench(session, shape, batch, calls, args.repeats))
 
-    record = {
-        "benchmark": "onnx_inference", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()},
-        "software": {"python": platform.python_version(), "onnxruntime": ort.__version__},
+    out, record = write_results("onnx_inference", {
         "model": {"source": origin, "sha256_16": digest, "input_shape": shape,
                   "output_shape": session.get_outputs()[0].shape},
         "provider": session.get_providers()[0], "intra_op_threads": args.threads or "default",
-        "results": results, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"onnx_inference-{datetime.datetime.now():%Y%m%dT%H%M%S}.json"
-    tmp_path = out.with_name(out.name + ".tmp")
-    tmp_path.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_path, out)
+        "results": results}, out=args.out, software=("onnxruntime",))
 
     print(f"\n{record['date'][:10]} - {record['machine']['cpu']}, {record['machine']['cores']} cores - "
-          f"onnxruntime {ort.__version__} ({record['provider']}) - {origin}, input {shape}\n")
+          f"onnxruntime {ort.__version__} ({record['provider']}) - {origin}, input {shape} - "
+          f"commit {record['git']['commit']}\n")
     print("| batch | img/s (median) | runs | ms per call |")
     print("| --- | --- | --- | --- |")
     for r in results:

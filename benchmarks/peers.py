@@ -5,8 +5,9 @@ calls: ``start_run(n)`` before a run of ``n`` steps (untimed) and ``step()`` for
 training step. All three train a fresh ``byol_core.nets`` ResNet encoder built from the
 same spec after ``torch.manual_seed(seed)``, so the three backbones start identical.
 
-- ours: uint8 images resident on the device, both views made there by ``make_view``,
-  ``byol_core.train.train_step`` (forward, backward, LARS, EMA).
+- ours: uint8 images resident on the device, byol_core's own training step
+  (``byol_core.step.train_step``: both views made there, forward, backward, LARS, EMA) on
+  its own recipe (warmup + cosine LR, tau schedule) and builders.
 - lightly 1.6, as its BYOL example: ``BYOLView1Transform``/``BYOLView2Transform`` on PIL
   images in DataLoader workers, ``BYOLProjectionHead``/``BYOLPredictionHead``,
   ``update_momentum`` with ``cosine_schedule``, ``NegativeCosineSimilarity``, SGD lr 0.06.
@@ -14,8 +15,8 @@ same spec after ``torch.manual_seed(seed)``, so the three backbones start identi
   ``use_simplicial_embeddings=False`` (0.9 turns them on by default; off is vanilla BYOL),
   its own batched augmentations on the device, Adam lr 3e-4, ``update_moving_average()``.
 
-With ``optimizer="lars"`` the peers use our LARS (same param groups and settings) instead
-of their examples' optimizers.
+With ``optimizer="lars"`` the peers use our LARS (same builder, param groups and settings,
+at our schedule's peak LR) instead of their examples' optimizers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-import importlib.metadata
 import time
 from dataclasses import dataclass
 
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from byol_core.augment import byol_views, make_view
+from byol_core.augment import Augmenter
 from byol_core.config import Params
-from byol_core.device import autocast, memory_format, synchronize
+from byol_core.device import synchronize
 from byol_core.nets import EncoderSpec, build_encoder
-from byol_core.optim import LARS, param_groups
-from byol_core.train import TrainState, build_model, build_optimizer, train_step
+from byol_core.optim import LARS
+from byol_core.step import Recipe, build_optimizer, encoder_spec, new_state, train_step
 
 INSTALL_HINT = "pip install -e '.[bench]' (see the README's benchmark section)"
 PEERS = {"lightly": "lightly", "byol-pytorch": "byol_pytorch"}  # distribution -> module
@@ -44,13 +44,6 @@ PEERS = {"lightly": "lightly", "byol-pytorch": "byol_pytorch"}  # distribution -
 
 class MissingPeer(RuntimeError):
     pass
-
-
-def peer_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def require(dist: str) -> None:
@@ -66,33 +59,29 @@ def require(dist: str) -> None:
 class Setup:
     """What all three runners share."""
 
-    params: Params  # params.yaml with the benchmark's model overrides applied
+    params: Params  # params.yaml with the benchmark's overrides (model, pretrain batch size, precision, compile)
     device: torch.device
     size: int
-    batch: int
-    precision: str  # ours: auto | fp32 | bf16
     peer_amp: bool  # peers under bf16 autocast too
     optimizer: str  # own | lars
     workers: int  # lightly's DataLoader workers
-    compile: bool = False  # ours: torch.compile the forward (params.yaml pretrain.compile)
+    recipe: Recipe  # ours: pretrain's recipe over the benchmark's images
+
+    @property
+    def batch(self) -> int:
+        return self.params.pretrain.batch_size
 
     @property
     def spec(self) -> EncoderSpec:
-        m = self.params.model
-        return EncoderSpec(arch=m.arch, width=m.width, in_channels=3, small_stem=m.small_stem)
-
-    @property
-    def lr(self) -> float:  # ours: the schedule's peak; the peers' LARS gets the same
-        return self.params.pretrain.base_lr * self.batch / 256
+        return encoder_spec(self.params, in_channels=3)
 
     def backbone(self) -> nn.Module:
         torch.manual_seed(self.params.seed)
         return build_encoder(self.spec)
 
     def lars(self, params: list[nn.Parameter]) -> LARS:
-        cfg = self.params.pretrain
-        return LARS(param_groups(params, cfg.weight_decay), lr=self.lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient)
+        """Our LARS for a peer, at our schedule's peak LR throughout."""
+        return build_optimizer(params, self.params.pretrain, lr=self.recipe.schedule.peak_lr)
 
     def peer_autocast(self):
         if self.peer_amp:
@@ -126,57 +115,39 @@ class Ours:
     def __init__(self, setup: Setup, images: torch.Tensor) -> None:
         """images: uint8 (N, 3, H, W) on the device."""
         p = setup.params
-        model = build_model(p, in_channels=3).to(setup.device, memory_format=memory_format(setup.device))
-        self.state = TrainState(model, build_optimizer(model, p))
-        if setup.compile:
-            self.state.forward = torch.compile(model)
-        self.setup, self.views = setup, byol_views(p.augment, setup.size)
+        self.setup = setup
+        self.state = new_state(p, 3, setup.recipe, setup.device)
+        if p.pretrain.compile:
+            self.state.forward = torch.compile(self.state.model)
         x = images[:10_000].float() / 255  # per-channel statistics, as ingest writes them to the data card
-        self.mean, self.std = x.mean((0, 2, 3)), x.std((0, 2, 3))
-        self.gen = torch.Generator(device=setup.device).manual_seed(p.seed + 1)
+        gen = torch.Generator(device=setup.device).manual_seed(p.seed + 1)
+        self.augment = Augmenter.for_data(p.augment, setup.size, x.mean((0, 2, 3)), x.std((0, 2, 3)), gen)
         self.batches = _DeviceBatches(images, setup.batch, p.seed)
 
     def start_run(self, steps: int) -> None:
         self.batches.start(steps)
 
     def step(self) -> None:
-        s = self.setup
-        train_step(self.state, self.batches.next(), self.views, s.size, self.mean, self.std, self.gen,
-                   s.lr, s.params.pretrain.tau_base, s.precision)
+        train_step(self.state, self.batches.next(), self.augment)
 
     def make_views(self) -> None:
         """Both views alone (the augmentation share of the step)."""
-        images = self.batches.next()
-        for spec in self.views:
-            make_view(images, spec, self.setup.size, self.mean, self.std, self.gen)
+        self.augment(self.batches.next())
 
     def breakdown(self) -> dict[str, float]:
-        """One step in the order of ``train_step``, each phase synced and timed (seconds)."""
-        s, state, device = self.setup, self.state, self.setup.device
-        times, started = {}, time.perf_counter()
+        """One real training step, the device synced and the clock read at the end of each
+        of its phases (seconds; "augment" includes fetching the batch)."""
+        device, times = self.setup.device, {}
+        synchronize(device)
+        started = time.perf_counter()
 
-        def mark(name: str) -> None:
+        def phase(name: str) -> None:
             nonlocal started
             synchronize(device)
             now = time.perf_counter()
             times[name], started = now - started, now
 
-        images = self.batches.next()
-        for group in state.optimizer.param_groups:
-            group["lr"] = s.lr
-        view1, view2 = (make_view(images, spec, s.size, self.mean, self.std, self.gen)
-                        .contiguous(memory_format=memory_format(device)) for spec in self.views)
-        mark("augment")
-        with autocast(device, s.precision):
-            loss, _ = state.model(view1, view2)
-        mark("forward")
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        mark("backward")
-        state.optimizer.step()
-        mark("optimizer")
-        state.model.update_target(s.params.pretrain.tau_base)
-        mark("ema")
+        train_step(self.state, self.batches.next(), self.augment, phase)
         return times
 
 

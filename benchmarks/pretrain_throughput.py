@@ -3,17 +3,16 @@ forward+backward, target forward, LARS step, EMA update), for a few encoder size
 
     python benchmarks/pretrain_throughput.py [--steps 30] [--configs default,r18-w1]
 
-Prints one JSON line per config and a Markdown table with the machine and the date, for
-benchmarks/RESULTS.md. Images are random uint8 of Fashion-MNIST's shape unless
---data points at a prepared directory. Medians over timed steps, after warm-up.
+Each step is byol_core's own (``byol_core.step.train_step``) on pretrain's recipe for
+Fashion-MNIST's 60k images, on one batch of random uint8 images of Fashion-MNIST's shape.
+Medians over timed steps, after warm-up. Prints one JSON line per config and a Markdown
+table for benchmarks/RESULTS.md, and writes a JSON record to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,10 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol_core.augment import byol_views  # noqa: E402
+from byol_core.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
-from byol_core.train import TrainState, build_model, build_optimizer, train_step  # noqa: E402
+from byol_core.step import Recipe, new_state, train_step  # noqa: E402
+from record import write_results  # noqa: E402
+
+IMAGES = 60_000  # the recipe's data size: Fashion-MNIST's train split, as the default run
 
 # name -> (model overrides, batch size, precision)
 CONFIGS = {
@@ -37,29 +39,22 @@ CONFIGS = {
 }
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def bench(name: str, steps: int, warmup: int, device: torch.device) -> dict:
     overrides, batch, precision = CONFIGS[name]
     params = load_params(ROOT / "params.yaml")
-    params = params.model_copy(update={"model": params.model.model_copy(update=overrides)})
-    model = build_model(params, in_channels=1).to(device, memory_format=torch.channels_last)
-    state = TrainState(model, build_optimizer(model, params))
-    gen = torch.Generator(device=device).manual_seed(0)
+    pretrain = params.pretrain.model_copy(update={"batch_size": batch, "precision": precision})
+    params = params.model_copy(update={"model": params.model.model_copy(update=overrides), "pretrain": pretrain})
+    state = new_state(params, 1, Recipe.for_run(pretrain, IMAGES), device)
     images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, device=device)
-    views = byol_views(params.augment, 28)
     mean, std = torch.full((1,), 0.286, device=device), torch.full((1,), 0.353, device=device)
+    augment = Augmenter.for_data(params.augment, 28, mean, std, torch.Generator(device=device).manual_seed(0))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(warmup + steps):
         synchronize(device)
         started = time.perf_counter()
-        train_step(state, images, views, 28, mean, std, gen, 0.1, 0.99, precision)
+        train_step(state, images, augment)
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - started)
@@ -67,7 +62,7 @@ def bench(name: str, steps: int, warmup: int, device: torch.device) -> dict:
         # The step must never wait on the host: any implicit sync in it raises here.
         torch.cuda.set_sync_debug_mode("error")
         try:
-            train_step(state, images, views, 28, mean, std, gen, 0.1, 0.99, precision)
+            train_step(state, images, augment)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     median = statistics.median(times)
@@ -85,6 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     device = resolve_device(args.device)
     rows = []
@@ -92,12 +88,17 @@ def main() -> None:
         row = bench(name, args.steps, args.warmup, device)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{datetime.date.today()} - {machine()} - torch {torch.__version__}\n")
+    path, record = write_results("pretrain_throughput", {"steps": args.steps, "warmup": args.warmup, "results": rows},
+                                 device=device, tag=device.type, out=args.out, software=("torch",))
+    m = record["machine"]
+    where = m["gpu"] or f"{m['cpu']}, {torch.get_num_threads()} threads"
+    print(f"\n{record['date'][:10]} - {where} - torch {torch.__version__} - commit {record['git']['commit']}\n")
     print("| config | batch | precision | step ms (median) | img/s |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['config']} | {row['batch']} | {row['precision']} | {row['step_ms_median']:.1f} "
               f"| {row['images_per_sec']:.0f} |")
+    print(f"Record: {path}")
 
 
 if __name__ == "__main__":

@@ -44,11 +44,9 @@ repository root:
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -57,7 +55,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -65,6 +62,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from record import write_results  # noqa: E402
 from synthetic import make_folder  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -401,36 +399,6 @@ def run_size(n: int, px: int, fmt: str, args: argparse.Namespace, scratch: Path,
 # --- the record, tables and plot --------------------------------------------------------
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    ram_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:"))
-    versions = {}
-    for dist in ("torch", "numpy", "pillow"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)), "ram_total_mib": round(ram_kib / 1024),
-            "python": platform.python_version(), **versions}
-
-
-def write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _cell(value, spec: str, scale: float = 1.0) -> str:
     """``value / scale`` in ``spec`` ("8.1f"), or a dash as wide."""
     return format("-", ">" + spec.split(".")[0]) if value is None else format(value / scale, spec)
@@ -526,7 +494,7 @@ def plot(record: dict, path: Path) -> None:
         axes.legend(fontsize=8)
     m = record["machine"]
     formats = "/".join(sorted({r["format"] for r in sizes}))
-    fig.suptitle(f"byol scale: {record['args']['px']} px {formats} images, {m['cpus_usable']} CPUs, "
+    fig.suptitle(f"byol scale: {record['args']['px']} px {formats} images, {m['cores']} CPUs, "
                  f"{m['ram_total_mib'] / 1024:.0f} GiB RAM, commit {record['git']['commit']}"
                  f"{' (dirty)' if record['git']['dirty'] else ''}", fontsize=10)
     fig.tight_layout()
@@ -582,13 +550,7 @@ def main() -> None:
     for tool in (BYOL, DVC) if args.dvc_push else (BYOL,):
         if not tool.is_file():
             sys.exit(f"scale: {tool} is missing (run `make setup`)")
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    out = args.out / f"scale-{stamp}.json"
-    record = {
-        "benchmark": "scale", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "git": {"commit": git("rev-parse", "--short", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
+    figures = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "settings": settings(args.px, args),
         "notes": {"formats": "the sizes take the formats in turn",
@@ -598,6 +560,8 @@ def main() -> None:
                   "push_estimate": "bytes of prepared files whose md5 the folder did not hold before the update"},
         "sizes": [], "large224": None, "complete": False,
     }
+    software = ("torch", "numpy", "pillow")
+    out, record = write_results("scale", figures, out=args.out, software=software)  # rewritten as sizes finish
     created = not args.workdir.exists()
     args.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=args.workdir))
@@ -605,16 +569,16 @@ def main() -> None:
     try:
         for i, n in enumerate(args.size_list):
             fmt = args.format_list[i % len(args.format_list)]
-            record["sizes"].append(run_size(n, args.px, fmt, args, scratch))
-            write_json(out, record)
+            figures["sizes"].append(run_size(n, args.px, fmt, args, scratch))
+            write_results("scale", figures, out=args.out, software=software, path=out)
         if args.large224:
-            record["large224"] = run_size(args.large224, 224, args.large224_format, args, scratch, ingest_only=True)
-        record["complete"] = True
+            figures["large224"] = run_size(args.large224, 224, args.large224_format, args, scratch, ingest_only=True)
+        figures["complete"] = True
     except StageFailed as exc:
-        record["error"] = str(exc)
+        figures["error"] = str(exc)
         print(f"scale: {exc}", file=sys.stderr)
     finally:
-        write_json(out, record)
+        _, record = write_results("scale", figures, out=args.out, software=software, path=out)
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
             if created and not any(args.workdir.iterdir()):

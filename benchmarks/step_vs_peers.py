@@ -19,10 +19,8 @@ Peers: pip install -e '.[bench]' (see the README).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,15 +39,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
-
-try:  # where the Fashion-MNIST reader lives moved with the data sources
-    from byol_core.sources.fashion_mnist import read_idx
-except ImportError:
-    from byol_core.data import read_idx
+from byol_core.sources.fashion_mnist import read_idx  # noqa: E402
+from byol_core.step import Recipe  # noqa: E402
+from record import write_results  # noqa: E402
 
 ORDER = ("ours", "lightly", "byol-pytorch")
 OPTIMIZERS = {"own": "each its own example's: ours LARS, lightly SGD lr 0.06, byol-pytorch Adam lr 3e-4",
-              "lars": "all our LARS (same param groups, lr, momentum, weight decay, trust coefficient)"}
+              "lars": "all our LARS (same param groups, momentum, weight decay, trust coefficient; "
+                      "ours on its LR schedule, the peers at its peak LR)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,15 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_setup(args, device: torch.device) -> peers.Setup:
+def make_setup(args, device: torch.device, n_images: int) -> peers.Setup:
+    """params.yaml with the flags applied; ours trains on pretrain's recipe over ``n_images``."""
     params = load_params(ROOT / "params.yaml")
     m = params.model
     model = m.model_copy(update={"width": args.width,
                                  "projector_hidden": args.proj_hidden or m.projector_hidden,
                                  "projector_out": args.proj_out or m.projector_out,
                                  "predictor_hidden": args.pred_hidden or m.predictor_hidden})
-    params = params.model_copy(update={"model": model})
-    return peers.Setup(params, device, args.size, args.batch, args.precision, args.peer_amp, args.optimizer, args.workers, args.compile)
+    pretrain = params.pretrain.model_copy(update={"batch_size": args.batch, "precision": args.precision,
+                                                  "compile": args.compile})
+    params = params.model_copy(update={"model": model, "pretrain": pretrain})
+    return peers.Setup(params, device, args.size, args.peer_amp, args.optimizer, args.workers,
+                       Recipe.for_run(pretrain, n_images))
 
 
 def load_images(args, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
@@ -176,7 +177,7 @@ def proc_kib(key: str, pid: int | str = "self") -> int:
 def probe(args, device: torch.device) -> dict:
     """In a child process: one framework alone; peak RSS (VmHWM) of its training steps."""
     images, hwc = load_images(args, device)
-    runner = peers.build(args.probe, make_setup(args, device), images, hwc)
+    runner = peers.build(args.probe, make_setup(args, device, len(images)), images, hwc)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: setup's transient peaks do not count
     before = proc_kib("VmRSS")
     runner.start_run(args.warmup + 2)
@@ -202,17 +203,6 @@ def cpu_memory(names: list[str]) -> dict:
     return results
 
 
-def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "platform": platform.platform()}
-
-
 def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
@@ -228,8 +218,8 @@ def main() -> None:
             if not args.skip_missing:
                 sys.exit(f"step_vs_peers: {exc}")
             print(f"step_vs_peers: skipping {dist}: not installed", file=sys.stderr)
-    setup = make_setup(args, device)
     images, hwc = load_images(args, device)
+    setup = make_setup(args, device, len(images))
     runners = {}
     for name in names:  # build and prime each (lazy init, workers' start, cuDNN choices)
         try:
@@ -257,13 +247,9 @@ def main() -> None:
         memory_method = ("peak RSS (VmHWM) of a child process running that framework alone for warmup+2 steps, "
                          "reset after setup (data and model already resident); lightly's loader workers: their private memory (smaps_rollup) at the end")
     m = setup.params.model
-    record = {
-        "benchmark": "step_vs_peers", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(device),
-        "software": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": peers.peer_version("torchvision"),
-                     **{d: peers.peer_version(d) for d in ("lightly", "byol-pytorch")}},
-        "config": {"device": str(device), "arch": m.arch, "width": m.width, "small_stem": m.small_stem,
+    figures = {
+        "config": {"device": str(device), "torch_threads": torch.get_num_threads(),
+                   "arch": m.arch, "width": m.width, "small_stem": m.small_stem,
                    "base_channels": setup.spec.base_channels, "size": args.size, "batch": args.batch,
                    "heads": {"projector_hidden": m.projector_hidden, "projector_out": m.projector_out,
                              "predictor_hidden": m.predictor_hidden},
@@ -279,14 +265,10 @@ def main() -> None:
                          "share_in_breakdown": breakdown["augment"] / sum(breakdown.values())},
         "ours_breakdown_ms": breakdown,
         "memory": memory, "memory_method": memory_method,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = args.out / f"step_vs_peers-{device.type}-{stamp}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    path, record = write_results("step_vs_peers", figures, device=device, out=args.out,
+                                 tag=f"{device.type}{'-compile' if args.compile else ''}",
+                                 software=("torch", "torchvision", "lightly", "byol-pytorch"))
     print_table(record, path)
 
 
@@ -294,7 +276,7 @@ def print_table(rec: dict, path: Path) -> None:
     c, mach, sw = rec["config"], rec["machine"], rec["software"]
     where = mach["gpu"] or f"{mach['cpu']}, {mach['cores']} cores"
     versions = ", ".join(f"{k} {v}" for k, v in sw.items() if k in ("torch", "lightly", "byol-pytorch") and v)
-    print(f"\n{rec['date'][:10]} - {where} - {versions}")
+    print(f"\n{rec['date'][:10]} - {where} - {versions} - commit {rec['git']['commit']}")
     print(f"ResNet-18 w{c['width']} ({c['base_channels']} base ch.), small stem, {c['size']} px, batch {c['batch']}, "
           f"heads {c['heads']['projector_hidden']}/{c['heads']['projector_out']}/{c['heads']['predictor_hidden']}; "
           f"{c['steps']} timed steps after {c['warmup']} warm-up, {c['repeats']} repeats, alternating; "

@@ -7,18 +7,14 @@ memory-mapped shards, through the real loader (byol_core.loader) and training st
 Writes a synthetic prepared split (random uint8 RGB images, in shards of --shard-mb) to a
 temporary folder, then runs alternating rounds of --steps training steps on each path, each
 round drawing a fresh permutation as an epoch does. Reports median img/s per path and the
-ratio streamed/resident, and writes a JSON record to benchmarks/results/. On a GPU use
+ratio streamed/resident, and writes a JSON record to --out. On a GPU use
 ``--width 1 --batch 512 --heads 4096,256,4096`` for the standard ResNet-18.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol_core import loader  # noqa: E402
-from byol_core.augment import byol_views  # noqa: E402
+from byol_core.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
-from byol_core.device import memory_format, resolve_device, synchronize  # noqa: E402
+from byol_core.device import resolve_device, synchronize  # noqa: E402
+from byol_core.step import Recipe, new_state, train_step  # noqa: E402
 from byol_core.store import ShardedImages, ShardWriter  # noqa: E402
-from byol_core.train import TrainState, build_model, build_optimizer, train_step  # noqa: E402
+from record import write_results  # noqa: E402
 
 
 def write_split(folder: Path, n: int, px: int, shard_mb: float) -> ShardedImages:
@@ -50,14 +47,14 @@ def write_split(folder: Path, n: int, px: int, shard_mb: float) -> ShardedImages
                          (3, px, px))
 
 
-def run_round(batches, n, state, views, px, mean, std, device, precision, steps, batch, seed) -> float:
+def run_round(batches, n, state, augment, device, steps, batch, seed) -> float:
     """img/s of ``steps`` training steps on ``batches`` (a loader), one epoch's worth of order."""
     order = torch.randperm(n, generator=torch.Generator(device=device).manual_seed(seed), device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    augment = augment.reseeded(torch.Generator(device=device).manual_seed(seed))
     synchronize(device)
     started = time.perf_counter()
     for images in batches.batches(order, steps, batch, batch, 0):
-        train_step(state, images, views, px, mean, std, gen, 0.05, 0.99, precision)
+        train_step(state, images, augment)
     synchronize(device)
     return steps * batch / (time.perf_counter() - started)
 
@@ -76,22 +73,22 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=float, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     device = resolve_device(args.device)
     hidden, out, pred = (int(v) for v in args.heads.split(","))
     params = load_params(ROOT / "params.yaml")
-    params = params.model_copy(update={"model": params.model.model_copy(update={
+    pretrain = params.pretrain.model_copy(update={"batch_size": args.batch, "precision": args.precision})
+    params = params.model_copy(update={"pretrain": pretrain, "model": params.model.model_copy(update={
         "width": args.width, "projector_hidden": hidden, "projector_out": out, "predictor_hidden": pred})})
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         images = write_split(Path(folder), args.n, args.px, args.shard_mb)
         paths = {"resident": loader.Resident(images, device), "streamed": loader.Streamed(images, device)}
-        model = build_model(params, 3).to(device, memory_format=memory_format(device))
-        state = TrainState(model, build_optimizer(model, params))
-        views = byol_views(params.augment, args.px)
+        state = new_state(params, 3, Recipe.for_run(pretrain, len(images)), device)
         mean = torch.full((3,), 0.5, device=device)
         std = torch.full((3,), 0.25, device=device)
-        run = dict(n=len(images), state=state, views=views, px=args.px, mean=mean, std=std, device=device,
-                   precision=args.precision, batch=args.batch)
+        run = dict(n=len(images), state=state, augment=Augmenter.for_data(params.augment, args.px, mean, std),
+                   device=device, batch=args.batch)
         for path in paths.values():  # warm-up: kernels, allocator, page cache
             run_round(path, steps=args.warmup, seed=99, **run)
         rates: dict[str, list[float]] = {name: [] for name in paths}
@@ -100,20 +97,17 @@ def main() -> None:
                 rates[name].append(run_round(paths[name], steps=args.steps, seed=r, **run))
                 print(f"round {r + 1} {name}: {rates[name][-1]:.0f} img/s", flush=True)
     medians = {name: statistics.median(v) for name, v in rates.items()}
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    record = {"benchmark": "stream_vs_resident", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine, "torch": torch.__version__, "commit": commit, "args": vars(args),
-              "rates": rates, "median_img_s": medians, "streamed_over_resident": medians["streamed"] / medians["resident"]}
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    (results / f"stream_vs_resident-{device.type}-{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\n{datetime.date.today()} - {machine} - torch {torch.__version__} - commit {commit}")
+    path, record = write_results("stream_vs_resident", {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rates": rates,
+        "median_img_s": medians, "streamed_over_resident": medians["streamed"] / medians["resident"]},
+        device=device, tag=device.type, out=args.out, software=("torch",))
+    m = record["machine"]
+    where = m["gpu"] or f"{m['cpu']}, {torch.get_num_threads()} threads"
+    print(f"\n{record['date'][:10]} - {where} - torch {torch.__version__} - commit {record['git']['commit']}")
     print(f"n {args.n} x 3x{args.px}x{args.px}, width {args.width}, batch {args.batch}, {args.precision}")
     print(f"resident {medians['resident']:.0f} img/s | streamed {medians['streamed']:.0f} img/s | "
           f"streamed/resident {record['streamed_over_resident']:.3f}")
+    print(f"Record: {path}")
 
 
 if __name__ == "__main__":
