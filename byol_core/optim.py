@@ -2,8 +2,25 @@
 
 LARS scales each weight tensor's step by ``trust_coefficient * ||w|| / ||g + wd * w||``.
 As in BYOL, biases and BatchNorm parameters (every 1-D parameter) get neither weight
-decay nor this adaptation. The update follows the paper's reference implementation:
-decay -> trust ratio -> learning rate -> momentum (``v = m v + u; w -= v``).
+decay nor this adaptation.
+
+One step, per weight tensor, in this order: decay ``u = g + wd * w``; trust ratio
+``u = eta * ||w|| / ||u|| * u`` (a ratio of 1 where either norm is 0); then the learning
+rate goes *into* the momentum buffer, ``v = m * v + lr * u; w = w - v``, as in You et
+al.'s Algorithm 1.
+
+DeepMind's BYOL reference (``byol/utils/optimizers.py``: weight decay, then LARS scaling
+with momentum, then ``optax.scale(-lr)``) applies the learning rate *after* the momentum:
+``mu = m * mu + u; w = w - lr * mu``. Under a constant LR the two are the same update
+(``v = lr * mu``). They differ whenever the LR changes: here each past step keeps the LR it
+was taken with, there the whole buffer is rescaled by the current LR. So during warmup
+this update is a little smaller than the reference's and during the cosine decay a little
+larger (it still coasts on its buffer when the LR reaches 0); the gap matters where the LR
+changes fast relative to its size, at the start of warmup and at the end of the decay.
+
+Kept on purpose: the project's published figures were trained with it, and a saved resume
+state's momentum buffers hold LR-scaled steps, so switching would change every trained
+weight and make a resumed run read its buffers in another meaning.
 """
 
 from __future__ import annotations

@@ -62,3 +62,18 @@ def test_lr_schedule_warmup_then_cosine():
     values = [lr_at(k, total, warmup, peak) for k in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert lr_at(0, total, 0, peak) == pytest.approx(peak)
+
+
+def test_learning_rate_goes_into_the_momentum_buffer():
+    """When the LR changes, past steps keep the LR they were taken with (v = m v + lr u;
+    w -= v), unlike DeepMind's reference, which rescales the whole buffer (w -= lr (m mu + u))."""
+    weight, bias, optimizer = _setup(weight_decay=0.0, momentum=0.9)
+    b0, gb = bias.detach().clone(), bias.grad.clone()
+    optimizer.step()  # lr 0.5
+    for group in optimizer.param_groups:
+        group["lr"] = 0.1
+    optimizer.step()
+    ours = b0 - 0.5 * gb - (0.9 * 0.5 + 0.1) * gb
+    reference = b0 - 0.5 * gb - 0.1 * (0.9 + 1.0) * gb
+    torch.testing.assert_close(bias.detach(), ours, rtol=1e-6, atol=1e-6)
+    assert (bias.detach() - reference).abs().max() > 0.1 * gb.abs().max()
