@@ -4,7 +4,8 @@
 # and one for the speed comparison:
 #   make bench set up, install the peers (lightly, byol-pytorch), then time our step against theirs
 # and the Dagster UI:
-#   make ui    `dg dev` with a persistent DAGSTER_HOME (.dagster/home): history survives a restart
+#   make ui    `dg dev` with a persistent DAGSTER_HOME (.dagster/home): history survives a restart;
+#              Ctrl-C stops it and every process it started (scripts/ui.sh)
 #   make serve PostgreSQL, dagster-daemon and dagster-webserver on 127.0.0.1 (scripts/serve.sh)
 #   make stop  stop what `make serve` started
 .PHONY: setup run test bench ui serve stop
@@ -26,8 +27,7 @@ bench: setup
 	.venv/bin/python benchmarks/step_vs_peers.py
 
 ui: setup
-	mkdir -p .dagster/home && cp dagster.yaml .dagster/home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster/home .venv/bin/dg dev
+	scripts/ui.sh
 
 serve: setup
 	scripts/serve.sh start

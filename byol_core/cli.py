@@ -8,8 +8,9 @@ system), running out of memory, and even a bug, whose traceback goes to a log fi
 ``.byol/logs/`` instead. Ctrl-C exits 130 and SIGTERM 143, after every stage removed what
 it had half written.
 When an orchestrator launched the stage through Dagster Pipes (``DAGSTER_PIPES_CONTEXT``
-is set, and passes through ``dvc repro``), the summary and metrics are also sent back to
-it; otherwise nothing is, and ``dagster_pipes`` is never imported.
+is set, and passes through ``dvc repro``), the stage's progress lines (byol_core.progress)
+go to the run's log as they happen, and the summary and metrics are sent back at the end;
+otherwise nothing is, and ``dagster_pipes`` is never imported.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import time
 import traceback
 from pathlib import Path
 
-from byol_core import locks, stages
+from contextlib import contextmanager
+
+from byol_core import locks, progress, stages
 from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,14 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report_to_orchestrator(stage: str, line: str, metrics: dict) -> None:
-    """Send the stage's summary and metrics through Dagster Pipes, if Dagster launched us."""
-    if "DAGSTER_PIPES_CONTEXT" not in os.environ:
+@contextmanager
+def orchestrator(stage: str):
+    """Dagster Pipes while the stage runs, if Dagster launched us (rank 0 alone speaks):
+    progress lines go to the run's log, and the result is sent with ``send(line, metrics)``."""
+    if "DAGSTER_PIPES_CONTEXT" not in os.environ or os.environ.get("RANK", "0") != "0":
+        yield lambda line, metrics: None
         return
     from dagster_pipes import open_dagster_pipes
 
-    with open_dagster_pipes() as pipes:
-        pipes.report_custom_message({"stage": stage, "summary": line, "metrics": metrics})
+    with open_dagster_pipes() as pipes, progress.listening(pipes.log.info):
+        yield lambda line, metrics: pipes.report_custom_message({"stage": stage, "summary": line, "metrics": metrics})
+
+
+def _stage(stage: str, params) -> tuple[str, dict]:
+    with orchestrator(stage) as send:
+        line, metrics = stages.run(stage, params)
+        send(line, metrics)
+    return line, metrics
 
 
 class Terminated(BaseException):
@@ -140,9 +153,9 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
 
                     return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
                                               [stage, "--params", params_path])
-                line, metrics = stages.run(stage, params)
+                line, metrics = _stage(stage, params)
         else:
-            line, metrics = stages.run(stage, params)
+            line, metrics = _stage(stage, params)
     except ByolError as exc:
         return _fail(stage, str(exc))
     except KeyboardInterrupt:
@@ -164,7 +177,6 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
                             f"something in your data: please report it with params.yaml. {where}")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(line)
-        report_to_orchestrator(stage, line, metrics)
     return 0
 
 

@@ -21,8 +21,11 @@ from pipelines.resources import DvcProject, json_file
 
 GROUP = "byol"
 POOL = "dvc"  # DVC locks the whole repository: every asset that runs it shares this pool (limit 1)
-# Only failures marked retryable by DvcProject (a held lock, a killed process) are retried.
-RETRY = dg.RetryPolicy(max_retries=2, delay=20, backoff=dg.Backoff.EXPONENTIAL)
+# Only failures marked retryable by DvcProject (a held lock, a process killed from outside)
+# are retried: 2 more attempts, 20 s then 40 s later. Not through a RetryPolicy, which
+# Dagster also applies to an interrupted step, so that a run cancelled in the UI would
+# start its stage again instead of stopping.
+MAX_RETRIES, RETRY_DELAY = 2, 20
 
 
 class StageConfig(dg.Config):
@@ -80,16 +83,39 @@ def observe_folder(folder: Path) -> dg.ObserveResult:
         "MiB": dg.MetadataValue.float(round(size / 2**20, 1))})
 
 
+COMPUTED_IN = "computed in run"
+
+
+def computed_in(context: dg.AssetExecutionContext) -> dict:
+    """For a stage DVC skipped: the run whose materialization holds its figures (the last one
+    that ran the stage), so the asset's page points at them instead of repeating them."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return {}
+    earlier = event.asset_materialization.metadata.get(COMPUTED_IN)
+    return {COMPUTED_IN: dg.MetadataValue.text(earlier.value if earlier is not None else event.run_id)}
+
+
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
                 describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION
                 ) -> dg.AssetsDefinition:
     """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``."""
 
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, retry_policy=RETRY, deps=deps,
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps,
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-        run = dvc.repro(context, stage, config.force)
-        return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata()},
+        try:
+            run = dvc.repro(context, stage, config.force)
+        except dg.Failure as failure:
+            if failure.allow_retries and context.retry_number < MAX_RETRIES:
+                raise dg.RetryRequested(max_retries=MAX_RETRIES,
+                                        seconds_to_wait=RETRY_DELAY * 2 ** context.retry_number) from failure
+            raise
+        if not run.ran:  # the same data version, and no figures: a skip adds no point to the history plots
+            return dg.MaterializeResult(metadata={**run.metadata(), **computed_in(context)},
+                                        data_version=run.data_version)
+        return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata(),
+                                              COMPUTED_IN: dg.MetadataValue.text(context.run.run_id)},
                                     data_version=run.data_version)
 
     return _asset

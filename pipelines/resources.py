@@ -32,6 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # checkpoint). Anything else, such as bad params or bad data, fails for good.
 _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited with -15",
               "exited with 137", "exited with 143")
+TETHER = Path(__file__).with_name("tether.py")
+STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
+STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
 
 
 def default_dvc() -> str:
@@ -58,8 +61,9 @@ class StageRun:
 
     def metadata(self) -> dict:
         status = "ran" if self.ran else "skipped by DVC: its inputs did not change"
-        meta = {"dvc stage": dg.MetadataValue.text(status),
-                "dvc seconds": dg.MetadataValue.float(round(self.seconds, 2))}
+        meta = {"dvc stage": dg.MetadataValue.text(status)}
+        if self.ran:
+            meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))
         for path, md5 in self.outs.items():
             meta[f"dvc md5 {path}"] = dg.MetadataValue.text(md5)
         if self.reported.get("summary"):
@@ -92,27 +96,63 @@ class DvcProject(dg.ConfigurableResource):
         entry = lock.get("stages", {}).get(stage, {})
         return {out["path"]: out["md5"] for out in entry.get("outs", [])}
 
+    def changes(self, stage: str) -> list[str] | None:
+        """Why DVC would rerun ``stage`` (``dvc status``): [] when it is up to date, None when
+        DVC cannot tell (``dvc repro`` then runs and reports the problem)."""
+        try:
+            result = subprocess.run([self.dvc, "status", "--json", stage], cwd=self.root, capture_output=True,
+                                    text=True, timeout=STATUS_TIMEOUT)
+            report = json.loads(result.stdout) if result.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not isinstance(report, dict):
+            return None
+        reasons = []
+        for entry in report.get(stage, []):
+            if isinstance(entry, dict):
+                reasons += [f"{kind} {path} ({state})" for kind, changed in entry.items() if isinstance(changed, dict)
+                            for path, state in changed.items()]
+            else:
+                reasons.append(str(entry))
+        return reasons or ([f"dvc status: {report}"] if report else [])
+
     def repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False) -> StageRun:
+        started = time.perf_counter()
+        if not force:
+            reasons = self.changes(stage)
+            if reasons == []:  # no Pipes session is opened: nothing would speak to it
+                seconds = time.perf_counter() - started
+                context.log.info(f"{stage}: skipped by DVC: its code, params, inputs and outputs are unchanged")
+                return StageRun(stage, False, seconds, self.lock_outs(stage))
+            if reasons:
+                context.log.info(f"{stage}: DVC reruns it for " + "; ".join(reasons[:12])
+                                 + (f"; and {len(reasons) - 12} more" if len(reasons) > 12 else ""))
         command = [self.dvc, "repro", "--single-item", stage] + (["--force"] if force else [])
         context.log.info(f"running `{' '.join(command[1:])}` in {self.root}")
         tail: deque[str] = deque(maxlen=60)
-        started = time.perf_counter()
         with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
                                    message_reader=dg.PipesTempFileMessageReader()) as session:
             env = {**os.environ, **session.get_bootstrap_env_vars()}
+            # The tether runs dvc in a process group of its own and stops that whole group
+            # (dvc, its shell, byol) when this step is interrupted or dies.
+            tethered = [sys.executable, str(TETHER), str(os.getpid()), str(STOP_GRACE), "--", *command]
+            process = subprocess.Popen(tethered, cwd=self.root, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
             try:
-                process = subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, text=True)
-            except FileNotFoundError:
-                raise dg.Failure(description=f"the dvc command {self.dvc!r} was not found: run `make setup` "
-                                             "(it installs dvc in .venv-dvc and links .venv/bin/dvc)",
-                                 allow_retries=False) from None
-            with process:
                 for line in process.stdout:
                     sys.stdout.write(line)  # the step's captured output in the UI
                     tail.append(line.rstrip("\n"))
-            code = process.wait()
+                code = process.wait()
+            except BaseException:  # cancelled from the UI, SIGTERM/SIGINT to the run: stop dvc and byol
+                self._stop(context, stage, process)
+                raise
+            finally:
+                process.stdout.close()
         seconds = time.perf_counter() - started
+        if code == 127 and any("command not found" in line for line in tail):
+            raise dg.Failure(description=f"the dvc command {self.dvc!r} was not found: run `make setup` "
+                                         "(it installs dvc in .venv-dvc and links .venv/bin/dvc)",
+                             allow_retries=False)
         if code != 0:
             raise self._failure(stage, code, list(tail))
         messages = [m for m in session.get_custom_messages() if isinstance(m, dict) and m.get("stage") == stage]
@@ -120,6 +160,22 @@ class DvcProject(dg.ConfigurableResource):
         run = StageRun(stage, ran, seconds, self.lock_outs(stage), messages[-1] if messages else {})
         context.log.info(f"{stage}: {'ran' if ran else 'skipped (inputs unchanged)'} in {seconds:.1f}s")
         return run
+
+    @staticmethod
+    def _stop(context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
+        """Stop the tethered tree and say so in the run's log: what was stopped, what it leaves."""
+        if process.poll() is None:
+            process.terminate()
+        try:
+            rest, _ = process.communicate(timeout=2 * STOP_GRACE + 10)  # read on, so nobody blocks on the pipe
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, _ = process.communicate()
+        sys.stdout.write(rest or "")
+        context.log.warning(
+            f"interrupted: stopped `dvc repro {stage}` and the byol command below it (exit {process.returncode}); "
+            f"DVC's lock is released. The stage's outputs may be missing until it runs again; the next run "
+            f"reruns it{', and pretraining resumes from its last checkpoint' if stage == 'pretrain' else ''}.")
 
     @staticmethod
     def _failure(stage: str, code: int, tail: list[str]) -> dg.Failure:

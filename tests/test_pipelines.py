@@ -44,9 +44,16 @@ def test_definitions_load_with_five_assets_three_checks_a_job_schedule_and_senso
     assert weekly_retrain.cron_schedule == RETRAIN_CRON
 
 
+INSTANCES = {}  # project root -> the instance its runs are recorded in
+
+
 def _materialize(root, **kwargs):
     return dg.materialize([*ASSETS, *CHECKS], resources={"dvc": DvcProject(project_dir=str(root))},
-                          instance=dg.DagsterInstance.ephemeral(), **kwargs)
+                          instance=INSTANCES.get(root) or dg.DagsterInstance.ephemeral(), **kwargs)
+
+
+def _log_lines(root, run_id: str) -> list[str]:
+    return [record.user_message for record in INSTANCES[root].all_logs(run_id) if record.user_message]
 
 
 def _materializations(result) -> dict:
@@ -57,6 +64,7 @@ def _materializations(result) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("dagster") / "project", TINY_DVC)
+    INSTANCES[root] = dg.DagsterInstance.ephemeral()
     first = _materialize(root)
     assert first.success
     return root, first
@@ -90,6 +98,14 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
     assert found["linear_eval"].metadata["label efficiency"].value.records[0].data["features"] == "BYOL encoder"
     evaluations = {e.asset_check_key.name: e.passed for e in first.get_asset_check_evaluations()}
     assert evaluations == {"encoder_not_collapsed": True, "probe_beats_random_init": True, "onnx_matches_pytorch": True}
+    # Progress reached the run's log while the stages ran, through Pipes: every epoch, every probe fit.
+    lines = _log_lines(root, first.run_id)
+    epochs = load_params(root / "params.yaml").pretrain.epochs
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == [f"{e}/{epochs}" for e in range(1, epochs + 1)]
+    fits = [line for line in lines if line.startswith("evaluate: probe ")]
+    fractions = load_params(root / "params.yaml").evaluate.label_fractions
+    assert len(fits) == 3 * (1 + len(fractions)) and fits[-1].startswith(f"evaluate: probe {len(fits)}/{len(fits)},")
+    assert not [line for line in lines if "did not receive" in line]
 
 
 def _version_of(outs: dict) -> str:
@@ -105,6 +121,12 @@ def test_a_second_materialization_is_skipped_by_dvc_and_keeps_the_versions(proje
         assert after[key].metadata["dvc stage"].value == "skipped by DVC: its inputs did not change"
         assert "summary" not in after[key].metadata
         assert after[key].tags["dagster/data_version"] == before[key].tags["dagster/data_version"]
+        # No new figures (the history plots get no new point); the run that computed them is named.
+        assert not [name for name, value in after[key].metadata.items() if isinstance(value.value, (int, float))]
+        assert after[key].metadata["computed in run"].value == first.run_id
+    lines = _log_lines(root, again.run_id)
+    assert sorted(line.split(":")[0] for line in lines if "skipped by DVC" in line) == sorted(STAGE_OF.values())
+    assert not [line for line in lines if "[pipes]" in line or "running `repro" in line]
 
 
 def test_collapse_check_fails_on_a_planted_collapsed_encoder(project, tmp_path):
@@ -188,6 +210,19 @@ def test_transient_dvc_failures_are_retryable_and_stage_errors_are_not():
                                                 "ERROR: failed to reproduce 'pretrain': failed to run: byol pretrain, exited with 1"])
     assert lock.allow_retries and killed.allow_retries
     assert not stage.allow_retries and stage.description.endswith("(exit 1): byol pretrain: error: bad data")
+
+
+def test_a_transient_failure_is_retried_twice_then_fails(tmp_path, monkeypatch):
+    import pipelines.assets
+
+    monkeypatch.setattr(pipelines.assets, "RETRY_DELAY", 0)
+    dvc = tmp_path / "dvc"  # a dvc that always finds the repository locked
+    dvc.write_text("#!/bin/sh\necho 'ERROR: Unable to acquire lock. Most likely another DVC process is running'\nexit 1\n")
+    dvc.chmod(0o755)
+    result = dg.materialize([ASSETS[0]], raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+                            resources={"dvc": DvcProject(project_dir=str(tmp_path), dvc=str(dvc))})
+    kinds = [e.event_type_value for e in result.all_events if e.event_type_value.startswith("STEP_")]
+    assert kinds.count("STEP_UP_FOR_RETRY") == 2 and kinds[-1] == "STEP_FAILURE"
 
 
 def test_the_schedule_ticks_a_retrain_run():

@@ -114,18 +114,24 @@ def test_the_daemon_retrains_on_new_files_and_a_restart_keeps_history_and_cursor
           f"new files -> finished run: {time.monotonic() - arrived:.0f}s")
 
 
-def _pretraining(project: Path) -> list[int]:
-    """Pids of `byol pretrain` processes working in ``project``."""
+def _in(project: Path, program: bytes, argument: bytes | None = None) -> list[int]:
+    """Pids of live processes working in ``project`` whose command line names ``program``
+    (and ``argument``, if given)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
-            if any(a.endswith(b"byol") for a in args) and b"pretrain" in args and \
+            if any(a.endswith(program) for a in args) and (argument is None or argument in args) and \
                     Path(os.readlink(proc / "cwd")) == project:
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue
     return pids
+
+
+def _pretraining(project: Path) -> list[int]:
+    """Pids of `byol pretrain` processes working in ``project``."""
+    return _in(project, b"byol", b"pretrain")
 
 
 def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(served):
@@ -141,9 +147,11 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.5)
     daemon = int((server.state / "daemon.pid").read_text())
-    os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, the run worker, dvc and byol
-    time.sleep(2)
-    assert not _pretraining(project)
+    os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, the run worker; dvc and byol follow
+    deadline = time.monotonic() + 30
+    while _pretraining(project) or _in(project, b"dvc"):
+        assert time.monotonic() < deadline, "byol or dvc outlived the run worker"
+        time.sleep(0.2)
     assert server.run(run_id)["status"] == "STARTED"  # nobody is left to say otherwise
     import torch
 
@@ -155,8 +163,24 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     while server.run(run_id)["status"] not in ("FAILURE", "CANCELED"):
         assert time.monotonic() < deadline, f"{server.run(run_id)}\n{server.log_tail()}"
         time.sleep(3)
+    # The next run resumes; cancelled from the UI mid-pretrain, it stops dvc and byol below it.
+    cancelled = server.launch_job("retrain")
+    deadline = time.monotonic() + 300
+    while not _pretraining(project):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.5)
+    time.sleep(3)
+    assert server.terminate(cancelled) == "TerminateRunSuccess"
+    assert server.wait([cancelled], 120)[cancelled] == "CANCELED", server.log_tail()
+    assert not _pretraining(project) and not _in(project, b"dvc")
+    assert any("interrupted: stopped `dvc repro pretrain`" in m for m in server.messages(cancelled))
+    assert any("resuming from" in m for m in server.messages(cancelled))
+    status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "pretrain"], cwd=project,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr  # DVC's lock is free
     again = server.launch_job("retrain")
     assert server.wait([again], 600)[again] == "SUCCESS", server.log_tail()
+    assert any("resuming from" in m for m in server.messages(again))
     # Resumed, not restarted: the first epochs' rows are the checkpoint's, wall times included
     # (a fresh run would have timed its epochs anew).
     import pandas as pd
@@ -165,4 +189,4 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     assert len(curve) == 40
     assert curve.seconds.tolist()[:saved["epoch"]] == [row["seconds"] for row in saved["history"]]
     # No retraining was asked for meanwhile: the files did not change.
-    assert len([r for r in server.runs() if r["runId"] not in (run_id, again)]) == automated
+    assert len([r for r in server.runs() if r["runId"] not in (run_id, cancelled, again)]) == automated

@@ -1,13 +1,20 @@
 """The UI end to end: `dagster dev` on a free local port over a scratch copy of the
 project; a run launched through the webserver's GraphQL API as the UI's "Materialize all"
 does; then ten runs at once, which take turns in the "dvc" pool instead of failing on
-DVC's repository lock."""
+DVC's repository lock; and `make ui` stopped mid-pretrain, which leaves no process behind."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import TINY_DVC, make_project
+from conftest import ROOT, TINY_DVC, edit_params, make_project
+from helpers.devserver import DagsterDev, Webserver, free_port, wait_for_webserver
 from pipelines.checks import CHECKS
-from helpers.devserver import DagsterDev
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
 CHECK_NAMES = {spec.asset_key.to_user_string(): spec.name for check in CHECKS for spec in check.check_specs}
@@ -42,3 +49,82 @@ def test_ten_runs_at_once_take_turns_in_the_dvc_pool(ui):
         events = ui.event_types(run_id)
         assert "ExecutionStepFailureEvent" not in events and "ExecutionStepUpForRetryEvent" not in events
     assert "blocked by global concurrency limits" in ui.log_path.read_text()  # the pool did the queueing
+
+
+def _in_project(project: Path, program: bytes) -> list[int]:
+    """Live processes working in ``project`` whose command line names ``program``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if any(a.endswith(program) for a in (proc / "cmdline").read_bytes().split(b"\0")) and \
+                    Path(os.readlink(proc / "cwd")) == project:
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(proc.name))
+    return found
+
+
+class Ui(Webserver):
+    """`make ui` (scripts/ui.sh) over a scratch project, stopped as a user stops it: a signal
+    to the script."""
+
+    def __init__(self, project: Path, home: Path, log: Path):
+        self.env = {**os.environ, "DAGSTER_HOME": str(home), "BYOL_PROJECT_DIR": str(project)}
+        self.log, self.port = log, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([str(ROOT / "scripts" / "ui.sh"), "--port", str(self.port)], cwd=ROOT,
+                                        env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        assert wait_for_webserver(self.url, 180, lambda: self.process.poll() is None), self.log.read_text()[-3000:]
+
+    def stop(self, signum: int) -> list[int]:
+        """Signal the script; returns what is left of dg dev's process group once it exits."""
+        self.process.send_signal(signum)
+        self.process.wait(timeout=60)
+        group = int(re.findall(r"\(group (\d+)\)", self.log.read_text())[-1])
+        return _group(group)
+
+
+def test_stopping_the_ui_mid_pretrain_stops_every_process_and_the_run_is_marked_failed(tmp_path):
+    project = make_project(tmp_path / "project", TINY_DVC)
+    edit_params(project, "pretrain.epochs", 40)  # long enough to be caught mid-way
+    ui = Ui(project, tmp_path / "home", tmp_path / "ui.log")
+    ui.start()
+    try:
+        run_id = ui.materialize_all(KEYS, CHECK_NAMES)
+        deadline = time.monotonic() + 300
+        while not _in_project(project, b"byol"):
+            assert time.monotonic() < deadline, ui.log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)
+        left = ui.stop(signal.SIGTERM)
+    finally:
+        if ui.process.poll() is None:
+            ui.process.kill()
+    assert left == [], f"dg dev's group outlived the stop: {left}"
+    assert not _in_project(project, b"byol") and not _in_project(project, b"dvc")
+    status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "pretrain"], cwd=project,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr  # DVC's lock is free
+    # After a restart (the history survived it), the run is not left "started".
+    ui.start()
+    try:
+        deadline = time.monotonic() + 120
+        while ui.run(run_id)["status"] not in ("FAILURE", "CANCELED"):
+            assert time.monotonic() < deadline, f"{ui.run(run_id)}\n{ui.log.read_text()[-3000:]}"
+            time.sleep(3)
+    finally:
+        assert ui.stop(signal.SIGINT) == []

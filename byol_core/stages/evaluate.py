@@ -8,9 +8,8 @@ import time
 
 import torch
 
-from byol_core import data
+from byol_core import data, progress
 from byol_core.checkpoint import input_normalisation, load_encoder
-from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
 from byol_core.evaluate import linear_probe, pixel_dim, pixel_features
@@ -18,6 +17,7 @@ from byol_core.features import extract_features, knn_top1
 from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics
+from byol_core.schema.base import Params
 from byol_core.storage import commit_files, json_writer, recover, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
@@ -65,9 +65,21 @@ def run(params: Params) -> tuple[str, dict]:
         net = net.to(device)
         features[name] = (extract_features(net, x_train, mean, std, cfg.batch_size, device),
                           extract_features(net, x_test, mean, std, cfg.batch_size, device))
+        progress.report(f"evaluate: features of {len(y_train)} train and {len(y_test)} test images, {LABELS[name]} "
+                        f"({time.perf_counter() - started:.0f}s)")
     features["pixels"] = (pixel_features(x_train, mean, std), pixel_features(x_test, mean, std))
-    probes = {name: linear_probe(f_train, y_train, f_test, y_test, len(classes), cfg, params.seed)
-              for name, (f_train, f_test) in features.items()}
+    total, done = len(features) * (1 + len(cfg.label_fractions)), []
+
+    def fit(name: str, rows, share: float):
+        f_train, f_test = features[name]
+        begun = time.perf_counter()
+        probe = linear_probe(f_train[rows], y_train[rows], f_test, y_test, len(classes), cfg, params.seed)
+        done.append(name)
+        progress.report(f"evaluate: probe {len(done)}/{total}, {LABELS[name]} on {share:.0%} of the train labels: "
+                        f"top-1 {probe.top1:.4f} ({time.perf_counter() - begun:.1f}s)")
+        return probe
+
+    probes = {name: fit(name, slice(None), 1.0) for name in features}
     byol_train, byol_test = features["byol"]
     knn = knn_top1(byol_train, y_train, byol_test, y_test, len(classes), params.knn)
     # The same probes on small class-balanced shares of the train labels (seeded), and the
@@ -75,9 +87,8 @@ def run(params: Params) -> tuple[str, dict]:
     efficiency = {name: {"1.0": probe.top1} for name, probe in probes.items()}
     for fraction in cfg.label_fractions:
         few = balanced_subset(y_train, fraction, params.seed)
-        for name, (f_train, f_test) in features.items():
-            probe = linear_probe(f_train[few], y_train[few], f_test, y_test, len(classes), cfg, params.seed)
-            efficiency[name][str(fraction)] = probe.top1
+        for name in features:
+            efficiency[name][str(fraction)] = fit(name, few, fraction).top1
     retrieval = {name: retrieval_metrics(f_train, y_train, f_test, y_test) for name, (f_train, f_test) in features.items()}
 
     metrics = {

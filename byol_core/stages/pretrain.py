@@ -7,11 +7,11 @@ import io
 import shutil
 import time
 
-from byol_core import data, distributed
+from byol_core import data, distributed, progress
 from byol_core.checkpoint import encoder_record
-from byol_core.config import Params
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
+from byol_core.schema.base import Params
 from byol_core.storage import commit_files, json_writer, recover, text_writer, torch_writer
 from byol_core.train import pretrain
 
@@ -43,7 +43,7 @@ def run(params: Params) -> tuple[str, dict]:
         world, device = distributed.setup(device.type)
     started = time.perf_counter()
     try:
-        state, schedule = pretrain(params, prepared, device, world=world)
+        state, schedule = pretrain(params, prepared, device, log=progress.report, world=world)
     finally:
         distributed.teardown()
     if not world.is_main:

@@ -90,6 +90,18 @@ class Webserver:
                 return statuses
             time.sleep(2)
 
+    def terminate(self, run_id: str) -> str:
+        """What the UI's "Terminate" button sends; returns the mutation's result type."""
+        data = self.query("""mutation($id: String!) { terminateRun(runId: $id) { __typename
+            ... on PythonError { message } } }""", id=run_id)
+        return data["terminateRun"]["__typename"]
+
+    def messages(self, run_id: str) -> list[str]:
+        """The run's event log messages, oldest first."""
+        data = self.query("""query($id: ID!) { logsForRun(runId: $id, limit: 100000) {
+            ... on EventConnection { events { ... on MessageEvent { message } } } } }""", id=run_id)
+        return [e.get("message") or "" for e in data["logsForRun"]["events"]]
+
     def event_types(self, run_id: str) -> list[str]:
         data = self.query("""query($id: ID!) { logsForRun(runId: $id, limit: 100000) {
             ... on EventConnection { events { __typename } } } }""", id=run_id)
