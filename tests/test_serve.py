@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project
-from helpers.devserver import Webserver, free_port, wait_for_webserver
+from helpers.devserver import Webserver, free_port, wait_for_webserver, working_in
 
 SENSORS = ("observe_source_data", "retrain_on_new_data")
 KEYS = {"prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"}
@@ -114,24 +114,9 @@ def test_the_daemon_retrains_on_new_files_and_a_restart_keeps_history_and_cursor
           f"new files -> finished run: {time.monotonic() - arrived:.0f}s")
 
 
-def _in(project: Path, program: bytes, argument: bytes | None = None) -> list[int]:
-    """Pids of live processes working in ``project`` whose command line names ``program``
-    (and ``argument``, if given)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            if any(a.endswith(program) for a in args) and (argument is None or argument in args) and \
-                    Path(os.readlink(proc / "cwd")) == project:
-                pids.append(int(proc.name))
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
 def _pretraining(project: Path) -> list[int]:
     """Pids of `byol pretrain` processes working in ``project``."""
-    return _in(project, b"byol", b"pretrain")
+    return working_in(project, b"byol", b"pretrain")
 
 
 def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(served):
@@ -149,7 +134,7 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     daemon = int((server.state / "daemon.pid").read_text())
     os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, the run worker; dvc and byol follow
     deadline = time.monotonic() + 30
-    while _pretraining(project) or _in(project, b"dvc"):
+    while _pretraining(project) or working_in(project, b"dvc"):
         assert time.monotonic() < deadline, "byol or dvc outlived the run worker"
         time.sleep(0.2)
     assert server.run(run_id)["status"] == "STARTED"  # nobody is left to say otherwise
@@ -172,7 +157,7 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     time.sleep(3)
     assert server.terminate(cancelled) == "TerminateRunSuccess"
     assert server.wait([cancelled], 120)[cancelled] == "CANCELED", server.log_tail()
-    assert not _pretraining(project) and not _in(project, b"dvc")
+    assert not _pretraining(project) and not working_in(project, b"dvc")
     assert any("interrupted: stopped `dvc repro pretrain`" in m for m in server.messages(cancelled))
     assert any("resuming from" in m for m in server.messages(cancelled))
     status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "pretrain"], cwd=project,

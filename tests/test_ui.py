@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY_DVC, edit_params, make_project
-from helpers.devserver import DagsterDev, Webserver, free_port, wait_for_webserver
+from helpers.devserver import DagsterDev, Webserver, free_port, wait_for_webserver, working_in
 from pipelines.checks import CHECKS
+from pipelines.tether import group_members
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
 CHECK_NAMES = {spec.asset_key.to_user_string(): spec.name for check in CHECKS for spec in check.check_specs}
@@ -51,31 +52,6 @@ def test_ten_runs_at_once_take_turns_in_the_dvc_pool(ui):
     assert "blocked by global concurrency limits" in ui.log_path.read_text()  # the pool did the queueing
 
 
-def _in_project(project: Path, program: bytes) -> list[int]:
-    """Live processes working in ``project`` whose command line names ``program``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if any(a.endswith(program) for a in (proc / "cmdline").read_bytes().split(b"\0")) and \
-                    Path(os.readlink(proc / "cwd")) == project:
-                pids.append(int(proc.name))
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
-def _group(pgid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(proc.name))
-    return found
-
-
 class Ui(Webserver):
     """`make ui` (scripts/ui.sh) over a scratch project, stopped as a user stops it: a signal
     to the script."""
@@ -95,7 +71,7 @@ class Ui(Webserver):
         self.process.send_signal(signum)
         self.process.wait(timeout=60)
         group = int(re.findall(r"\(group (\d+)\)", self.log.read_text())[-1])
-        return _group(group)
+        return group_members(group)
 
 
 def test_stopping_the_ui_mid_pretrain_stops_every_process_and_the_run_is_marked_failed(tmp_path):
@@ -106,7 +82,7 @@ def test_stopping_the_ui_mid_pretrain_stops_every_process_and_the_run_is_marked_
     try:
         run_id = ui.materialize_all(KEYS, CHECK_NAMES)
         deadline = time.monotonic() + 300
-        while not _in_project(project, b"byol"):
+        while not working_in(project, b"byol"):
             assert time.monotonic() < deadline, ui.log.read_text()[-3000:]
             time.sleep(0.5)
         time.sleep(3)
@@ -115,7 +91,7 @@ def test_stopping_the_ui_mid_pretrain_stops_every_process_and_the_run_is_marked_
         if ui.process.poll() is None:
             ui.process.kill()
     assert left == [], f"dg dev's group outlived the stop: {left}"
-    assert not _in_project(project, b"byol") and not _in_project(project, b"dvc")
+    assert not working_in(project, b"byol") and not working_in(project, b"dvc")
     status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "pretrain"], cwd=project,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr  # DVC's lock is free

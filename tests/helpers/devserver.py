@@ -15,6 +15,21 @@ import requests
 DONE = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
+def working_in(project: Path, program: bytes, argument: bytes | None = None) -> list[int]:
+    """Pids of live processes working in ``project`` whose command line names ``program``
+    (and ``argument``, if given): what a stage left running there."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if any(a.endswith(program) for a in args) and (argument is None or argument in args) and \
+                    Path(os.readlink(proc / "cwd")) == project:
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
