@@ -39,9 +39,17 @@ class StageConfig(dg.Config):
 # the blocking checks upstream have passed. Ingest also runs when the raw files' observed
 # data version differs from the one the last evaluation saw: a comparison of versions,
 # not of event ids, so an observation stored while an evaluation is under way is not lost.
+# And ingest runs when it was never materialized and the raw files have a version:
+# Dagster's triggers look for changes between evaluations, so an observation stored before
+# the automation sensor's first evaluation would otherwise never count. (The stages after
+# it then follow in a second run, as their input is updated.) It is not asked for again on
+# the tick after the request, nor after a failed attempt: the next new version of the raw
+# files retries that.
 AUTOMATION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+NEVER_RUN = (dg.AutomationCondition.missing() & ~dg.AutomationCondition.any_deps_missing()
+             & ~dg.AutomationCondition.newly_requested() & ~dg.AutomationCondition.execution_failed())
 INGEST_AUTOMATION = (dg.AutomationCondition.eager()
-                     | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+                     | ((dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()) | NEVER_RUN)
                         & ~dg.AutomationCondition.in_progress()))
 RAW_KEY = dg.AssetKey("raw_source_files")
 

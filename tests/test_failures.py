@@ -85,7 +85,8 @@ def test_a_full_disk_is_a_clean_error_and_changes_nothing(tmp_path, monkeypatch)
     monkeypatch.setattr(storage.os, "fsync", no_space)
     code, err = _run(["evaluate", "--params", str(root / "params.yaml")])
     assert code == 1 and "Traceback" not in err
-    assert err.startswith("byol evaluate: error: No space left on device") and "The disk is full" in err
+    # The progress lines come first; the error is the last line.
+    assert err.splitlines()[-1].startswith("byol evaluate: error: No space left on device") and "The disk is full" in err
     assert _snapshot(root) == before
 
 

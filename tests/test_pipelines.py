@@ -23,7 +23,7 @@ from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch
 from pipelines.definitions import defs
 from pipelines.resources import DvcProject, StageRun
 from pipelines.assets import observe_folder
-from pipelines.schedules import RETRAIN_CRON, observe_source_data, source_fingerprint, weekly_retrain
+from pipelines.schedules import RETRAIN_CRON, observation, observe_source_data, source_fingerprint, weekly_retrain
 
 KEYS = ["prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings"]
 STAGE_OF = dict(zip(KEYS, ["ingest", "pretrain", "evaluate", "export", "embed"]))
@@ -223,6 +223,26 @@ def test_a_transient_failure_is_retried_twice_then_fails(tmp_path, monkeypatch):
                             resources={"dvc": DvcProject(project_dir=str(tmp_path), dvc=str(dvc))})
     kinds = [e.event_type_value for e in result.all_events if e.event_type_value.startswith("STEP_")]
     assert kinds.count("STEP_UP_FOR_RETRY") == 2 and kinds[-1] == "STEP_FAILURE"
+
+
+def test_files_observed_before_automation_first_looks_still_start_the_chain():
+    """The observation sensor may store its first observation before the automation sensor's
+    first evaluation, which then sees no change: ingest must still run, and the rest follow."""
+    instance = dg.DagsterInstance.ephemeral()
+
+    def requested(cursor):
+        found = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+                if found.get_num_requested(k)}, found.cursor
+
+    instance.report_runless_asset_event(observation(ROOT / SOURCE, "0123456789abcdef"))
+    first, cursor = requested(None)
+    assert first == {"prepared_dataset"}
+    instance.report_runless_asset_event(dg.AssetMaterialization("prepared_dataset"))
+    rest, cursor = requested(cursor)
+    assert rest == set(KEYS) - {"prepared_dataset"}
+    again, _ = requested(cursor)
+    assert again == set()  # asked for once
 
 
 def test_the_schedule_ticks_a_retrain_run():

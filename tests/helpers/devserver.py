@@ -148,6 +148,12 @@ class Webserver:
     def instance_info(self) -> str:
         return self.query("{ instance { info } }")["instance"]["info"] or ""
 
+    def has_materialization(self, key: str) -> bool:
+        data = self.query("""query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { __typename
+            ... on Asset { assetMaterializations(limit: 1) { runId } } } }""", path=[key])
+        found = data["assetOrError"]
+        return found["__typename"] == "Asset" and bool(found["assetMaterializations"])
+
     def latest_materialization(self, key: str) -> dict:
         """The newest materialization of asset ``key``: its run id and metadata by label."""
         data = self.query("""query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset {
