@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,22 @@ _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited wit
 TETHER = Path(__file__).with_name("tether.py")
 STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
+
+
+@contextmanager
+def _interrupts_held():
+    """SIGINT and SIGTERM are ignored inside the block (on the main thread, where Python
+    handles signals); the handlers come back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def default_dvc() -> str:
@@ -163,7 +182,15 @@ class DvcProject(dg.ConfigurableResource):
 
     @staticmethod
     def _stop(context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
-        """Stop the tethered tree and say so in the run's log: what was stopped, what it leaves."""
+        """Stop the tethered tree and say so in the run's log: what was stopped, what it leaves.
+        Dagster may interrupt a cancelled run more than once (its termination request and its
+        cancellation thread); later interrupts wait until the tree is gone, so the run is only
+        marked stopped once nothing of it runs any more."""
+        with _interrupts_held():
+            DvcProject._stop_tree(context, stage, process)
+
+    @staticmethod
+    def _stop_tree(context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
         if process.poll() is None:
             process.terminate()
         try:

@@ -110,3 +110,40 @@ def test_a_tether_whose_parent_is_already_gone_starts_nothing(tmp_path):
     marker = tmp_path / "ran"
     done = subprocess.run([sys.executable, str(TETHER), "1", "5", "--", "touch", str(marker)], timeout=30)
     assert done.returncode == 128 + signal.SIGTERM and not marker.exists()
+
+
+# An asset's step, in-process, over a "dvc" whose child takes 3 s to stop on SIGINT.
+STEP = """
+import sys
+import dagster as dg
+from pipelines.assets import ASSETS
+from pipelines.resources import DvcProject
+dg.materialize([ASSETS[0]], raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+               resources={"dvc": DvcProject(project_dir=sys.argv[1], dvc=sys.argv[2])})
+"""
+SLOW_DVC = """#!/bin/sh
+[ "$1" = status ] && exit 1
+exec {python} -c '
+import os, signal, sys, time
+def slow(signum, frame):
+    time.sleep(3)
+    sys.exit(130)
+signal.signal(signal.SIGINT, slow)
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(600)' {pidfile}
+"""
+
+
+def test_a_step_interrupted_twice_ends_only_once_its_tree_is_gone(tmp_path):
+    """A cancelled run gets more than one interrupt; the step still waits for the tree."""
+    pidfile, dvc = tmp_path / "dvc.pid", tmp_path / "dvc"
+    dvc.write_text(SLOW_DVC.format(python=sys.executable, pidfile=pidfile))
+    dvc.chmod(0o755)
+    step = subprocess.Popen([sys.executable, "-c", STEP, str(tmp_path), str(dvc)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = _wait_for(pidfile, timeout=120)
+    step.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    step.send_signal(signal.SIGINT)  # as Dagster's cancellation thread does
+    step.wait(timeout=60)
+    assert not _alive(child), "the step ended while its dvc was still stopping"
