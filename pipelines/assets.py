@@ -35,22 +35,23 @@ class StageConfig(dg.Config):
                         "change (`dvc repro --force`); otherwise DVC skips an up-to-date stage.")
 
 
-# Run when anything upstream has a new version (a stage that ran upstream), and only once
-# the blocking checks upstream have passed. Ingest also runs when the raw files' observed
-# data version differs from the one the last evaluation saw: a comparison of versions,
-# not of event ids, so an observation stored while an evaluation is under way is not lost.
-# And ingest runs when it was never materialized and the raw files have a version:
-# Dagster's triggers look for changes between evaluations, so an observation stored before
-# the automation sensor's first evaluation would otherwise never count. (The stages after
-# it then follow in a second run, as their input is updated.) It is not asked for again on
-# the tick after the request, nor after a failed attempt: the next new version of the raw
-# files retries that.
+# A stage runs when anything upstream has a new version (a stage that ran upstream), and
+# only once the blocking checks upstream have passed.
 AUTOMATION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+# Ingest runs when the raw files' data version differs from the one the previous
+# evaluation saw (held until ingest is requested or materialized, so a change seen while a
+# run is in progress is not dropped), or when it was never materialized and the raw files
+# have a version. Versions, not event ids: the observation sensor and this evaluation tick
+# at the same moments, and an observation stored while an evaluation runs would be missed
+# by eager()'s "updated since the last evaluation" and then, seen late, counted a second
+# time. "Never materialized" covers an observation stored before the automation sensor's
+# first evaluation, which has nothing to compare with; it is not asked for again on the
+# tick after the request, nor after a failed attempt (the next new version retries).
 NEVER_RUN = (dg.AutomationCondition.missing() & ~dg.AutomationCondition.any_deps_missing()
              & ~dg.AutomationCondition.newly_requested() & ~dg.AutomationCondition.execution_failed())
-INGEST_AUTOMATION = (dg.AutomationCondition.eager()
-                     | ((dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()) | NEVER_RUN)
-                        & ~dg.AutomationCondition.in_progress()))
+INGEST_AUTOMATION = ((dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+                      .since_last_handled() | NEVER_RUN)
+                     & ~dg.AutomationCondition.in_progress())
 RAW_KEY = dg.AssetKey("raw_source_files")
 
 
