@@ -174,7 +174,7 @@ class _Tally:
         self.loss = torch.zeros((), device=device)
         self.collapse = torch.zeros((), device=device)
         self.last: StepMetrics | None = None
-        self.logged = (0, 0.0, 0.0)  # (steps, loss sum, collapse sum) at the last log point
+        self.logged = (0, 0.0, 0.0)  # (steps, loss sum, collapse sum) at the last log point, over ranks
 
     def add(self, metrics: StepMetrics) -> None:
         self.loss += metrics.loss
@@ -229,9 +229,10 @@ def _epoch_row(state: TrainState, run: _Run, tally: _Tally, seconds: float) -> d
     views = run.views  # its mean and std: the data's normalisation, for the monitor too
     return {
         "epoch": state.epoch, "step": state.step,
-        "loss": float(distributed.mean_over_ranks(tally.loss)) / steps,
+        # The epoch's last step is always a log point: its sums are the epoch's, already reduced.
+        "loss": tally.logged[1] / steps,
         "lr": tally.last.lr, "tau": tally.last.tau,
-        "collapse_std": float(distributed.mean_over_ranks(tally.collapse)) / steps,
+        "collapse_std": tally.logged[2] / steps,
         "knn_top1": run.monitor.knn_top1(state.model.encoder, views.mean, views.std, run.params, run.device),
         "images_per_sec": steps * run.params.pretrain.batch_size / seconds,
         "seconds": seconds,

@@ -187,17 +187,13 @@ class DvcProject(dg.ConfigurableResource):
         cancellation thread); later interrupts wait until the tree is gone, so the run is only
         marked stopped once nothing of it runs any more."""
         with _interrupts_held():
-            DvcProject._stop_tree(context, stage, process)
-
-    @staticmethod
-    def _stop_tree(context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            rest, _ = process.communicate(timeout=2 * STOP_GRACE + 10)  # read on, so nobody blocks on the pipe
-        except subprocess.TimeoutExpired:
-            process.kill()
-            rest, _ = process.communicate()
+            if process.poll() is None:
+                process.terminate()
+            try:
+                rest, _ = process.communicate(timeout=2 * STOP_GRACE + 10)  # read on, so nobody blocks on the pipe
+            except subprocess.TimeoutExpired:
+                process.kill()
+                rest, _ = process.communicate()
         sys.stdout.write(rest or "")
         context.log.warning(
             f"interrupted: stopped `dvc repro {stage}` and the byol command below it (exit {process.returncode}); "

@@ -15,18 +15,41 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ("import sys, byol_core.cli, byol_core.stages as s; s.load(sys.argv[1]); "
-         "print('\\n'.join(m for m in sys.modules if m == 'byol_core' or m.startswith('byol_core.')))")
+# Every stage in one process: the libraries all stages need (torch, onnx, ...) are imported
+# once, byol_core is dropped from sys.modules, and each stage is loaded afresh in a forked
+# child, which prints the byol_core modules it then holds.
+PROBE = """
+import os, sys
+import byol_core.cli, byol_core.stages as s
+for name in s.STAGES:
+    s.load(name)
+for module in [m for m in sys.modules if m == "byol_core" or m.startswith("byol_core.")]:
+    del sys.modules[module]
+for name in sys.argv[1:]:
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        import byol_core.cli, byol_core.stages as s
+        s.load(name)
+        print(name, *(m for m in sys.modules if m == "byol_core" or m.startswith("byol_core.")), flush=True)
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0, name
+"""
 
 
-def imported_files(stage: str) -> list[str]:
-    names = subprocess.run([sys.executable, "-c", PROBE, stage], capture_output=True, text=True, check=True,
-                           cwd=ROOT).stdout.split()
-    files = set()
-    for module in names:
-        path = module.replace(".", "/")
-        files.add(f"{path}/__init__.py" if (ROOT / path).is_dir() else f"{path}.py")
-    return sorted(files)
+def imported_files(names: list[str]) -> dict[str, list[str]]:
+    """Stage -> the byol_core files it imports (``byol_core/x.py``, or a package's
+    ``__init__.py``), for each stage in ``names``."""
+    out = subprocess.run([sys.executable, "-c", PROBE, *names], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    found = {}
+    for line in out.splitlines():
+        name, *modules = line.split()
+        paths = (m.replace(".", "/") for m in modules)
+        found[name] = sorted(f"{p}/__init__.py" if (ROOT / p).is_dir() else f"{p}.py" for p in paths)
+    if list(found) != list(names):
+        raise SystemExit(f"the import probe answered for {list(found)}, not {list(names)}")
+    return found
 
 
 def rewrite(text: str, stage: str, files: list[str]) -> str:
@@ -48,8 +71,8 @@ def main() -> int:
     path = ROOT / "dvc.yaml"
     text = path.read_text()
     new = text
-    for stage in stages.STAGES:
-        new = rewrite(new, stage, imported_files(stage))
+    for stage, files in imported_files(list(stages.STAGES)).items():
+        new = rewrite(new, stage, files)
     if "--check" in sys.argv[1:]:
         if new != text:
             print("dvc.yaml's code deps are out of date: run .venv/bin/python scripts/code_deps.py", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import importlib.util
 import shutil
 import struct
 import subprocess
@@ -18,6 +19,17 @@ from byol_core.sources.fashion_mnist import DEBIAN_DIR as DEBIAN_FASHION_MNIST, 
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _script(name: str):
+    """A module of scripts/ (not a package), for tests that use its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CODE_DEPS = _script("code_deps")  # the import probe and the dvc.yaml rewriter
 
 # A network and data small enough for a CPU test: width 8 ResNet-18, small heads.
 TINY = {

@@ -11,63 +11,21 @@ the CLI, load the stage, then list ``sys.modules``), which reads nothing of dvc.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from byol_core import schema, stages
-from conftest import ROOT, dvc, git
-
-
-# The probe of scripts/code_deps.py for every stage in one process: the libraries every stage
-# needs (torch, onnx, ...) are imported once, byol_core is dropped from sys.modules, and each
-# stage is loaded afresh in a forked child, which prints the byol_core modules it then holds.
-PROBE = """
-import os, sys
-import byol_core.cli, byol_core.stages as s
-for name in s.STAGES:
-    s.load(name)
-for module in [m for m in sys.modules if m == "byol_core" or m.startswith("byol_core.")]:
-    del sys.modules[module]
-for name in sys.argv[1:]:
-    sys.stdout.flush()
-    child = os.fork()
-    if child == 0:
-        import byol_core.cli, byol_core.stages as s
-        s.load(name)
-        print(name, *(m for m in sys.modules if m == "byol_core" or m.startswith("byol_core.")), flush=True)
-        os._exit(0)
-    assert os.waitpid(child, 0)[1] == 0, name
-"""
+from conftest import CODE_DEPS, ROOT, dvc, git
 
 
 def _imported_files() -> dict[str, list[str]]:
-    """Stage -> the byol_core files it imports, as scripts/code_deps.py names them."""
-    out = subprocess.run([sys.executable, "-c", PROBE, *stages.STAGES], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
-    found = {}
-    for line in out.splitlines():
-        name, *modules = line.split()
-        paths = (m.replace(".", "/") for m in modules)
-        found[name] = sorted(f"{p}/__init__.py" if (ROOT / p).is_dir() else f"{p}.py" for p in paths)
-    assert list(found) == list(stages.STAGES), out
-    return found
-
-
-def _code_deps():
-    spec = importlib.util.spec_from_file_location("code_deps", ROOT / "scripts" / "code_deps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CODE_DEPS = _code_deps()
+    """Stage -> the byol_core files it imports (scripts/code_deps.py's probe)."""
+    return CODE_DEPS.imported_files(list(stages.STAGES))
 
 
 def _copy_checkout(root: Path) -> Path:

@@ -3,8 +3,6 @@ dvc.yaml lists for it: more would let DVC skip a stage whose inputs changed, few
 rerun it for nothing."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,7 +10,7 @@ import yaml
 from byol_core import stages
 from byol_core.config import load_params
 from byol_core.schema.base import restrict
-from conftest import ROOT, TINY, make_fashion_files, write_params
+from conftest import CODE_DEPS, ROOT, TINY, make_fashion_files, write_params
 
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -28,18 +26,15 @@ def test_dvc_yaml_params_are_the_keys_the_stage_declares(name):
     assert sorted(DVC_STAGES[name]["params"]) == sorted(stages.load(name).PARAMS)
 
 
+@pytest.fixture(scope="module")
+def imported():
+    return CODE_DEPS.imported_files(list(stages.STAGES))
+
+
 @pytest.mark.parametrize("name", list(stages.STAGES))
-def test_dvc_yaml_code_deps_are_the_modules_the_stage_imports(name):
-    probe = ("import sys, byol_core.cli, byol_core.stages as s; s.load(sys.argv[1]); "
-             "print('\\n'.join(m for m in sys.modules if m == 'byol_core' or m.startswith('byol_core.')))")
-    names = subprocess.run([sys.executable, "-c", probe, name], capture_output=True, text=True,
-                           check=True).stdout.split()
-    files = set()
-    for module in names:
-        path = module.replace(".", "/")
-        files.add(f"{path}/__init__.py" if (ROOT / path).is_dir() else f"{path}.py")
+def test_dvc_yaml_code_deps_are_the_modules_the_stage_imports(name, imported):
     declared = {dep for dep in DVC_STAGES[name]["deps"] if dep.startswith("byol_core/")}
-    assert declared == files
+    assert declared == set(imported[name])
     assert all((ROOT / dep).is_file() for dep in declared)
 
 
