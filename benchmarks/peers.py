@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from byol_core import graphed
 from byol_core.augment import Augmenter
 from byol_core.config import Params
 from byol_core.device import synchronize
@@ -119,6 +120,11 @@ class Ours:
         self.state = new_state(p, 3, setup.recipe, setup.device)
         if p.pretrain.compile:
             self.state.forward = torch.compile(self.state.model)
+        # As pretraining: one CUDA GPU without compile runs the step as a CUDA graph.
+        usable = p.pretrain.cuda_graph and graphed.usable(setup.device, 1, p.pretrain.compile)
+        self.graph = graphed.GraphedStep() if usable else None
+        if usable:
+            torch.backends.cudnn.benchmark = True
         x = images[:10_000].float() / 255  # per-channel statistics, as ingest writes them to the data card
         gen = torch.Generator(device=setup.device).manual_seed(p.seed + 1)
         self.augment = Augmenter.for_data(p.augment, setup.size, x.mean((0, 2, 3)), x.std((0, 2, 3)), gen)
@@ -128,7 +134,7 @@ class Ours:
         self.batches.start(steps)
 
     def step(self) -> None:
-        train_step(self.state, self.batches.next(), self.augment)
+        (self.graph or train_step)(self.state, self.batches.next(), self.augment)
 
     def make_views(self) -> None:
         """Both views alone (the augmentation share of the step)."""

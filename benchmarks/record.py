@@ -84,6 +84,8 @@ def write_results(benchmark: str, figures: dict, *, device=None, software: Itera
         path = Path(out) / f"{benchmark}{f'-{tag}' if tag else ''}-{now:%Y%m%dT%H%M%S}.json"
     head = _git("rev-parse", "--short", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if head else None
+    if head is None and os.environ.get("BYOL_COMMIT"):  # a copy of the tree without git (a lent GPU machine)
+        head = os.environ["BYOL_COMMIT"]
     record = {
         "benchmark": benchmark,
         "date": now.isoformat(timespec="seconds"),

@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="ours (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true", help="ours: torch.compile the forward (pretrain.compile)")
+    p.add_argument("--no-graph", action="store_true",
+                   help="ours: eager steps even on one CUDA GPU (default: the whole step as a CUDA graph, pretrain.cuda_graph)")
     p.add_argument("--peer-amp", action="store_true", help="run the peers under bf16 autocast too (default fp32)")
     p.add_argument("--optimizer", default="own", choices=tuple(OPTIMIZERS), help="; ".join(f"{k}: {v}" for k, v in OPTIMIZERS.items()))
     p.add_argument("--proj-hidden", type=int, help="default: params.yaml model.projector_hidden")
@@ -89,7 +91,7 @@ def make_setup(args, device: torch.device, n_images: int) -> peers.Setup:
                                  "projector_out": args.proj_out or m.projector_out,
                                  "predictor_hidden": args.pred_hidden or m.predictor_hidden})
     pretrain = params.pretrain.model_copy(update={"batch_size": args.batch, "precision": args.precision,
-                                                  "compile": args.compile})
+                                                  "compile": args.compile, "cuda_graph": not args.no_graph})
     params = params.model_copy(update={"model": model, "pretrain": pretrain})
     return peers.Setup(params, device, args.size, args.peer_amp, args.optimizer, args.workers,
                        Recipe.for_run(pretrain, n_images))
@@ -254,7 +256,8 @@ def main() -> None:
                    "heads": {"projector_hidden": m.projector_hidden, "projector_out": m.projector_out,
                              "predictor_hidden": m.predictor_hidden},
                    "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "workers": args.workers,
-                   "precision_ours": args.precision, "compile_ours": args.compile, "peers": "bf16 autocast" if args.peer_amp else "fp32",
+                   "precision_ours": args.precision, "compile_ours": args.compile,
+                   "cuda_graph_ours": ours.graph is not None, "peers": "bf16 autocast" if args.peer_amp else "fp32",
                    "optimizer": f"{args.optimizer}: {OPTIMIZERS[args.optimizer]}", "images": len(images)},
         "img_per_s": {n: {"median": round(medians[n], 1), "runs": [round(r[n]["img_s"], 1) for r in clean]}
                       for n in names},
@@ -280,7 +283,8 @@ def print_table(rec: dict, path: Path) -> None:
     print(f"ResNet-18 w{c['width']} ({c['base_channels']} base ch.), small stem, {c['size']} px, batch {c['batch']}, "
           f"heads {c['heads']['projector_hidden']}/{c['heads']['projector_out']}/{c['heads']['predictor_hidden']}; "
           f"{c['steps']} timed steps after {c['warmup']} warm-up, {c['repeats']} repeats, alternating; "
-          f"ours {c['precision_ours']}{' + torch.compile' if c.get('compile_ours') else ''}, peers {c['peers']}; "
+          f"ours {c['precision_ours']}{' + torch.compile' if c.get('compile_ours') else ''}"
+          f"{' + CUDA graph' if c.get('cuda_graph_ours') else ''}, peers {c['peers']}; "
           f"lightly loader: {c['workers']} workers")
     print(f"Optimizer: {c['optimizer']}\n")
     print("| framework | img/s (median) | runs | ours / this | peak memory |")

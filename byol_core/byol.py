@@ -46,7 +46,20 @@ def ema_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: floa
 
     ``lerp`` with weight 0 returns the target bit for bit and with weight 1 the online
     value bit for bit, so tau = 1 and tau = 0 are exact."""
-    torch._foreach_lerp_(target, online, 1.0 - tau)
+    ema_lerp(target, online, 1.0 - tau)
+
+
+@torch.no_grad()
+def ema_lerp(target: list[torch.Tensor], online: list[torch.Tensor], weight: float | torch.Tensor) -> None:
+    """``target <- target + weight * (online - target)`` in place. ``weight`` is ``1 - tau``:
+    a number (one foreach kernel), or a 0-d tensor on the device, read when the kernels run
+    (a CUDA graph's replay); foreach lerp takes no tensor weight, so that is one lerp per
+    tensor, the same arithmetic."""
+    if isinstance(weight, torch.Tensor):
+        for t, o in zip(target, online, strict=True):
+            t.lerp_(o, weight)
+    else:
+        torch._foreach_lerp_(target, online, weight)
 
 
 def collapse_std(z: torch.Tensor) -> torch.Tensor:
@@ -82,7 +95,11 @@ class BYOL(nn.Module):
 
     def update_target(self, tau: float) -> None:
         """EMA step of the target towards the online pair; call after ``optimizer.step()``."""
-        ema_update(list(self.target.parameters()), list(self.online.parameters()), tau)
+        self.move_target(1.0 - tau)
+
+    def move_target(self, weight: float | torch.Tensor) -> None:
+        """The EMA step by its weight ``1 - tau`` (a number, or a 0-d device tensor)."""
+        ema_lerp(list(self.target.parameters()), list(self.online.parameters()), weight)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Symmetrised BYOL loss for two views (B, C, H, W) of the same images.

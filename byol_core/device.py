@@ -22,12 +22,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``bf16``, and for ``auto`` on CUDA; plain fp32 otherwise."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast for ``bf16``, and for ``auto`` on CUDA; plain fp32 otherwise.
+    ``cache=False`` inside a CUDA graph's capture, as torch's CUDA-graph notes ask."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

@@ -142,6 +142,30 @@ def _no_phase(name: str) -> None:
     pass
 
 
+def update(state: TrainState, images: torch.Tensor, augment: Augmenter, lr: float | torch.Tensor,
+           ema_weight: float | torch.Tensor, phase: Callable[[str], None] = _no_phase,
+           autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The work of one step, with the LR and the EMA weight (``1 - tau``) given: as Python
+    numbers (eagerly) or as 0-d device tensors that a CUDA graph reads at each replay
+    (byol_core.graphed). Leaves ``state.step`` alone; returns (loss, collapse_std)."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    layout = memory_format(images.device)
+    view1, view2 = (view.contiguous(memory_format=layout) for view in augment(images))
+    phase("augment")
+    with autocast(images.device, state.recipe.precision, cache=autocast_cache):
+        loss, z = (state.model if state.forward is None else state.forward)(view1, view2)
+    phase("forward")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    phase("backward")
+    state.optimizer.step()
+    phase("optimizer")
+    state.model.move_target(ema_weight)  # after the optimizer step, with tau of this step
+    phase("ema")
+    return loss.detach(), collapse_std(z.detach())
+
+
 def train_step(state: TrainState, images: torch.Tensor, augment: Augmenter,
                phase: Callable[[str], None] = _no_phase) -> StepMetrics:
     """One BYOL update on a uint8 batch (B, C, H, W), this process's share of the global
@@ -151,20 +175,6 @@ def train_step(state: TrainState, images: torch.Tensor, augment: Augmenter,
     "optimizer", "ema"), so a benchmark can time the parts of this very step; it must leave
     the state and the random generators alone."""
     lr, tau = state.recipe.lr(state.step), state.recipe.tau(state.step)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    layout = memory_format(images.device)
-    view1, view2 = (view.contiguous(memory_format=layout) for view in augment(images))
-    phase("augment")
-    with autocast(images.device, state.recipe.precision):
-        loss, z = (state.model if state.forward is None else state.forward)(view1, view2)
-    phase("forward")
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    phase("backward")
-    state.optimizer.step()
-    phase("optimizer")
-    state.model.update_target(tau)  # after the optimizer step, with tau of this step
-    phase("ema")
+    loss, collapse = update(state, images, augment, lr, 1.0 - tau, phase)
     state.step += 1
-    return StepMetrics(loss.detach(), collapse_std(z.detach()), lr, tau)
+    return StepMetrics(loss, collapse, lr, tau)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from byol_core import distributed, loader
+from byol_core import distributed, graphed, loader
 from byol_core.augment import Augmenter
 from byol_core.byol import BYOL
 from byol_core.checkpoint import load_state, save_state
@@ -195,9 +195,10 @@ class _Tally:
         return sums[0] / done
 
 
-def _train_epoch(state: TrainState, run: _Run, epoch: int) -> tuple[_Tally, float]:
-    """One pass over the data in this epoch's own order, with this epoch's own view draws.
-    Returns the epoch's tally and its wall time in seconds."""
+def _train_epoch(state: TrainState, run: _Run, epoch: int,
+                 graph: graphed.GraphedStep | None = None) -> tuple[_Tally, float]:
+    """One pass over the data in this epoch's own order, with this epoch's own view draws,
+    each step eager or through ``graph``. Returns the epoch's tally and its wall time in seconds."""
     cfg, device, world = run.params.pretrain, run.device, run.world
     steps = state.recipe.schedule.steps_per_epoch
     order_gen = _epoch_generator(run.params.seed, epoch, 0, device)
@@ -211,7 +212,7 @@ def _train_epoch(state: TrainState, run: _Run, epoch: int) -> tuple[_Tally, floa
     local = cfg.batch_size // world.size  # this rank's slice of each global batch
     with contextlib.closing(run.batches.batches(order, steps, cfg.batch_size, local, world.rank)) as epoch_batches:
         for i, images in enumerate(epoch_batches):
-            tally.add(train_step(state, images, augment))
+            tally.add((graph or train_step)(state, images, augment))
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
                 rate = (i + 1) * cfg.batch_size / (time.perf_counter() - started)
                 mean_loss = tally.log_point(state, run, i + 1, round(epoch + (i + 1) / steps, 4), rate)
@@ -260,9 +261,13 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     state = new_state(params, prepared.card["channels"], recipe, device, world)
     _resume(state, run)
     state.forward = _forward(state.model, device, world, cfg.compile)
+    graph = None
+    if cfg.cuda_graph and graphed.usable(device, world.size, cfg.compile):
+        graph = graphed.GraphedStep()
+        run.log("pretrain: the training step runs as one CUDA graph (pretrain.cuda_graph)")
 
     for epoch in range(state.epoch, cfg.epochs):
-        tally, seconds = _train_epoch(state, run, epoch)
+        tally, seconds = _train_epoch(state, run, epoch, graph)
         state.epoch = epoch + 1
         row = _epoch_row(state, run, tally, seconds)
         state.history.append(row)

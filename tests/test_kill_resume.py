@@ -38,13 +38,16 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "step":  # SIGKILL before the after-th training step (counted across epochs)
-    real_step = train.train_step
-    def step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == after:
-            die()
-        return real_step(*args, **kwargs)
-    train.train_step = step
+    import byol_core.graphed as graphed
+    def counted(real):
+        def step(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == after:
+                die()
+            return real(*args, **kwargs)
+        return step
+    train.train_step = counted(train.train_step)
+    graphed.GraphedStep.__call__ = counted(graphed.GraphedStep.__call__)  # the step on one CUDA GPU
 elif point == "midwrite":  # the after-th checkpoint write stops halfway through the file
     real_save = torch.save
     def half_save(obj, path, *args, **kwargs):
@@ -64,13 +67,22 @@ sys.exit(main(["pretrain", "--params", sys.argv[3]]))
 """
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return make_fashion_files(tmp_path_factory.mktemp("src"), n_train=256, n_test=64)
+# On a CUDA machine every test runs for both step paths: the whole step as a CUDA graph
+# (pretrain.cuda_graph, the default there) and eager steps. Elsewhere the graph never applies.
+STEP_PATHS = [True, False] if torch.cuda.is_available() else [None]
+
+
+@pytest.fixture(scope="module", params=STEP_PATHS,
+                ids=lambda graph: {True: "cuda-graph", False: "eager", None: "eager"}[graph])
+def source(request, tmp_path_factory):
+    """The source files, and the step path (pretrain.cuda_graph) of this round of tests."""
+    return make_fashion_files(tmp_path_factory.mktemp("src"), n_train=256, n_test=64), request.param
 
 
 def _project(root, source, **overrides):
-    params = load_params(write_params(root, {**RUN, "data.source_dir": str(source), **overrides}))
+    folder, graph = source
+    path = {} if graph is None else {"pretrain.cuda_graph": graph}
+    params = load_params(write_params(root, {**RUN, "data.source_dir": str(folder), **path, **overrides}))
     ingest(params.data, params.paths.prepared, params.paths.cache)
     return params
 
@@ -169,5 +181,5 @@ def test_kill_on_the_streamed_path_resumes_to_the_resident_runs_weights(tmp_path
     params = _project(tmp_path, source, **{"pretrain.resident_max_mb": 0})
     killed = _pretrain(params, "step", 8 + 3)  # 3 steps into epoch 2
     assert killed.returncode == -signal.SIGKILL
-    assert "streamed on cpu" in killed.stderr
+    assert "streamed on " in killed.stderr
     _resume_and_compare(params, uninterrupted, resumed_after_epoch=1)

@@ -80,7 +80,8 @@ def test_state_from_other_params_is_not_resumed(tmp_path, monkeypatch, capsys):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    params = _project(tmp_path, **{"pretrain.epochs": 2, "pretrain.log_every": 1})
+    # Eager steps (on a GPU too), so the poisoned step below is the one the loop takes.
+    params = _project(tmp_path, **{"pretrain.epochs": 2, "pretrain.log_every": 1, "pretrain.cuda_graph": False})
     real_step = train.train_step
     calls = {"n": 0}
 

@@ -69,6 +69,7 @@ class PretrainConfig(Section):
     devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
     nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
     compile: bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
+    cuda_graph: bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.graphed)
     resident_max_mb: Literal["auto"] | Annotated[float, Field(ge=0.0)]  # data up to this stays on the device
 
     @model_validator(mode="after")
