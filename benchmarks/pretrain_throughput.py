@@ -100,13 +100,16 @@ def _rounds(fn, images, warmup: int, steps: int, rounds: int, device) -> list[fl
     return out
 
 
-def _no_host_sync(fn, batch, device) -> int | None:
-    """0 when a call makes no host sync (torch raises on one); None where not checkable."""
+def _host_syncs(fn, batch, device) -> int | str | None:
+    """0 when a call makes no host sync, else what torch said about the first one (it raises
+    on one in this mode); None where not checkable (CPU)."""
     if device.type != "cuda":
         return None
     torch.cuda.set_sync_debug_mode("error")
     try:
         fn(batch)
+    except RuntimeError as exc:
+        return f"at least one: {str(exc).splitlines()[0][:120]}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return 0
@@ -133,7 +136,7 @@ def bench(name: str, lever: str, px: int, steps: int, warmup: int, rounds: int, 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times = _rounds(lambda b: runner(state, b, augment), images, warmup, steps, rounds, device)
-            syncs = _no_host_sync(lambda b: runner(state, b, augment), images[0], device)
+            syncs = _host_syncs(lambda b: runner(state, b, augment), images[0], device)
             loss = float(runner(state, images[1], augment).loss)
     finally:
         torch.backends.cudnn.benchmark = cudnn

@@ -137,8 +137,9 @@ def draw_params(n: int, channels: int, height: int, width: int, spec: ViewSpec,
         _uniform(n, max(0.0, 1 - spec.saturation), 1 + spec.saturation, gen, device),
         _uniform(n, -spec.hue, spec.hue, gen, device),
     ], dim=1)
-    identity = torch.ones(4, device=device)  # made on the device: a host tensor would sync the stream
-    identity[3] = 0.0
+    # (1, 1, 1, 0) made on the device: writing a Python number into it would copy from the
+    # host, a sync of the stream (and not allowed in a CUDA graph's capture).
+    identity = (torch.arange(4, device=device) < 3).float()
     factors = torch.where(jitter.unsqueeze(1), factors, identity)
     order = torch.rand(n, 4 if channels == 3 else 2, generator=gen, device=device).argsort(dim=1)
     grayscale = _coin(n, spec.grayscale_p, gen, device)
