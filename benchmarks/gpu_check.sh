@@ -2,7 +2,8 @@
 # Every GPU check in one call on a lent GPU machine (about 9 minutes; no network there):
 #   0. the project's and the peers' missing packages from carried wheels (.whl/, wheels/);
 #   1. training-step speed of ResNet-18 w1.0, small stem, batch 512, bf16, paper heads, one
-#      lever at a time (NCHW, channels_last, cuDNN autotune, the whole step as a CUDA graph)
+#      lever at a time (NCHW, channels_last, cuDNN autotune, the whole step as a CUDA graph
+#      with deterministic kernels as pretraining runs it, and with autotuned ones)
 #      at 28 px, the graphed step at 32 px, and the default encoder eager and graphed;
 #   2. the same step against lightly 1.6 and byol-pytorch 0.9 on this GPU, alternating;
 #   3. alone on the GPU's training side: the Fashion-MNIST recipe (benchmarks/gpu_recipe.sh,
@@ -43,7 +44,7 @@ N_CPU=$(nproc)
 
 echo "== 1. step speed, lever by lever [$(el) s]"
 timeout 110 python3 benchmarks/pretrain_throughput.py --device cuda --configs r18-w1-bf16 --px 28 \
-  --levers nchw,eager,cudnn-benchmark,graph --steps 30 --warmup 5 --rounds 3 --out "$WORK" 2>&1 | tee "$WORK/throughput.txt"
+  --levers nchw,eager,cudnn-benchmark,graph,graph-autotune --steps 30 --warmup 5 --rounds 3 --out "$WORK" 2>&1 | tee "$WORK/throughput.txt"
 timeout 40 python3 benchmarks/pretrain_throughput.py --device cuda --configs r18-w1-bf16 --px 32 \
   --levers graph --steps 30 --warmup 5 --rounds 3 --out "$WORK" 2>&1 | tee "$WORK/throughput32.txt"
 timeout 40 python3 benchmarks/pretrain_throughput.py --device cuda --configs default --px 28 \
@@ -57,16 +58,17 @@ timeout 130 python3 benchmarks/step_vs_peers.py --device cuda --width 1.0 --size
 pack
 
 echo "== 3. the recipe, beside it the tests and the default pipeline [$(el) s]"
-# Epochs that fit: the graphed step's measured img/s, less 8% for the loop, before the
+# Epochs that fit: the graphed step's measured img/s, less 20% for the loop and the tests beside it, before the
 # deadline less ~100 s for ingest, capture and evaluate.
 EPOCHS_FIT=$(python3 - "$WORK" "$(left)" <<'PY'
 import glob, json, sys
 rate = 16000.0  # the eager bf16 step measured on commit 2adf77a, if the graph gave no figure
 for path in glob.glob(f"{sys.argv[1]}/pretrain_throughput-*.json"):
     for row in json.load(open(path))["results"]:
-        if row.get("config") == "r18-w1-bf16" and row.get("px") == 28 and "images_per_sec" in row:
-            rate = max(rate, row["images_per_sec"])
-print(max(1, min(100, int((int(sys.argv[2]) - 100) * rate * 0.92 / 60000))))
+        if (row.get("config"), row.get("px"), row.get("lever")) == ("r18-w1-bf16", 28, "graph") \
+                and "images_per_sec" in row:
+            rate = row["images_per_sec"]  # the step pretraining runs
+print(max(1, min(100, int((int(sys.argv[2]) - 100) * rate * 0.8 / 60000))))
 PY
 )
 echo "recipe epochs: $EPOCHS_FIT of 100"
@@ -90,7 +92,7 @@ PIPELINE=$!
 ignore=()  # the tests that need dvc or Dagster (pipelines/), which the machine lacks
 for f in dvc code_deps pipelines serve tether ui; do ignore+=(--ignore "tests/test_$f.py"); done
 xdist=()
-python3 -c "import xdist" 2>/dev/null && xdist=(-n 6 --dist loadfile)
+python3 -c "import xdist" 2>/dev/null && xdist=(-n 4 --dist loadfile)
 echo "tests: ${ignore[*]} left out; ${xdist[*]}"
 timeout $(( $(left) - 15 )) python3 -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" "${ignore[@]}" tests \
   >"$WORK/tests.txt" 2>&1

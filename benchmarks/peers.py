@@ -110,6 +110,12 @@ class _DeviceBatches:
         return self.images[idx]
 
 
+def _as_pretraining():
+    """cuDNN as pretraining sets it (byol_core.device.exact_kernels), for our steps alone:
+    the peers run under torch's defaults."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+
+
 class Ours:
     name = "ours"
 
@@ -123,8 +129,6 @@ class Ours:
         # As pretraining: one CUDA GPU without compile runs the step as a CUDA graph.
         usable = p.pretrain.cuda_graph and graphed.usable(setup.device, 1, p.pretrain.compile)
         self.graph = graphed.GraphedStep() if usable else None
-        if usable:
-            torch.backends.cudnn.benchmark = True
         x = images[:10_000].float() / 255  # per-channel statistics, as ingest writes them to the data card
         gen = torch.Generator(device=setup.device).manual_seed(p.seed + 1)
         self.augment = Augmenter.for_data(p.augment, setup.size, x.mean((0, 2, 3)), x.std((0, 2, 3)), gen)
@@ -134,7 +138,8 @@ class Ours:
         self.batches.start(steps)
 
     def step(self) -> None:
-        (self.graph or train_step)(self.state, self.batches.next(), self.augment)
+        with _as_pretraining():
+            (self.graph or train_step)(self.state, self.batches.next(), self.augment)
 
     def make_views(self) -> None:
         """Both views alone (the augmentation share of the step)."""

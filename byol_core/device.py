@@ -38,6 +38,16 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def exact_kernels(device: torch.device) -> None:
+    """On CUDA, cuDNN's deterministic kernels, chosen by its fixed heuristics rather than by
+    timing them (``benchmark``): the same inputs give the same bits in every process, so a
+    run resumed after a kill -9 ends with exactly the weights of one that never stopped.
+    (CPU kernels are deterministic already.)"""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work (for honest wall-clock timings); a no-op on CPU."""
     if device.type == "cuda":

@@ -87,7 +87,6 @@ class GraphedStep:
         self.augment = augment.reseeded(self.gen)
         if not self.capture:
             return
-        torch.backends.cudnn.benchmark = True  # its choices are made in the warm-up and kept by the graph
         saved = _Saved(state, self.gen)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))

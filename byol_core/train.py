@@ -28,7 +28,7 @@ from byol_core.augment import Augmenter
 from byol_core.byol import BYOL
 from byol_core.checkpoint import load_state, save_state
 from byol_core.data import Prepared, spread
-from byol_core.device import synchronize
+from byol_core.device import exact_kernels, synchronize
 from byol_core.errors import ByolError, brief
 from byol_core.features import extract_features, knn_top1
 from byol_core.schema.base import Params
@@ -257,6 +257,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     schedule. Under DDP (``world.size > 1``) every rank calls this; rank 0 alone logs and
     writes the resume state."""
     cfg = params.pretrain
+    exact_kernels(device)
     run, recipe = _set_up(params, prepared, device, world, log if world.is_main else _silent)
     state = new_state(params, prepared.card["channels"], recipe, device, world)
     _resume(state, run)
