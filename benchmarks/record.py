@@ -82,10 +82,12 @@ def write_results(benchmark: str, figures: dict, *, device=None, software: Itera
     now = datetime.datetime.now().astimezone()
     if path is None:
         path = Path(out) / f"{benchmark}{f'-{tag}' if tag else ''}-{now:%Y%m%dT%H%M%S}.json"
-    head = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if head else None
-    if head is None and os.environ.get("BYOL_COMMIT"):  # a copy of the tree without git (a lent GPU machine)
-        head = os.environ["BYOL_COMMIT"]
+    if os.environ.get("BYOL_COMMIT"):
+        # A copy of the tree on a lent GPU machine: its .git, if any, may not be the tree's.
+        head, status = os.environ["BYOL_COMMIT"], None
+    else:
+        head = _git("rev-parse", "--short", "HEAD")
+        status = _git("status", "--porcelain", "--untracked-files=no") if head else None
     record = {
         "benchmark": benchmark,
         "date": now.isoformat(timespec="seconds"),

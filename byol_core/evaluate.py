@@ -52,8 +52,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 
     x (N, D), y (N,). Returns weight (C, D), bias (C,), the L-BFGS iterations used, and
     whether it stopped on its tolerance rather than on its iteration or evaluation budget."""
-    weight = torch.zeros(num_classes, x.shape[1]) if init is None else init[0].clone()
-    bias = torch.zeros(num_classes) if init is None else init[1].clone()
+    weight = torch.zeros(num_classes, x.shape[1], device=x.device) if init is None else init[0].clone()
+    bias = torch.zeros(num_classes, device=x.device) if init is None else init[1].clone()
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
@@ -94,9 +94,12 @@ class ProbeResult:
 
 def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
                  num_classes: int, cfg: EvaluateConfig, seed: int) -> ProbeResult:
-    """Choose weight decay on a held-out part of train, refit on all of train, score test."""
-    train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    """Choose weight decay on a held-out part of train, refit on all of train, score test.
+    Runs where the features are (a GPU fits in seconds what takes CPU cores minutes); the
+    split of train is drawn on the CPU, so it is the same split on every device."""
+    device = train_x.device
+    train_y, test_y = torch.as_tensor(train_y).to(device), torch.as_tensor(test_y).to(device)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed)).to(device)
     n_val = max(1, round(cfg.val_fraction * len(train_x)))
     val_idx, fit_idx = order[:n_val], order[n_val:]
     fit_x, val_x = _standardise(train_x[fit_idx], train_x[val_idx])
@@ -116,4 +119,4 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     logits = test_x @ w.T + b
     return ProbeResult(top1=_topk(logits, test_y, 1), top5=_topk(logits, test_y, 5), weight_decay=wd,
                        val_top1=val_top1, iterations=iterations, converged=converged,
-                       predictions=logits.argmax(1).numpy())
+                       predictions=logits.argmax(1).cpu().numpy())

@@ -73,7 +73,8 @@ def run(params: Params) -> tuple[str, dict]:
     def fit(name: str, rows, share: float):
         f_train, f_test = features[name]
         begun = time.perf_counter()
-        probe = linear_probe(f_train[rows], y_train[rows], f_test, y_test, len(classes), cfg, params.seed)
+        probe = linear_probe(f_train[rows].to(device), y_train[rows], f_test.to(device), y_test, len(classes),
+                             cfg, params.seed)
         done.append(name)
         progress.report(f"evaluate: probe {len(done)}/{total}, {LABELS[name]} on {share:.0%} of the train labels: "
                         f"top-1 {probe.top1:.4f} ({time.perf_counter() - begun:.1f}s)")
