@@ -38,6 +38,10 @@ class GraphedStep:
     """Drop-in for :func:`byol_core.step.train_step` (same arguments, same metrics) that
     captures the step on its first call and replays it afterwards.
 
+    Its metrics' loss and collapse tensors are the graph's outputs, overwritten by the next
+    replay: add them up or copy them before the next call (the loop's tally adds them at
+    once). ``phase`` is accepted and never called: a graph has no phases to time.
+
     ``capture=False`` runs the same body eagerly from the same buffers (every call, no
     graph): the path tests take on machines without CUDA."""
 
