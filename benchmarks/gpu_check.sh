@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check on a lent GPU machine, in parts (PARTS, default all five, in this order):
+# Every GPU check on a lent GPU machine, in parts (PARTS, default all five below, in this
+# order; `smoke` alone first: the CUDA tests of the graphed step and a 10-step throughput
+# run of eager and graph, about 40 s, to find a fault before the long call):
 #   speed     training-step speed of ResNet-18 w1.0, small stem, batch 512, bf16, paper heads,
 #             one lever at a time (NCHW, channels_last, cuDNN autotune, the whole step as a
 #             CUDA graph with deterministic kernels as pretraining runs it, and with autotuned
@@ -16,8 +18,11 @@
 # `recipe` runs alone on the GPU when `tests` is not in PARTS; otherwise beside the tests,
 # every torch process held to a share of the CPU cores (OMP_NUM_THREADS), since sixteen
 # threads in each of half a dozen processes stalled the evaluate stages on 2026-11-29.
-# With ~15 device minutes: PARTS="speed peers recipe" (about 9 min), then at once, while the
-# machine is warm, PARTS="tests pipeline" DEADLINE=300 (about 5 min).
+# With ~15 device minutes (a machine starts in ~30 s and stays warm 30 s after a call):
+# PARTS="speed peers recipe" (about 9 min; leave out `speed` where RESULTS.md already has
+# this code's figures), then at once, while the machine is warm, PARTS="tests pipeline"
+# DEADLINE=300 (about 5 min). Before either, a 1-minute smoke call of tests/test_graphed.py
+# found what a blind run would have lost (2026-11-29: a host copy refused by the capture).
 # Everything lands in $OUT: log.txt (this script's output) and results.tgz (every JSON
 # record and log), refreshed after each part, so a cut-short run still returns its figures.
 # Prepare here: wheels/ (scripts/fetch_bench_wheels.sh, then only what the machine lacks:
@@ -49,6 +54,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import os, torch, torchvision, onnxruntime, lightly, byol_pytorch, importlib.metadata as m; print("torch", torch.__version__, "| torchvision", torchvision.__version__, "| cudnn", torch.backends.cudnn.version(), "| onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers(), "| lightly", lightly.__version__, "| byol-pytorch", m.version("byol-pytorch"), "| CPUs", len(os.sched_getaffinity(0)))' \
   | tee -a "$WORK/gpu.txt"
 N_CPU=$(nproc)
+
+if want smoke; then
+  echo "== smoke [$(el) s]"
+  timeout 70 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_graphed.py 2>&1 | tail -n 15
+  timeout 45 python3 benchmarks/pretrain_throughput.py --device cuda --configs r18-w1-bf16 --levers eager,graph \
+    --steps 10 --warmup 2 --rounds 1 --out "$WORK" 2>&1 | tail -n 6
+  pack
+fi
 
 if want speed; then
   echo "== speed, lever by lever [$(el) s]"

@@ -130,6 +130,12 @@ class Webserver:
             ... on Sensor { sensorState { status } } ... on PythonError { message } } }""", s=self.sensor_selector(name))
         return data["startSensor"].get("sensorState", {}).get("status") or str(data["startSensor"])
 
+    def stop_sensor(self, name: str) -> str:
+        """Back to the status in code (STOPPED for ours but the observation); returns it."""
+        data = self.query("""mutation($s: SensorSelector!) { resetSensor(sensorSelector: $s) { __typename
+            ... on Sensor { sensorState { status } } ... on PythonError { message } } }""", s=self.sensor_selector(name))
+        return data["resetSensor"].get("sensorState", {}).get("status") or str(data["resetSensor"])
+
     def sensor_state(self, name: str) -> dict:
         """``{"status": ..., "cursor": ...}`` of a sensor."""
         data = self.query("""query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
