@@ -20,8 +20,10 @@ from byol_core.config import load_params
 from byol_core.ingest import ingest
 from conftest import TINY, make_fashion_files, write_params
 
-# 4 epochs of 8 steps: long enough (~2 s) for an outside kill to land mid-run.
-RUN = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 4, "pretrain.batch_size": 32,
+# 4 epochs of 8 steps: long enough (~2 s on CPU) for an outside kill to land mid-run; a GPU
+# runs such an epoch in tens of milliseconds, so there the run is 30 epochs.
+EPOCHS = 30 if torch.cuda.is_available() else 4
+RUN = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": EPOCHS, "pretrain.batch_size": 32,
        "pretrain.warmup_epochs": 1, "pretrain.monitor_bank": 64, "pretrain.monitor_queries": 32,
        "pretrain.log_every": 2}
 LAUNCHER = """
