@@ -34,7 +34,7 @@ from torch import nn
 from byol_core import graphed
 from byol_core.augment import Augmenter
 from byol_core.config import Params
-from byol_core.device import synchronize
+from byol_core.device import exact_cudnn, synchronize
 from byol_core.nets import EncoderSpec, build_encoder
 from byol_core.optim import LARS
 from byol_core.step import Recipe, build_optimizer, encoder_spec, new_state, train_step
@@ -110,12 +110,6 @@ class _DeviceBatches:
         return self.images[idx]
 
 
-def _as_pretraining():
-    """cuDNN as pretraining sets it (byol_core.device.exact_kernels), for our steps alone:
-    the peers run under torch's defaults."""
-    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
-
-
 class Ours:
     name = "ours"
 
@@ -126,9 +120,7 @@ class Ours:
         self.state = new_state(p, 3, setup.recipe, setup.device)
         if p.pretrain.compile:
             self.state.forward = torch.compile(self.state.model)
-        # As pretraining: one CUDA GPU without compile runs the step as a CUDA graph.
-        usable = p.pretrain.cuda_graph and graphed.usable(setup.device, 1, p.pretrain.compile)
-        self.graph = graphed.GraphedStep() if usable else None
+        self.graph = graphed.for_run(p.pretrain, setup.device)  # as pretraining: a CUDA graph on one GPU
         x = images[:10_000].float() / 255  # per-channel statistics, as ingest writes them to the data card
         gen = torch.Generator(device=setup.device).manual_seed(p.seed + 1)
         self.augment = Augmenter.for_data(p.augment, setup.size, x.mean((0, 2, 3)), x.std((0, 2, 3)), gen)
@@ -138,7 +130,7 @@ class Ours:
         self.batches.start(steps)
 
     def step(self) -> None:
-        with _as_pretraining():
+        with exact_cudnn():  # pretraining's cuDNN, for our steps alone: the peers keep torch's defaults
             (self.graph or train_step)(self.state, self.batches.next(), self.augment)
 
     def make_views(self) -> None:

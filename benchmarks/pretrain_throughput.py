@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from byol_core import graphed, step  # noqa: E402
 from byol_core.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
-from byol_core.device import resolve_device, synchronize  # noqa: E402
+from byol_core.device import exact_cudnn, resolve_device, synchronize  # noqa: E402
 from byol_core.step import Recipe, new_state, train_step  # noqa: E402
 from record import write_results  # noqa: E402
 
@@ -60,10 +60,11 @@ LEVERS = ("nchw", "eager", "cudnn-benchmark", "graph", "graph-autotune", "compil
 
 
 def _cudnn(lever: str):
-    """cuDNN's settings for a lever: torch's defaults, the autotuner, or pretraining's."""
+    """cuDNN's settings for a lever: pretraining's, the autotuner, or torch's defaults."""
+    if lever == "graph":
+        return exact_cudnn()
     autotune = lever in ("cudnn-benchmark", "graph-autotune") or lever.startswith("compile")
-    exact = lever == "graph"
-    return torch.backends.cudnn.flags(enabled=True, benchmark=autotune, deterministic=exact)
+    return torch.backends.cudnn.flags(enabled=True, benchmark=autotune, deterministic=False)
 
 
 class _Layout:

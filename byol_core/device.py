@@ -44,8 +44,17 @@ def exact_kernels(device: torch.device) -> None:
     run resumed after a kill -9 ends with exactly the weights of one that never stopped.
     (CPU kernels are deterministic already.)"""
     if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = _EXACT_CUDNN["deterministic"]
+        torch.backends.cudnn.benchmark = _EXACT_CUDNN["benchmark"]
+
+
+_EXACT_CUDNN = {"deterministic": True, "benchmark": False}
+
+
+def exact_cudnn():
+    """:func:`exact_kernels`' settings for the ``with`` block only (a benchmark that times
+    our step beside others run under torch's defaults)."""
+    return torch.backends.cudnn.flags(enabled=True, **_EXACT_CUDNN)
 
 
 def synchronize(device: torch.device) -> None:

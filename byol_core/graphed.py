@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from byol_core.augment import Augmenter
+from byol_core.schema.pretrain import PretrainConfig
 from byol_core.step import StepMetrics, TrainState, update
 
 WARMUP_STEPS = 3  # eager steps before the capture (torch's CUDA-graph notes use 3)
@@ -32,6 +33,12 @@ def usable(device: torch.device, processes: int, compiled: bool) -> bool:
     """Graphs here cover one CUDA process without torch.compile (DDP's all-reduces and
     compile's own graphs are outside what this module captures)."""
     return device.type == "cuda" and processes == 1 and not compiled
+
+
+def for_run(cfg: PretrainConfig, device: torch.device, processes: int = 1) -> GraphedStep | None:
+    """The graphed step where ``pretrain.cuda_graph`` asks for it and it applies, else None
+    (the eager :func:`byol_core.step.train_step`)."""
+    return GraphedStep() if cfg.cuda_graph and usable(device, processes, cfg.compile) else None
 
 
 class GraphedStep:
@@ -63,9 +70,7 @@ class GraphedStep:
             # A new epoch's generator: draw on from its state, as the eager step would.
             self.gen.set_state(augment.gen.get_state())
             self._seeded_from = augment.gen
-        lr, tau = state.recipe.lr(state.step), state.recipe.tau(state.step)
-        self.lr.fill_(lr)
-        self.ema_weight.fill_(1.0 - tau)
+        lr, tau = self._fill_scalars(state)
         self.images.copy_(images)
         if self.graph is not None:
             self.graph.replay()
@@ -77,6 +82,13 @@ class GraphedStep:
         state.step += 1
         return StepMetrics(loss, collapse, lr, tau)
 
+    def _fill_scalars(self, state: TrainState) -> tuple[float, float]:
+        """This step's LR and EMA weight into the tensors the body reads; returns (lr, tau)."""
+        lr, tau = state.recipe.lr(state.step), state.recipe.tau(state.step)
+        self.lr.fill_(lr)
+        self.ema_weight.fill_(1.0 - tau)
+        return lr, tau
+
     def _body(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
         return update(state, self.images, self.augment, self.lr, self.ema_weight,
                       autocast_cache=not self.capture)
@@ -86,8 +98,7 @@ class GraphedStep:
         self.images = images.clone()
         self.lr = torch.zeros((), device=device)
         self.ema_weight = torch.zeros((), device=device)
-        self.gen = torch.Generator(device=device)
-        self.gen.set_state(augment.gen.get_state())
+        self.gen = torch.Generator(device=device)  # given each epoch's state by __call__
         self.augment = augment.reseeded(self.gen)
         if not self.capture:
             return
@@ -96,8 +107,7 @@ class GraphedStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup_steps):
-                self.lr.fill_(state.recipe.lr(state.step))
-                self.ema_weight.fill_(1.0 - state.recipe.tau(state.step))
+                self._fill_scalars(state)
                 self._body(state)
         torch.cuda.current_stream(device).wait_stream(side)
         saved.put_back()

@@ -262,9 +262,8 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     state = new_state(params, prepared.card["channels"], recipe, device, world)
     _resume(state, run)
     state.forward = _forward(state.model, device, world, cfg.compile)
-    graph = None
-    if cfg.cuda_graph and graphed.usable(device, world.size, cfg.compile):
-        graph = graphed.GraphedStep()
+    graph = graphed.for_run(cfg, device, world.size)
+    if graph is not None:
         run.log("pretrain: the training step runs as one CUDA graph (pretrain.cuda_graph)")
 
     for epoch in range(state.epoch, cfg.epochs):
