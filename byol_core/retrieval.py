@@ -1,4 +1,4 @@
-"""Retrieval and label-efficiency measures of frozen features.
+"""Retrieval, label-efficiency and spread measures of frozen features.
 
 Retrieval: each test image queries the train gallery by cosine similarity; a gallery image
 is relevant when it has the query's label. ``recall_at_k`` is the share of queries with a
@@ -9,6 +9,9 @@ nearest, so a perfect ranking scores 1 and it rewards ranking every relevant ima
 
 Label efficiency: the linear probe trained on a small class-balanced share of the train
 labels (as the 1% and 10% subsets of the paper's semi-supervised table).
+
+Spread: how much of its room an encoder's features use. ``effective_rank`` counts the
+directions the features vary along; ``mean_cosine`` says how much they all point one way.
 """
 
 from __future__ import annotations
@@ -63,3 +66,29 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     picked = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())), replace=False)
               for c in classes]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def spread_metrics(features: torch.Tensor) -> dict:
+    """Effective rank and mean pairwise cosine similarity of ``features`` (N, D), N >= 2.
+
+    ``effective_rank`` (Roy & Vetterli 2007): exp of the Shannon entropy of the singular
+    values of the centred matrix, normalised to sum 1; from 1 (the rows vary along one
+    direction) to min(N, D) (along all equally), 0 if every row is the same. It ignores
+    scale, so rows that all equal one vector up to tiny noise get the rank of the noise:
+    ``mean_cosine`` is what shows that collapse. ``mean_cosine`` is the mean over pairs
+    i != j of the cosine similarity (0 for a zero row), in [-1/(N-1), 1], from the sum of
+    the unit rows: ``sum_{i!=j} u_i.u_j = ||sum_i u_i||^2 - sum_i ||u_i||^2``."""
+    x = features.double()
+    centred = x - x.mean(0)
+    # Singular values as the square roots of the eigenvalues of the smaller Gram matrix: in
+    # float64, cheaper than an SVD, and only values under ~1e-8 of the largest, which add
+    # nothing measurable to the entropy, are lost to rounding.
+    gram = centred.T @ centred if x.shape[1] <= x.shape[0] else centred @ centred.T
+    singular = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    p = singular[singular > 0] / singular.sum()
+    rank = float((-(p * p.log()).sum()).exp()) if len(p) else 0.0
+    unit = F.normalize(x, dim=1)
+    n = len(x)
+    cosine = float((unit.sum(0).square().sum() - unit.square().sum()) / (n * (n - 1)))
+    return {"effective_rank": rank, "effective_rank_fraction": rank / x.shape[1], "mean_cosine": cosine}

@@ -172,13 +172,17 @@ def _encoder(params: Params) -> dict:
 
 
 def _probe_table(metrics: dict) -> dg.MetadataValue:
-    rows = [("BYOL encoder", metrics["linear_top1"], metrics["linear_top5"]),
-            ("random-init encoder", metrics["random_init_linear_top1"], metrics["probe"]["random_init"]["top5"]),
-            ("raw pixels", metrics["pixels_linear_top1"], metrics["probe"]["pixels"]["top5"])]
+    """The probe's top-1/top-5 and the features' spread, BYOL beside its two baselines."""
+    rows = [("BYOL encoder", "byol", metrics["linear_top1"], metrics["linear_top5"]),
+            ("random-init encoder", "random_init", metrics["random_init_linear_top1"], metrics["probe"]["random_init"]["top5"]),
+            ("raw pixels", "pixels", metrics["pixels_linear_top1"], metrics["probe"]["pixels"]["top5"])]
     schema = dg.TableSchema(columns=[dg.TableColumn("features", "string"), dg.TableColumn("top1", "float"),
-                                     dg.TableColumn("top5", "float")])
-    return dg.MetadataValue.table([dg.TableRecord({"features": name, "top1": round(top1, 4), "top5": round(top5, 4)})
-                                   for name, top1, top5 in rows], schema=schema)
+                                     dg.TableColumn("top5", "float"), dg.TableColumn("effective rank", "float"),
+                                     dg.TableColumn("mean cosine", "float")])
+    return dg.MetadataValue.table([dg.TableRecord({"features": name, "top1": round(top1, 4), "top5": round(top5, 4),
+                                                   "effective rank": round(metrics["spread"][key]["effective_rank"], 2),
+                                                   "mean cosine": round(metrics["spread"][key]["mean_cosine"], 4)})
+                                   for name, key, top1, top5 in rows], schema=schema)
 
 
 def _evaluation(params: Params) -> dict:
@@ -187,6 +191,8 @@ def _evaluation(params: Params) -> dict:
         "linear top-1": dg.MetadataValue.float(round(metrics["linear_top1"], 4)),
         "linear top-5": dg.MetadataValue.float(round(metrics["linear_top5"], 4)),
         "kNN top-1": dg.MetadataValue.float(round(metrics["knn_top1"], 4)),
+        "effective rank": dg.MetadataValue.float(round(metrics["effective_rank"], 2)),
+        "mean cosine": dg.MetadataValue.float(round(metrics["mean_cosine"], 4)),
         "random-init linear top-1": dg.MetadataValue.float(round(metrics["random_init_linear_top1"], 4)),
         "pixels linear top-1": dg.MetadataValue.float(round(metrics["pixels_linear_top1"], 4)),
         "test images": dg.MetadataValue.int(metrics["n_test"]),

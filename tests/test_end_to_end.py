@@ -129,6 +129,21 @@ def test_eval_carries_retrieval_and_label_efficiency(run):
     assert (root / "metrics" / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_carries_the_spread_of_each_feature_set(run):
+    root, outputs = run
+    metrics = json.loads((root / "metrics" / "eval.json").read_text())
+    for name in ("byol", "random_init", "pixels"):
+        found = metrics["spread"][name]
+        dim = round(found["effective_rank"] / found["effective_rank_fraction"])
+        assert 1.0 <= found["effective_rank"] <= min(metrics["n_test"], dim), (name, found)
+        assert -1 / (metrics["n_test"] - 1) <= found["mean_cosine"] <= 1.0, (name, found)
+    assert dim == 28 * 28  # the pixels' row, last
+    byol = metrics["spread"]["byol"]
+    assert (metrics["effective_rank"], metrics["mean_cosine"]) == (byol["effective_rank"], byol["mean_cosine"])
+    assert byol["mean_cosine"] < 0.99  # a collapsed encoder's is about 1
+    assert f"effective rank {byol['effective_rank']:.1f} of " in outputs["evaluate"].stdout
+
+
 def _client_features(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
     """What a client that knows nothing of this project computes: onnx + onnxruntime + the
     model's own metadata, no sidecar, none of byol_core."""

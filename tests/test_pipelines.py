@@ -88,6 +88,9 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
     assert dataset["exact duplicates"].value == 0 and dataset["skipped files"].value == 0
     assert 0.0 <= found["linear_eval"].metadata["linear top-1"].value <= 1.0
     assert found["linear_eval"].metadata["probe vs baselines"].value.records[0].data["features"] == "BYOL encoder"
+    assert 1.0 <= found["linear_eval"].metadata["effective rank"].value <= 64  # the tiny encoder's 64 dims
+    spread = [row.data["mean cosine"] for row in found["linear_eval"].metadata["probe vs baselines"].value.records]
+    assert found["linear_eval"].metadata["mean cosine"].value == spread[0] and all(-1 <= c <= 1 for c in spread)
     assert found["byol_encoder"].metadata["training curves"].value.startswith("![training curves](data:image/png;base64,")
     assert found["onnx_encoder"].metadata["parity ok"].value is True
     embeddings = found["image_embeddings"].metadata

@@ -16,7 +16,7 @@ from byol_core.evaluate import linear_probe, pixel_dim, pixel_features
 from byol_core.features import extract_features, knn_top1
 from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
-from byol_core.retrieval import balanced_subset, retrieval_metrics
+from byol_core.retrieval import balanced_subset, retrieval_metrics, spread_metrics
 from byol_core.schema.base import Params
 from byol_core.storage import commit_files, json_writer, recover, text_writer
 
@@ -93,6 +93,8 @@ def run(params: Params) -> tuple[str, dict]:
         for name in features:
             efficiency[name][str(fraction)] = fit(name, few, fraction).top1
     retrieval = {name: retrieval_metrics(f_train, y_train, f_test, y_test) for name, (f_train, f_test) in features.items()}
+    # How much room the test features use: effective rank near 1 or mean cosine near 1 is collapse.
+    spread = {name: spread_metrics(f_test) for name, (_, f_test) in features.items()}
 
     metrics = {
         "linear_top1": probes["byol"].top1,
@@ -100,12 +102,15 @@ def run(params: Params) -> tuple[str, dict]:
         "knn_top1": knn,
         "random_init_linear_top1": probes["random_init"].top1,
         "pixels_linear_top1": probes["pixels"].top1,
+        "effective_rank": spread["byol"]["effective_rank"],
+        "mean_cosine": spread["byol"]["mean_cosine"],
         "n_train": int(len(y_train)),
         "n_test": int(len(y_test)),
         "subset": bool(len(y_train) < len(prepared.labels["train"]) or len(y_test) < len(prepared.labels["test"])),
         "probe": {name: result.summary() for name, result in probes.items()},
         "retrieval": retrieval,
         "label_efficiency": efficiency,
+        "spread": spread,
     }
     curves = {LABELS[name]: points for name, points in efficiency.items()}
     commit_files([(params.paths.eval_metrics, json_writer(metrics)),
@@ -116,6 +121,8 @@ def run(params: Params) -> tuple[str, dict]:
             f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
             f"pixels {metrics['pixels_linear_top1']:.4f} on {metrics['n_test']} test images; "
             f"retrieval recall@1 {retrieval['byol']['recall_at_1']:.4f}, mAP@R {retrieval['byol']['map_at_r']:.4f}; "
+            f"effective rank {spread['byol']['effective_rank']:.1f} of {spec.feature_dim}, "
+            f"mean cosine {spread['byol']['mean_cosine']:.3f}; "
             f"{', '.join(f'{float(f):.0%} labels {v:.4f}' for f, v in efficiency['byol'].items() if f != '1.0')} "
             f"({time.perf_counter() - started:.0f}s)")
     return line, metrics
