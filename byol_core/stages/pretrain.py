@@ -53,13 +53,15 @@ def run(params: Params) -> tuple[str, dict]:
     history = state.history
     last = history[-1]
     total_images = sum(row["images_per_sec"] * row["seconds"] for row in history)
+    train_seconds = sum(row["seconds"] for row in history)  # every epoch's steps, across resumes
     metrics = {
         "final_loss": last["loss"],
         "epochs": last["epoch"],
         "steps": state.step,
         "total_steps": schedule.total_steps,
         "peak_lr": schedule.peak_lr,
-        "images_per_sec": total_images / sum(row["seconds"] for row in history),
+        "images_per_sec": total_images / train_seconds,
+        "train_seconds": train_seconds,
         "collapse_std": last["collapse_std"],
         "knn_top1": last["knn_top1"],
         "encoder_parameters": count_parameters(encoder),
