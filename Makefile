@@ -8,7 +8,10 @@
 #              Ctrl-C stops it and every process it started (scripts/ui.sh)
 #   make serve PostgreSQL, dagster-daemon and dagster-webserver on 127.0.0.1 (scripts/serve.sh)
 #   make stop  stop what `make serve` started
-.PHONY: setup run test bench ui serve stop
+# and for a warm start (README: "Warm start from the last run"):
+#   make promote  `byol promote` (the last pretrain's state -> paths.start, its sha256 -> params.yaml),
+#              then `dvc add` that file; commit the .dvc file and params.yaml after it
+.PHONY: setup run test bench ui serve stop promote
 
 setup:
 	@scripts/setup.sh
@@ -34,3 +37,7 @@ serve: setup
 
 stop:
 	scripts/serve.sh stop
+
+promote: setup
+	.venv/bin/byol promote
+	.venv/bin/dvc add "$$(.venv/bin/python -c 'import os; from byol_core.config import load_params; print(os.path.relpath(load_params().paths.start))')"

@@ -83,11 +83,12 @@ def save_state(path: Path, state: dict) -> None:
     save_torch(path, {"format": STATE_FORMAT, **state})
 
 
-def load_state(path: Path) -> dict:
-    blob = load_torch(path, "training checkpoint",
-                      "Delete it to start pretraining afresh.")
+def load_state(path: Path, fix: str = "Delete it to start pretraining afresh.") -> dict:
+    """The full training state at ``path`` (a resume state, or pretrain's checkpoint and a
+    promoted copy of it), refused with ``fix`` unless it is one of this version."""
+    blob = load_torch(path, "training checkpoint", fix)
     if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT or not _state_shape_ok(blob):
-        raise ByolError(f"{path} is not a training checkpoint of this version. Delete it to start afresh.")
+        raise ByolError(f"{path} is not a training checkpoint of this version. {fix}")
     return blob
 
 

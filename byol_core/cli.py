@@ -1,5 +1,6 @@
-"""The ``byol`` command: ``byol ingest|pretrain|evaluate|export|embed [--params PATH]``, and
-``byol neighbours QUERY... [--index N] [--k K] [--json]``.
+"""The ``byol`` command: ``byol ingest|pretrain|evaluate|export|embed [--params PATH]``,
+``byol neighbours QUERY... [--index N] [--k K] [--json]``, and ``byol promote [--params PATH]``
+(the last pretrain's state becomes the start of a warm-started one: byol_core.promote).
 
 Each stage prints one summary line on stdout (progress goes to stderr). Every failure
 prints ``byol <stage>: error: <what, where, what to do>`` and exits 1, without a traceback:
@@ -31,7 +32,7 @@ from byol_core import locks, progress, stages
 from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; and neighbours.")
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; neighbours; and promote.")
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in stages.STAGES.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--exact", action="store_true", help="search every embedding even where the embed stage "
                      "built an approximate index (galleries of embed.approximate_from images and more)")
     sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    about = ("copy the last pretrain's full training state to paths.start and write its sha256 into the params "
+             "file's pretrain.init_sha256, for a warm start (pretrain.init: previous)")
+    sub = commands.add_parser("promote", help=about, description=about)
+    sub.add_argument("--params", default="params.yaml", help="params file, rewritten in place (default: ./params.yaml)")
     return parser
 
 
@@ -139,6 +144,11 @@ def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
 
 def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -> int:
     try:
+        if stage == "promote":  # it validates the params as it will leave them (byol_core.promote)
+            from byol_core.promote import promote
+
+            print(promote(Path(params_path))[0])
+            return 0
         from byol_core.config import load_params  # here: Ctrl-C while it loads is handled below
 
         params = load_params(params_path)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from byol_core import distributed, graphed, loader
+from byol_core import distributed, graphed, loader, warmstart
 from byol_core.augment import Augmenter
 from byol_core.byol import BYOL
 from byol_core.checkpoint import load_state, save_state
@@ -43,7 +43,9 @@ def run_key(params: Params, data_hash: str, device: torch.device) -> str:
     leaks into another run. Knobs that only change logging or monitoring are left out, so
     changing them does not throw away a half-finished run; so are the process count, since
     the global batch and each sample's augmentation do not depend on it, and whether the
-    data is resident or streamed, since both give the same batches."""
+    data is resident or streamed, since both give the same batches. A warm start's
+    init, init_sha256 and warm_epochs are pretrain keys, so a state is only continued from
+    the start it began from."""
     shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
     for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes",
                  "resident_max_mb"):
@@ -114,6 +116,7 @@ class _Run:
     monitor: Monitor
     key: str  # run_key: which saved state this run may continue
     resume_path: Path
+    start: Path  # where a warm start (pretrain.init: previous) begins from
 
 
 def _set_up(params: Params, prepared: Prepared, device: torch.device, world: distributed.World,
@@ -130,29 +133,39 @@ def _set_up(params: Params, prepared: Prepared, device: torch.device, world: dis
     batches = loader.for_data(source, device, cfg.resident_max_mb)
     log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
     run = _Run(params, device, world, log, batches, len(source), views, monitor,
-               run_key(params, card["data_hash"], device), params.paths.resume_state)
+               run_key(params, card["data_hash"], device), params.paths.resume_state, params.paths.start)
     return run, recipe
 
 
-def _resume(state: TrainState, run: _Run) -> None:
-    """Continue from the saved state when it was made under this run's key; otherwise
+def _resume(state: TrainState, run: _Run) -> bool:
+    """Continue from the saved state when it was made under this run's key (True); otherwise
     start afresh, and say why."""
     path = run.resume_path
     for stale in remove_stale_temps(path):
         run.log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
     if not path.is_file():
-        return
+        return False
     blob = load_state(path)
     if blob.get("run_key") != run.key:
         run.log(f"pretrain: ignoring {path}: it was made under other params or data "
                 f"(key {blob.get('run_key')} != {run.key}); starting fresh")
-        return
+        return False
     try:
         state.restore(blob)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ByolError(f"{path}: the saved training state does not fit this model "
                         f"({brief(exc, 200)}). Delete it to start afresh.") from None
     run.log(f"pretrain: resuming from {path} after epoch {state.epoch} (step {state.step})")
+    return True
+
+
+def _warm_start(state: TrainState, run: _Run) -> None:
+    """Begin from the promoted state's networks (pretrain.init: previous); the optimizer and
+    the step count stay fresh, so LR and tau follow the warm run's own schedules."""
+    cfg = run.params.pretrain
+    warmstart.start_from(state.model, run.start, cfg.init_sha256, run.params.model)
+    run.log(f"pretrain: warm start from {run.start} (sha256 {cfg.init_sha256[:12]}...): {cfg.run_epochs} epochs, "
+            f"{cfg.run_warmup_epochs:.3g} of them warmup")
 
 
 def _forward(model: BYOL, device: torch.device, world: distributed.World, compiled: bool) -> nn.Module | None:
@@ -206,7 +219,7 @@ def _train_epoch(state: TrainState, run: _Run, epoch: int,
     order = torch.randperm(run.n_images, generator=order_gen, device=device)
     state.model.train()
     tally = _Tally(device)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.run_epochs}", unit="step",
                disable=None if world.is_main else True, leave=False, file=sys.stderr)
     started = time.perf_counter()
     local = cfg.batch_size // world.size  # this rank's slice of each global batch
@@ -253,28 +266,30 @@ def _checkpoint(state: TrainState, run: _Run) -> None:
 def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
              world: distributed.World = distributed.World()) -> tuple[TrainState, Schedule]:
     """Train BYOL on the prepared pretraining images, resuming from ``paths.resume_state``
-    when it was made under the same params and data. Returns the final state and the
-    schedule. Under DDP (``world.size > 1``) every rank calls this; rank 0 alone logs and
-    writes the resume state."""
+    when it was made under the same params and data, else beginning from ``paths.start``
+    when ``pretrain.init`` is previous, else from fresh weights. Returns the final state and
+    the schedule. Under DDP (``world.size > 1``) every rank calls this; rank 0 alone logs
+    and writes the resume state."""
     cfg = params.pretrain
     exact_kernels(device)
     run, recipe = _set_up(params, prepared, device, world, log if world.is_main else _silent)
     state = new_state(params, prepared.card["channels"], recipe, device, world)
-    _resume(state, run)
+    if not _resume(state, run) and cfg.warm:
+        _warm_start(state, run)
     state.forward = _forward(state.model, device, world, cfg.compile)
     graph = graphed.for_run(cfg, device, world.size)
     if graph is not None:
         run.log("pretrain: the training step runs as one CUDA graph (pretrain.cuda_graph)")
 
-    for epoch in range(state.epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.run_epochs):
         tally, seconds = _train_epoch(state, run, epoch, graph)
         state.epoch = epoch + 1
         row = _epoch_row(state, run, tally, seconds)
         state.history.append(row)
-        run.log(f"epoch {state.epoch}/{cfg.epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}  "
+        run.log(f"epoch {state.epoch}/{cfg.run_epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4g}  "
                 f"tau {row['tau']:.5f}  collapse {row['collapse_std']:.3f}  knn {row['knn_top1']:.4f}  "
                 f"{row['images_per_sec']:.0f} img/s")
-        if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
+        if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.run_epochs:
             _checkpoint(state, run)
 
     if world.size > 1:

@@ -30,6 +30,7 @@ from byol_core.cli import main
 from byol_core.config import load_params
 from byol_core.ingest import ingest
 from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.promote import with_digest
 from byol_core.sources.fashion_mnist import FILES
 from byol_core.storage import write_json
 from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
@@ -126,6 +127,26 @@ def _old_store(root: Path) -> None:
     prepared = root / "data" / "prepared"
     (prepared / "store.json").unlink()
     np.save(prepared / "train_images.npy", np.zeros((40, 1, 28, 28), np.uint8))
+
+
+def _start(root: Path, named: bool = False, **model) -> None:
+    """A promoted training state of the tiny model (``model``: other model keys) at paths.start;
+    ``named``: params.yaml's init_sha256 set to its digest."""
+    from byol_core.checkpoint import save_state
+    from byol_core.config import parse_params
+    from byol_core.step import Recipe, new_state
+    from conftest import params_dict
+
+    params = parse_params(params_dict(**{**BASE, **model}))
+    state = new_state(params, 1, Recipe.for_run(params.pretrain, 40), torch.device("cpu"))
+    start = root / "models" / "start" / "checkpoint.pt"
+    save_state(start, state.to_checkpoint("key", params))
+    if named:
+        text = (root / "params.yaml").read_text()
+        (root / "params.yaml").write_text(with_digest(text, hashlib.sha256(start.read_bytes()).hexdigest()))
+
+
+WARM = {"pretrain.init": "previous", "pretrain.init_sha256": "0" * 64}
 
 
 def _fashion_variant(root: Path, edit) -> None:
@@ -244,6 +265,18 @@ CASES = [
     Case("embeddings folder that is not the stage's", "embed",
          r"refusing to replace <project>/src: it exists but has no card\.json",
          {"paths.embeddings": "src"}, _onnx),
+    Case("warm start without a digest", "pretrain",
+         r"pretrain: init is previous but init_sha256 is null: run `byol promote`", {"pretrain.init": "previous"}),
+    Case("warm start with no start file", "pretrain",
+         r"no start file at <project>/models/start/checkpoint\.pt \(paths\.start\)\. Run `byol promote`", WARM),
+    Case("warm start from a file with another digest", "pretrain",
+         r"checkpoint\.pt: its sha256 is [0-9a-f]{64}, but params\.yaml's pretrain\.init_sha256 is 0{64}.*`dvc pull`",
+         WARM, _start),
+    Case("warm start from another architecture", "pretrain",
+         r"checkpoint\.pt: the promoted state has another architecture than this run \(model\.width: 0\.25 there, "
+         r"0\.125 here\)\. Set pretrain\.init: scratch", WARM, lambda root: _start(root, True, **{"model.width": 0.25})),
+    Case("promote with no checkpoint", "promote",
+         r"training checkpoint not found at <project>/models/checkpoint\.pt\. Run `byol pretrain`"),
     Case("ONNX parity failure", "export",
          r"onnxruntime \(CPUExecutionProvider\) disagrees with PyTorch: max abs diff .* exceeds atol=1e-12",
          {"export.atol": 1e-12, "export.rtol": 0.0}),

@@ -11,10 +11,12 @@ from byol_core.schema.base import Section, anchored, within
 
 
 class PathsConfig(Section):
-    """Where the stages write. Relative paths are taken from the params file's directory."""
+    """Where the stages write, and where a warm start reads (``start``, a file). Relative
+    paths are taken from the params file's directory."""
 
     prepared: Path
     models: Path
+    start: Path  # the training state a warm start begins from (`byol promote` writes it; DVC tracks it)
     metrics: Path
     resume: Path
     cache: Path
@@ -33,10 +35,18 @@ class PathsConfig(Section):
         if root is not None and within(Path(root).resolve(), prepared):
             raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
                              "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
-        for name in ("models", "metrics", "resume", "cache", "embeddings"):
+        for name in ("models", "start", "metrics", "resume", "cache", "embeddings"):
             if within(getattr(self, name).resolve(), prepared):
                 raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
                                  f"({self.prepared}), which ingest replaces wholesale: move one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _start_is_no_output(self) -> PathsConfig:
+        # DVC deletes pretrain's outputs before the stage runs: the start would be gone.
+        if self.start.resolve() in (self.encoder.resolve(), self.checkpoint.resolve()):
+            raise ValueError(f"paths.start ({self.start}) is one of pretrain's outputs, which DVC deletes before "
+                             "pretrain runs: give the promoted state a place of its own, e.g. models/start/checkpoint.pt")
         return self
 
     # The file names inside those folders: fixed, so each path is written in one place.

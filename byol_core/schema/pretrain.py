@@ -7,12 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from byol_core.errors import ByolError
 from byol_core.schema.base import PositiveInt, Probability, Section, ordered_pair
 
 HeadWidth = Annotated[int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a file's digest, lower-case hex
 
 
 class ModelConfig(Section):
@@ -54,6 +55,9 @@ class AugmentConfig(Section):
 
 class PretrainConfig(Section):
     epochs: PositiveInt
+    init: Literal["scratch", "previous"]  # previous: begin from paths.start (byol_core.warmstart)
+    warm_epochs: PositiveInt  # what a warm start trains instead of epochs
+    init_sha256: Sha256 | None  # paths.start's digest: the start as a declared input (written by `byol promote`)
     batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs at least two samples
     base_lr: Annotated[float, Field(gt=0.0)]  # peak LR = base_lr * batch_size / 256
     warmup_epochs: Annotated[float, Field(ge=0.0)]
@@ -74,9 +78,37 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> PretrainConfig:
+        # A warm run's warmup (run_warmup_epochs) is this share of warm_epochs or less, so this
+        # check keeps it within the warm run too.
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
         return self
+
+    @model_validator(mode="after")
+    def _warm_start_names_its_start(self) -> PretrainConfig:
+        if self.init == "previous" and self.init_sha256 is None:
+            raise ValueError("init is previous but init_sha256 is null: run `byol promote` (it copies the last "
+                             "pretrain's full state to paths.start and writes its sha256 here), or set init: scratch")
+        return self
+
+    @property
+    def warm(self) -> bool:
+        """Whether this run begins from the promoted state at paths.start."""
+        return self.init == "previous"
+
+    @property
+    def run_epochs(self) -> int:
+        """The epochs this run trains: warm_epochs for a warm start, else epochs."""
+        return self.warm_epochs if self.warm else self.epochs
+
+    @property
+    def run_warmup_epochs(self) -> float:
+        """This run's LR warmup. A warm start's optimizer begins afresh (no momentum), so it warms
+        up too, for the share of its run that warmup_epochs is of epochs, and never longer than
+        warmup_epochs: with the defaults 0.5 of 3 epochs, a 2-epoch warm run warms up for 1/3."""
+        if not self.warm:
+            return self.warmup_epochs
+        return self.warmup_epochs * min(1.0, self.warm_epochs / self.epochs)
 
     @property
     def processes(self) -> int:
@@ -101,15 +133,16 @@ class Schedule:
 
 
 def derive_schedule(cfg: PretrainConfig, n_train: int) -> Schedule:
-    """Steps come from epochs and batch size (the last partial batch is dropped); the peak
-    LR follows the paper's linear scaling rule, ``base_lr * batch_size / 256``."""
+    """Steps come from the run's epochs (``run_epochs``: a warm start's own) and batch size
+    (the last partial batch is dropped); the peak LR follows the paper's linear scaling
+    rule, ``base_lr * batch_size / 256``."""
     if cfg.batch_size > n_train:
         raise ByolError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the {n_train} "
                         "prepared training images: lower pretrain.batch_size or ingest more data.")
     steps_per_epoch = n_train // cfg.batch_size
     return Schedule(
         steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * cfg.epochs,
-        warmup_steps=math.floor(cfg.warmup_epochs * steps_per_epoch),
+        total_steps=steps_per_epoch * cfg.run_epochs,
+        warmup_steps=math.floor(cfg.run_warmup_epochs * steps_per_epoch),
         peak_lr=cfg.base_lr * cfg.batch_size / 256,
     )

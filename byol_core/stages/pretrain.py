@@ -15,7 +15,7 @@ from byol_core.schema.base import Params
 from byol_core.storage import commit_files, json_writer, recover, text_writer, torch_writer
 from byol_core.train import pretrain
 
-PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "paths.resume",
+PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.start", "paths.metrics", "paths.resume",
           "model", "augment", "pretrain", "knn", "evaluate.batch_size")
 
 
@@ -48,7 +48,7 @@ def run(params: Params) -> tuple[str, dict]:
         distributed.teardown()
     if not world.is_main:
         return "", {}
-    card = prepared.card
+    card, cfg = prepared.card, params.pretrain
     encoder = state.model.encoder
     history = state.history
     last = history[-1]
@@ -66,6 +66,8 @@ def run(params: Params) -> tuple[str, dict]:
         "knn_top1": last["knn_top1"],
         "encoder_parameters": count_parameters(encoder),
         "device": str(device),
+        "init": cfg.init,  # scratch, or previous: began from the promoted state with this digest
+        "init_sha256": cfg.init_sha256 if cfg.warm else None,
     }
     # The loop always checkpoints its last epoch, so the resume state *is* the final full
     # state: publish a copy of it rather than serialising the same state again. The four
@@ -78,7 +80,8 @@ def run(params: Params) -> tuple[str, dict]:
                   (params.paths.pretrain_curve, text_writer(_curve_csv(history))),
                   (params.paths.pretrain_steps, text_writer(_curve_csv(state.steps)))], journal(params))
     resume.unlink()  # finished: nothing left to resume
-    line = (f"pretrain: {metrics['epochs']} epochs, {state.step} steps on {device} in "
+    begun = " from the promoted state" if cfg.warm else ""
+    line = (f"pretrain: {metrics['epochs']} epochs{begun}, {state.step} steps on {device} in "
             f"{time.perf_counter() - started:.0f}s, loss {metrics['final_loss']:.4f}, "
             f"collapse {metrics['collapse_std']:.3f}, knn {metrics['knn_top1']:.4f}, "
             f"{metrics['images_per_sec']:.0f} img/s -> {params.paths.encoder}")
