@@ -76,12 +76,14 @@ def table(found: list[tuple[str, dict, dict]], names: set[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="only these experiments (default: all)")
+    parser.add_argument("--commits", type=int, default=20,
+                        help="experiments based on this many of HEAD's last commits (dvc exp show -n)")
     parser.add_argument("--json", type=Path, help="read this `dvc exp show --json` output instead of running dvc")
     args = parser.parse_args()
     if args.json:
         show = json.loads(args.json.read_text())
     else:
-        done = subprocess.run([str(ROOT / ".venv/bin/dvc"), "exp", "show", "--json"], cwd=ROOT,
+        done = subprocess.run([str(ROOT / ".venv/bin/dvc"), "exp", "show", "--json", "-n", str(args.commits)], cwd=ROOT,
                               capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"sweep_table: dvc exp show failed: {done.stderr.strip()[-400:]}")
