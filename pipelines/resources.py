@@ -38,6 +38,8 @@ _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited wit
 TETHER = Path(__file__).with_name("tether.py")
 STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
+SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from its current outputs "
+           "(not recomputed), those of the run that made them")
 
 
 @contextmanager
@@ -79,7 +81,7 @@ class StageRun:
         return dg.DataVersion(hashlib.sha256(blob).hexdigest()[:16])
 
     def metadata(self) -> dict:
-        status = "ran" if self.ran else "skipped by DVC: its inputs did not change"
+        status = "ran" if self.ran else SKIPPED
         meta = {"dvc stage": dg.MetadataValue.text(status)}
         if self.ran:
             meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))

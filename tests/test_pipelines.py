@@ -18,10 +18,10 @@ from onnx import numpy_helper
 from byol_core.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
-from pipelines.assets import ASSETS, POOL
+from pipelines.assets import ASSETS, COMPUTED_IN, OUTSIDE, POOL, RECOMPUTED, linear_eval
 from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch, probe_beats_random_init
 from pipelines.definitions import defs
-from pipelines.resources import DvcProject, StageRun
+from pipelines.resources import SKIPPED, DvcProject, StageRun
 from pipelines.assets import observe_folder
 from pipelines.schedules import RETRAIN_CRON, observation, observe_source_data, source_fingerprint, weekly_retrain
 
@@ -77,7 +77,8 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
     dvc_project = DvcProject(project_dir=str(root))
     for key, materialization in found.items():
         meta = materialization.metadata
-        assert meta["dvc stage"].value == "ran"
+        assert meta["dvc stage"].value == "ran" and meta[RECOMPUTED].value is True
+        assert meta[COMPUTED_IN].value == first.run_id
         # The summary line came back from the byol process through Dagster Pipes.
         assert meta["summary"].value.startswith(f"{STAGE_OF[key]}:")
         outs = dvc_project.lock_outs(STAGE_OF[key])
@@ -121,15 +122,39 @@ def test_a_second_materialization_is_skipped_by_dvc_and_keeps_the_versions(proje
     assert again.success
     before, after = _materializations(first), _materializations(again)
     for key in KEYS:
-        assert after[key].metadata["dvc stage"].value == "skipped by DVC: its inputs did not change"
+        assert after[key].metadata["dvc stage"].value == SKIPPED and SKIPPED.startswith("skipped by DVC")
         assert "summary" not in after[key].metadata
         assert after[key].tags["dagster/data_version"] == before[key].tags["dagster/data_version"]
-        # No new figures (the history plots get no new point); the run that computed them is named.
-        assert not [name for name, value in after[key].metadata.items() if isinstance(value.value, (int, float))]
-        assert after[key].metadata["computed in run"].value == first.run_id
+        # The same figures as the run that made the outputs, read back from them, marked as not
+        # recomputed, with that run named.
+        assert before[key].metadata[RECOMPUTED].value is True and after[key].metadata[RECOMPUTED].value is False
+        assert after[key].metadata[COMPUTED_IN].value == first.run_id
+        figures = {name for name, value in before[key].metadata.items()
+                   if not name.startswith("dvc ") and name not in (RECOMPUTED, COMPUTED_IN, "summary")}
+        assert figures and figures == {name for name in after[key].metadata
+                                       if not name.startswith("dvc ") and name not in (RECOMPUTED, COMPUTED_IN)}
+        for name in figures:
+            if isinstance(before[key].metadata[name].value, (int, float, str)):
+                assert after[key].metadata[name].value == before[key].metadata[name].value, (key, name)
+    assert after["linear_eval"].metadata["linear top-1"].value == before["linear_eval"].metadata["linear top-1"].value
     lines = _log_lines(root, again.run_id)
     assert sorted(line.split(":")[0] for line in lines if "skipped by DVC" in line) == sorted(STAGE_OF.values())
+    assert sorted(line.split(":")[0] for line in lines if "not recomputed" in line) == sorted(STAGE_OF.values())
     assert not [line for line in lines if "[pipes]" in line or "running `repro" in line]
+
+
+def test_outputs_made_outside_dagster_show_their_figures_on_the_first_materialization(project):
+    """`make run` (dvc repro) first, then the UI: the first materialization, which DVC skips,
+    shows the figures `make run` computed, and says they were made outside Dagster."""
+    root, _ = project
+    result = dg.materialize([linear_eval], resources={"dvc": DvcProject(project_dir=str(root))},
+                            instance=dg.DagsterInstance.ephemeral())  # a new UI: no history
+    meta = _materializations(result)["linear_eval"].metadata
+    metrics = json.loads(load_params(root / "params.yaml").paths.eval_metrics.read_text())
+    assert meta["dvc stage"].value == SKIPPED and meta[RECOMPUTED].value is False
+    assert meta[COMPUTED_IN].value == OUTSIDE
+    assert meta["linear top-1"].value == round(metrics["linear_top1"], 4)
+    assert meta["label efficiency curve"].value.startswith("![label efficiency](data:image/png")
 
 
 def test_collapse_check_fails_on_a_planted_collapsed_encoder(project, tmp_path):
