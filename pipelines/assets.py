@@ -97,16 +97,19 @@ RECOMPUTED = "recomputed"
 OUTSIDE = "outside Dagster (dvc repro or make run)"
 
 
+HISTORY = 100  # earlier materializations searched for the run that made the current outputs
+
+
 def computed_in(context: dg.AssetExecutionContext, version: dg.DataVersion) -> dict:
-    """For a stage DVC skipped: the run that made its current outputs. That is the run named
-    by the latest materialization when it has the same data version; otherwise the outputs
-    were made since by `dvc repro` outside Dagster."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    latest = event.asset_materialization if event is not None else None
-    if latest is None or latest.tags.get("dagster/data_version") != version.value:
-        return {COMPUTED_IN: dg.MetadataValue.text(OUTSIDE)}
-    earlier = latest.metadata.get(COMPUTED_IN)
-    return {COMPUTED_IN: dg.MetadataValue.text(earlier.value if earlier is not None else event.run_id)}
+    """For a stage DVC skipped (or restored from its run-cache): the run that made its current
+    outputs, as named by the latest materialization with the same data version (among the
+    last HISTORY). With none, the outputs were made outside Dagster, by `dvc repro`."""
+    for record in context.instance.fetch_materializations(context.asset_key, limit=HISTORY).records:
+        earlier = record.asset_materialization
+        if earlier is not None and earlier.tags.get("dagster/data_version") == version.value:
+            named = earlier.metadata.get(COMPUTED_IN)
+            return {COMPUTED_IN: dg.MetadataValue.text(named.value if named is not None else record.run_id)}
+    return {COMPUTED_IN: dg.MetadataValue.text(OUTSIDE)}
 
 
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
