@@ -5,6 +5,8 @@ makes DVC rerun pretraining.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,8 +18,12 @@ from byol_core.schema.probe import KnnConfig
 
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor, mean: torch.Tensor,
-                     std: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Eval-mode features of uint8 images (N, C, H, W) -> float32 (N, D) on the CPU."""
+                     std: torch.Tensor, batch_size: int, device: torch.device,
+                     on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Eval-mode features of uint8 images (N, C, H, W) -> float32 (N, D) on the CPU.
+
+    ``on_batch(done)`` is called after each batch with the number of images done so far;
+    the batch's features are on the CPU by then, so it costs no extra device sync."""
     was_training = encoder.training
     encoder.eval()
     mean, std = mean.to(device), std.to(device)
@@ -26,6 +32,8 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray | torch.Tensor
         batch = torch.as_tensor(images[start:start + batch_size]).to(device, non_blocking=True)
         x = to_input(batch, mean, std).contiguous(memory_format=memory_format(device))
         chunks.append(encoder(x).float().cpu())
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(images)))
     encoder.train(was_training)
     return torch.cat(chunks)
 

@@ -185,9 +185,19 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def torch_writer(obj: Any) -> Callable[[Path], None]:
+    """Write ``obj`` with ``torch.save`` so that equal contents give equal bytes.
+
+    Given a path, ``torch.save`` names the zip archive's records after the file (here the
+    random temp name), so every save of the same tensors would differ and DVC would rerun
+    every stage after it. Given an open file it names them ``archive/`` always; it streams
+    to the file all the same, so a large state is never held twice in memory."""
     import torch  # here, not at the top: ingest writes no checkpoints and stays light without torch
 
-    return lambda tmp: torch.save(obj, tmp)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return write
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -93,16 +93,23 @@ def observe_folder(folder: Path) -> dg.ObserveResult:
 
 
 COMPUTED_IN = "computed in run"
+RECOMPUTED = "recomputed"
+OUTSIDE = "outside Dagster (dvc repro or make run)"
 
 
-def computed_in(context: dg.AssetExecutionContext) -> dict:
-    """For a stage DVC skipped: the run whose materialization holds its figures (the last one
-    that ran the stage), so the asset's page points at them instead of repeating them."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    earlier = event.asset_materialization.metadata.get(COMPUTED_IN)
-    return {COMPUTED_IN: dg.MetadataValue.text(earlier.value if earlier is not None else event.run_id)}
+HISTORY = 100  # earlier materializations searched for the run that made the current outputs
+
+
+def computed_in(context: dg.AssetExecutionContext, version: dg.DataVersion) -> dict:
+    """For a stage DVC skipped (or restored from its run-cache): the run that made its current
+    outputs, as named by the latest materialization with the same data version (among the
+    last HISTORY). With none, the outputs were made outside Dagster, by `dvc repro`."""
+    for record in context.instance.fetch_materializations(context.asset_key, limit=HISTORY).records:
+        earlier = record.asset_materialization
+        if earlier is not None and earlier.tags.get("dagster/data_version") == version.value:
+            named = earlier.metadata.get(COMPUTED_IN)
+            return {COMPUTED_IN: dg.MetadataValue.text(named.value if named is not None else record.run_id)}
+    return {COMPUTED_IN: dg.MetadataValue.text(OUTSIDE)}
 
 
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
@@ -120,11 +127,18 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
                 raise dg.RetryRequested(max_retries=MAX_RETRIES,
                                         seconds_to_wait=RETRY_DELAY * 2 ** context.retry_number) from failure
             raise
-        if not run.ran:  # the same data version, and no figures: a skip adds no point to the history plots
-            return dg.MaterializeResult(metadata={**run.metadata(), **computed_in(context)},
-                                        data_version=run.data_version)
+        # The figures come from the stage's outputs either way: those it just wrote, or, when
+        # DVC skipped it, those DVC just found current (dvc.lock's hashes), which are the
+        # figures of the run that made them. So every materialization shows them; the
+        # marker says whether they were recomputed, and by which run.
+        if run.ran:
+            origin = {COMPUTED_IN: dg.MetadataValue.text(context.run.run_id)}
+        else:
+            origin = computed_in(context, run.data_version)
+            context.log.info(f"{stage}: figures read from its current outputs, not recomputed: they are those "
+                             f"of the run that made them ({origin[COMPUTED_IN].value})")
         return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata(),
-                                              COMPUTED_IN: dg.MetadataValue.text(context.run.run_id)},
+                                              RECOMPUTED: dg.MetadataValue.bool(run.ran), **origin},
                                     data_version=run.data_version)
 
     return _asset

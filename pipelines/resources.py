@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,10 @@ _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited wit
 TETHER = Path(__file__).with_name("tether.py")
 STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
+SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from its current outputs "
+           "(not recomputed), those of the run that made them")
+RESTORED = ("restored by DVC from its run-cache: these inputs were run before; the figures are read from that "
+            "run's outputs (not recomputed)")
 
 
 @contextmanager
@@ -56,6 +62,27 @@ def _interrupts_held():
                 signal.signal(signum, handler)
 
 
+def tethered(command: list[str]) -> list[str]:
+    """``command`` under the tether: in a process group of its own, stopped whole when this
+    step is interrupted or dies (see pipelines/tether.py)."""
+    return [sys.executable, str(TETHER), str(os.getpid()), str(STOP_GRACE), "--", *command]
+
+
+@contextmanager
+def _quiet_pipes(context: dg.AssetExecutionContext, when: Callable[[], bool]):
+    """Drop Dagster's "[pipes] did not receive any messages" warning at the end of the block
+    if ``when()`` holds then: the byol command never started (DVC skipped the stage or
+    restored it from its run-cache) or was stopped on purpose, so there was nothing to hear."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("[pipes] did not receive any messages") and when())
+
+    context.log.addFilter(keep)
+    try:
+        yield
+    finally:
+        context.log.removeFilter(keep)
+
+
 def default_dvc() -> str:
     """The dvc that set-up links beside this Python (.venv/bin/dvc), else the one on PATH."""
     beside = Path(sys.executable).parent / "dvc"
@@ -67,10 +94,11 @@ class StageRun:
     """What one `dvc repro --single-item` did."""
 
     stage: str
-    ran: bool  # False: DVC found its inputs unchanged and skipped it
+    ran: bool  # False: DVC found its inputs unchanged and skipped it, or restored it from its run-cache
     seconds: float
     outs: dict[str, str]  # dvc.lock: output path -> md5
     reported: dict = field(default_factory=dict)  # what the byol command sent through Pipes
+    cached: bool = False  # DVC had run these inputs before and checked out that run's outputs
 
     @property
     def data_version(self) -> dg.DataVersion:
@@ -79,7 +107,7 @@ class StageRun:
         return dg.DataVersion(hashlib.sha256(blob).hexdigest()[:16])
 
     def metadata(self) -> dict:
-        status = "ran" if self.ran else "skipped by DVC: its inputs did not change"
+        status = "ran" if self.ran else RESTORED if self.cached else SKIPPED
         meta = {"dvc stage": dg.MetadataValue.text(status)}
         if self.ran:
             meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))
@@ -149,20 +177,28 @@ class DvcProject(dg.ConfigurableResource):
         command = [self.dvc, "repro", "--single-item", stage] + (["--force"] if force else [])
         context.log.info(f"running `{' '.join(command[1:])}` in {self.root}")
         tail: deque[str] = deque(maxlen=60)
-        with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
-                                   message_reader=dg.PipesTempFileMessageReader()) as session:
+        # "started": DVC ran the stage's command; "cached": DVC checked out the outputs of an
+        # earlier run of the same inputs instead (its run-cache); "stopped": this step stopped it.
+        seen: set[str] = set()
+        with _quiet_pipes(context, lambda: "started" not in seen or "stopped" in seen), \
+                dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
+                                      message_reader=dg.PipesTempFileMessageReader()) as session:
             env = {**os.environ, **session.get_bootstrap_env_vars()}
             # The tether runs dvc in a process group of its own and stops that whole group
             # (dvc, its shell, byol) when this step is interrupted or dies.
-            tethered = [sys.executable, str(TETHER), str(os.getpid()), str(STOP_GRACE), "--", *command]
-            process = subprocess.Popen(tethered, cwd=self.root, env=env, stdout=subprocess.PIPE,
+            process = subprocess.Popen(tethered(command), cwd=self.root, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
             try:
                 for line in process.stdout:
                     sys.stdout.write(line)  # the step's captured output in the UI
                     tail.append(line.rstrip("\n"))
+                    if line.startswith(f"Running stage '{stage}'"):
+                        seen.add("started")
+                    elif line.startswith(f"Stage '{stage}' is cached - skipping run"):
+                        seen.add("cached")
                 code = process.wait()
             except BaseException:  # cancelled from the UI, SIGTERM/SIGINT to the run: stop dvc and byol
+                seen.add("stopped")
                 self._stop(context, stage, process)
                 raise
             finally:
@@ -173,19 +209,50 @@ class DvcProject(dg.ConfigurableResource):
                                          "(it installs dvc in .venv-dvc and links .venv/bin/dvc)",
                              allow_retries=False)
         if code != 0:
-            raise self._failure(stage, code, list(tail))
+            failure = self._failure(stage, code, list(tail))
+            if "started" in seen:  # DVC deleted the outputs before it started the stage
+                problem = self.restore(stage)
+                if problem is None:
+                    context.log.info(f"{stage}: its last good outputs are back in place (`dvc checkout {stage}`)")
+                else:
+                    context.log.warning(f"{stage}: {problem}")
+            raise failure
         messages = [m for m in session.get_custom_messages() if isinstance(m, dict) and m.get("stage") == stage]
-        ran = any(line.startswith(f"Running stage '{stage}'") for line in tail) or bool(messages)
-        run = StageRun(stage, ran, seconds, self.lock_outs(stage), messages[-1] if messages else {})
-        context.log.info(f"{stage}: {'ran' if ran else 'skipped (inputs unchanged)'} in {seconds:.1f}s")
+        ran = "started" in seen or bool(messages)
+        run = StageRun(stage, ran, seconds, self.lock_outs(stage), messages[-1] if messages else {},
+                       cached=not ran and "cached" in seen)
+        done = ("ran" if ran else "restored from DVC's run-cache (these inputs were run before)" if run.cached
+                else "skipped (inputs unchanged)")
+        context.log.info(f"{stage}: {done} in {seconds:.1f}s")
         return run
 
-    @staticmethod
-    def _stop(context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
-        """Stop the tethered tree and say so in the run's log: what was stopped, what it leaves.
-        Dagster may interrupt a cancelled run more than once (its termination request and its
-        cancellation thread); later interrupts wait until the tree is gone, so the run is only
-        marked stopped once nothing of it runs any more."""
+    def restore(self, stage: str) -> str | None:
+        """Put back the outputs of ``stage`` that dvc.lock records (`dvc checkout <stage>`, under
+        the tether). DVC deletes a stage's outputs before it runs the stage, so a failed or
+        stopped run would otherwise leave them missing while the asset still shows its last
+        materialization as current. Returns None when they are in place, else what went wrong."""
+        if not self.lock_outs(stage):
+            return None  # never reproduced: nothing to put back
+        process = subprocess.Popen(tethered([self.dvc, "checkout", stage]), cwd=self.root, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            output, _ = process.communicate(timeout=STATUS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # the tether stops dvc with it
+            process.communicate()
+            output = f"it took more than {STATUS_TIMEOUT}s"
+        if process.returncode == 0:
+            return None
+        last = [line for line in output.splitlines() if line.strip()][-1:] or [f"exit {process.returncode}"]
+        return (f"its outputs could not be put back with `dvc checkout {stage}` ({last[0].strip()}); "
+                f"they may be missing: run `dvc checkout {stage}` in {self.root}")
+
+    def _stop(self, context: dg.AssetExecutionContext, stage: str, process: subprocess.Popen) -> None:
+        """Stop the tethered tree, put the stage's last good outputs back, and say so in one
+        warning: what was stopped, what is in place. Dagster may interrupt a cancelled run
+        more than once (its termination request and its cancellation thread); later
+        interrupts wait until this is done, so the run is only marked stopped once nothing of
+        it runs any more and the outputs are back."""
         with _interrupts_held():
             if process.poll() is None:
                 process.terminate()
@@ -194,11 +261,14 @@ class DvcProject(dg.ConfigurableResource):
             except subprocess.TimeoutExpired:
                 process.kill()
                 rest, _ = process.communicate()
-        sys.stdout.write(rest or "")
+            sys.stdout.write(rest or "")
+            problem = self.restore(stage)
+        outputs = (f"its last good outputs are back in place (`dvc checkout {stage}`)" if problem is None
+                   else problem)
         context.log.warning(
             f"interrupted: stopped `dvc repro {stage}` and the byol command below it (exit {process.returncode}); "
-            f"DVC's lock is released. The stage's outputs may be missing until it runs again; the next run "
-            f"reruns it{', and pretraining resumes from its last checkpoint' if stage == 'pretrain' else ''}.")
+            f"DVC's lock is released and {outputs}. The next run reruns the stage if its inputs changed"
+            f"{', and pretraining resumes from its last checkpoint' if stage == 'pretrain' else ''}.")
 
     @staticmethod
     def _failure(stage: str, code: int, tail: list[str]) -> dg.Failure:

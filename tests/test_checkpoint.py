@@ -50,6 +50,28 @@ def test_encoder_round_trip_is_exact(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_equal_contents_give_equal_bytes_whatever_the_file_is_called(tmp_path):
+    """torch.save to a path names the archive's records after the file, and atomic_write
+    saves to a random temp name: equal weights must still give an equal file, or DVC
+    reruns every stage after pretrain for nothing."""
+    import hashlib
+    import zipfile
+
+    from byol_core.storage import save_torch, torch_writer
+
+    state = {"format": 1, "weights": torch.arange(12.0).reshape(3, 4), "history": [{"loss": 0.5}]}
+    for tmp in (tmp_path / ".encoder.pt.abc.tmp", tmp_path / ".encoder.pt.xyz123.tmp"):
+        torch_writer(state)(tmp)
+    save_torch(tmp_path / "models" / "encoder.pt", state)  # through the atomic write, twice
+    first = (tmp_path / "models" / "encoder.pt").read_bytes()
+    save_torch(tmp_path / "models" / "encoder.pt", state)
+    files = [tmp_path / ".encoder.pt.abc.tmp", tmp_path / ".encoder.pt.xyz123.tmp", tmp_path / "models" / "encoder.pt"]
+    assert len({hashlib.md5(path.read_bytes()).hexdigest() for path in files}) == 1
+    assert first == files[-1].read_bytes()
+    assert {name.split("/")[0] for name in zipfile.ZipFile(files[0]).namelist()} == {"archive"}
+    assert torch.equal(torch.load(files[-1], weights_only=True)["weights"], state["weights"])
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("this would run code",))

@@ -52,15 +52,13 @@ if point == "step":  # SIGKILL before the after-th training step (counted across
     graphed.GraphedStep.__call__ = counted(graphed.GraphedStep.__call__)  # the step on one CUDA GPU
 elif point == "midwrite":  # the after-th checkpoint write stops halfway through the file
     real_save = torch.save
-    def half_save(obj, path, *args, **kwargs):
+    def half_save(obj, handle, *args, **kwargs):  # storage hands torch.save an open file
         calls["n"] += 1
-        if calls["n"] != after:
-            return real_save(obj, path, *args, **kwargs)
-        real_save(obj, path, *args, **kwargs)
-        data = open(path, "rb").read()
-        with open(path, "wb") as handle:
-            handle.write(data[: len(data) // 2])
-        die()
+        real_save(obj, handle, *args, **kwargs)
+        if calls["n"] == after:
+            handle.truncate(handle.tell() // 2)
+            handle.flush()
+            die()
     torch.save = half_save
 elif point == "outputs":  # every output written in full and the commit decided, before any rename
     import byol_core.storage as storage

@@ -1,10 +1,14 @@
 """Dagster on top of the real dvc: in-process materialization of the five assets on a
 tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
 
+import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,10 +22,10 @@ from onnx import numpy_helper
 from byol_core.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
-from pipelines.assets import ASSETS, POOL
+from pipelines.assets import ASSETS, COMPUTED_IN, OUTSIDE, POOL, RECOMPUTED, byol_encoder, linear_eval
 from pipelines.checks import CHECKS, encoder_not_collapsed, onnx_matches_pytorch, probe_beats_random_init
 from pipelines.definitions import defs
-from pipelines.resources import DvcProject, StageRun
+from pipelines.resources import RESTORED, SKIPPED, DvcProject, StageRun
 from pipelines.assets import observe_folder
 from pipelines.schedules import RETRAIN_CRON, observation, observe_source_data, source_fingerprint, weekly_retrain
 
@@ -77,7 +81,8 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
     dvc_project = DvcProject(project_dir=str(root))
     for key, materialization in found.items():
         meta = materialization.metadata
-        assert meta["dvc stage"].value == "ran"
+        assert meta["dvc stage"].value == "ran" and meta[RECOMPUTED].value is True
+        assert meta[COMPUTED_IN].value == first.run_id
         # The summary line came back from the byol process through Dagster Pipes.
         assert meta["summary"].value.startswith(f"{STAGE_OF[key]}:")
         outs = dvc_project.lock_outs(STAGE_OF[key])
@@ -121,15 +126,39 @@ def test_a_second_materialization_is_skipped_by_dvc_and_keeps_the_versions(proje
     assert again.success
     before, after = _materializations(first), _materializations(again)
     for key in KEYS:
-        assert after[key].metadata["dvc stage"].value == "skipped by DVC: its inputs did not change"
+        assert after[key].metadata["dvc stage"].value == SKIPPED and SKIPPED.startswith("skipped by DVC")
         assert "summary" not in after[key].metadata
         assert after[key].tags["dagster/data_version"] == before[key].tags["dagster/data_version"]
-        # No new figures (the history plots get no new point); the run that computed them is named.
-        assert not [name for name, value in after[key].metadata.items() if isinstance(value.value, (int, float))]
-        assert after[key].metadata["computed in run"].value == first.run_id
+        # The same figures as the run that made the outputs, read back from them, marked as not
+        # recomputed, with that run named.
+        assert before[key].metadata[RECOMPUTED].value is True and after[key].metadata[RECOMPUTED].value is False
+        assert after[key].metadata[COMPUTED_IN].value == first.run_id
+        figures = {name for name, value in before[key].metadata.items()
+                   if not name.startswith("dvc ") and name not in (RECOMPUTED, COMPUTED_IN, "summary")}
+        assert figures and figures == {name for name in after[key].metadata
+                                       if not name.startswith("dvc ") and name not in (RECOMPUTED, COMPUTED_IN)}
+        for name in figures:
+            if isinstance(before[key].metadata[name].value, (int, float, str)):
+                assert after[key].metadata[name].value == before[key].metadata[name].value, (key, name)
+    assert after["linear_eval"].metadata["linear top-1"].value == before["linear_eval"].metadata["linear top-1"].value
     lines = _log_lines(root, again.run_id)
     assert sorted(line.split(":")[0] for line in lines if "skipped by DVC" in line) == sorted(STAGE_OF.values())
+    assert sorted(line.split(":")[0] for line in lines if "not recomputed" in line) == sorted(STAGE_OF.values())
     assert not [line for line in lines if "[pipes]" in line or "running `repro" in line]
+
+
+def test_outputs_made_outside_dagster_show_their_figures_on_the_first_materialization(project):
+    """`make run` (dvc repro) first, then the UI: the first materialization, which DVC skips,
+    shows the figures `make run` computed, and says they were made outside Dagster."""
+    root, _ = project
+    result = dg.materialize([linear_eval], resources={"dvc": DvcProject(project_dir=str(root))},
+                            instance=dg.DagsterInstance.ephemeral())  # a new UI: no history
+    meta = _materializations(result)["linear_eval"].metadata
+    metrics = json.loads(load_params(root / "params.yaml").paths.eval_metrics.read_text())
+    assert meta["dvc stage"].value == SKIPPED and meta[RECOMPUTED].value is False
+    assert meta[COMPUTED_IN].value == OUTSIDE
+    assert meta["linear top-1"].value == round(metrics["linear_top1"], 4)
+    assert meta["label efficiency curve"].value.startswith("![label efficiency](data:image/png")
 
 
 def test_collapse_check_fails_on_a_planted_collapsed_encoder(project, tmp_path):
@@ -204,6 +233,107 @@ def test_a_failed_stage_fails_its_asset_with_the_stage_message_and_is_not_retrie
     assert "pretrain.epohcs: unknown key (did you mean 'pretrain.epochs'?)" in message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert _materializations(result) == {}  # and nothing after it ran
+
+
+def _dvc_status(root) -> dict:
+    result = subprocess.run([DvcProject(project_dir=str(root)).dvc, "status", "--json"], cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_failed_stage_puts_its_last_good_outputs_back(project):
+    """DVC deletes a stage's outputs before running it; when the stage then fails, the asset
+    checks them out again, so what the asset last showed is still there and true."""
+    root, _ = project
+    dvc_project = DvcProject(project_dir=str(root))
+    metrics = load_params(root / "params.yaml").paths.eval_metrics
+    before = dvc_project.lock_outs("evaluate")
+    params_text = (root / "params.yaml").read_text()
+    try:
+        edit_params(root, "evaluate.max_iter", "many")  # read only by evaluate, refused when it starts
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([linear_eval], raise_on_error=False, instance=instance,
+                                resources={"dvc": dvc_project})
+        assert not result.success
+        assert hashlib.md5(metrics.read_bytes()).hexdigest() == before["metrics/eval.json"]
+        # Only the param is out of date: no output of evaluate is missing or changed.
+        assert list(_dvc_status(root)) == ["evaluate"]
+        assert [list(entry) for entry in _dvc_status(root)["evaluate"]] == [["changed deps"]]
+        messages = [r.user_message for r in instance.all_logs(result.run_id) if r.user_message]
+        assert "evaluate: its last good outputs are back in place (`dvc checkout evaluate`)" in messages
+    finally:
+        (root / "params.yaml").write_text(params_text)
+
+
+# A pretrain step in a process of its own, so that it can be interrupted as a cancel does;
+# it prints its run's log lines (not Dagster's own events), one JSON [level, message] a line.
+PRETRAIN_STEP = """
+import json, logging, sys
+import dagster as dg
+from pipelines.assets import byol_encoder
+from pipelines.resources import DvcProject
+instance = dg.DagsterInstance.ephemeral()
+result = dg.materialize([byol_encoder], raise_on_error=False, instance=instance,
+                        resources={"dvc": DvcProject(project_dir=sys.argv[1])})
+for record in instance.all_logs(result.run_id):
+    if record.dagster_event is None:
+        print(json.dumps([logging.getLevelName(record.level), record.user_message or ""]))
+"""
+
+
+def test_a_cancelled_pretrain_leaves_its_last_outputs_in_place_and_the_next_run_resumes(project, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(project[0], root, symlinks=True)  # its DVC cache and lock too
+    dvc_project = DvcProject(project_dir=str(root))
+    before = dvc_project.lock_outs("pretrain")
+    edit_params(root, "pretrain.epochs", 20)  # pretrain must rerun, and takes long enough to be caught
+    params = load_params(root / "params.yaml")
+    step = subprocess.Popen([sys.executable, "-c", PRETRAIN_STEP, str(root)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300
+    while not params.paths.resume_state.is_file():  # an epoch is done and checkpointed
+        assert step.poll() is None and time.monotonic() < deadline, "pretrain ended or never checkpointed"
+        time.sleep(0.1)
+    step.send_signal(signal.SIGINT)  # what a cancel in the UI does to the step
+    out, _ = step.communicate(timeout=180)
+    log = [json.loads(line) for line in out.splitlines() if line.startswith("[")]
+    # One warning, and it says what was stopped and that the last good outputs are back.
+    warnings = [message for level, message in log if level in ("WARNING", "ERROR")]
+    assert len(warnings) == 1 and warnings[0].startswith("interrupted: stopped `dvc repro pretrain`"), warnings
+    assert "its last good outputs are back in place" in warnings[0]
+    for path in ("models/encoder.pt", "models/checkpoint.pt", "metrics/pretrain.json"):
+        assert hashlib.md5((root / path).read_bytes()).hexdigest() == before[path], path
+    assert params.paths.resume_state.is_file()  # kept for the next run, outside DVC's outputs
+    status = _dvc_status(root)  # only the changed param: nothing deleted, downstream untouched
+    assert list(status) == ["pretrain"] and [list(entry) for entry in status["pretrain"]] == [["changed deps"]]
+    # The next run reruns pretrain, which resumes from its checkpoint.
+    instance = dg.DagsterInstance.ephemeral()
+    again = dg.materialize([byol_encoder], instance=instance, resources={"dvc": dvc_project})
+    messages = [r.user_message for r in instance.all_logs(again.run_id) if r.user_message]
+    assert [m for m in messages if m.startswith("pretrain: resuming from")], messages
+    assert json.loads((root / "metrics/pretrain.json").read_text())["epochs"] == 20
+
+
+def test_outputs_dvc_restores_from_its_run_cache_are_not_called_a_run_nor_a_skip(tmp_path):
+    """Inputs that were run before: DVC checks out that run's outputs and byol never starts,
+    so Dagster hears nothing through Pipes, and that is no cause for a warning."""
+    dvc = tmp_path / "dvc"
+    dvc.write_text("#!/bin/sh\n[ \"$1\" = status ] && exit 1\n"
+                   "echo \"Stage 'ingest' is cached - skipping run, checking out outputs\"\n")
+    dvc.chmod(0o755)
+
+    @dg.asset
+    def stage(context: dg.AssetExecutionContext, dvc: DvcProject) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=dvc.repro(context, "ingest").metadata())
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([stage], instance=instance,
+                            resources={"dvc": DvcProject(project_dir=str(tmp_path), dvc=str(dvc))})
+    assert _materializations(result)["stage"].metadata["dvc stage"].value == RESTORED
+    messages = [r.user_message for r in instance.all_logs(result.run_id) if r.user_message]
+    assert "ingest: restored from DVC's run-cache (these inputs were run before)" in " ".join(messages)
+    assert not [m for m in messages if "[pipes]" in m]
 
 
 def test_transient_dvc_failures_are_retryable_and_stage_errors_are_not():

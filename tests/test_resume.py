@@ -97,3 +97,28 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
     assert blob["epoch"] == 1  # the good epoch-1 checkpoint is intact
     assert all(torch.isfinite(v).all() for v in blob["model"].values() if v.is_floating_point())
     assert not params.paths.encoder.exists()
+
+
+def test_two_pretrains_with_the_same_seed_write_the_same_bytes(tmp_path, monkeypatch):
+    """encoder.pt is what evaluate and export depend on: the same seed must give the same
+    md5 whatever temp name it was saved under, or DVC reruns them for nothing. checkpoint.pt
+    and the metrics also hold wall times (seconds and img/s per epoch, which a resume adds
+    up); on a clock that ticks alike in both runs they too come out byte for byte equal."""
+    import hashlib
+    import types
+
+    params = _project(tmp_path, **{"pretrain.epochs": 1})
+    outputs = (params.paths.encoder, params.paths.checkpoint, params.paths.pretrain_metrics,
+               params.paths.pretrain_curve, params.paths.pretrain_steps)
+
+    def md5s(fake_clock: bool) -> list[str]:
+        if fake_clock:
+            ticks = iter(range(1, 10**6))
+            monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 0.25 * next(ticks)))
+        run_pretrain(params)  # the same folder each time: only the temp names differ
+        monkeypatch.undo()
+        return [hashlib.md5(path.read_bytes()).hexdigest() for path in outputs]
+
+    real = [md5s(False), md5s(False)]
+    assert real[0][0] == real[1][0]  # encoder.pt
+    assert md5s(True) == md5s(True)  # every file, once the wall times agree

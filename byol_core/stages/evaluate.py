@@ -22,6 +22,27 @@ from byol_core.storage import commit_files, json_writer, recover, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
 PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "knn", "evaluate")
+REPORT_EVERY = 10.0  # seconds: within a long step (a split's features), at most one line this often
+
+
+class _Lines:
+    """evaluate's progress lines. Every line, the summary too, ends with the seconds since
+    the stage began: one unit and one convention, so lines compare at a glance."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+
+    def elapsed(self) -> str:
+        return f"{time.perf_counter() - self.started:.1f}s elapsed"
+
+    def say(self, text: str) -> None:
+        self.last = time.perf_counter()
+        progress.report(f"evaluate: {text} ({self.elapsed()})")
+
+    def now_and_then(self, text: str) -> None:
+        """``say`` it, unless a line went out less than REPORT_EVERY seconds ago."""
+        if time.perf_counter() - self.last >= REPORT_EVERY:
+            self.say(text)
 
 
 def journal(params: Params):
@@ -39,6 +60,7 @@ def _predictions_csv(classes: list[str], actual, predicted) -> str:
 
 
 def run(params: Params) -> tuple[str, dict]:
+    lines = _Lines()
     recover(journal(params))
     prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
@@ -57,17 +79,22 @@ def run(params: Params) -> tuple[str, dict]:
     x_train, y_train = prepared.images["train"].subset(picked["train"]), prepared.labels["train"][picked["train"]]
     x_test, y_test = prepared.images["test"].subset(picked["test"]), prepared.labels["test"][picked["test"]]
 
-    started = time.perf_counter()
     torch.manual_seed(params.seed)
     random_encoder = build_encoder(spec)
     features = {}
+    images = len(y_train) + len(y_test)
     for name, net in (("byol", encoder), ("random_init", random_encoder)):
         net = net.to(device)
-        features[name] = (extract_features(net, x_train, mean, std, cfg.batch_size, device),
-                          extract_features(net, x_test, mean, std, cfg.batch_size, device))
-        progress.report(f"evaluate: features of {len(y_train)} train and {len(y_test)} test images, {LABELS[name]} "
-                        f"({time.perf_counter() - started:.0f}s)")
+
+        def extracted(done: int, name=name) -> None:  # ``done`` counts the train images, then the test ones
+            lines.now_and_then(f"features, {LABELS[name]}: {done}/{images} images")
+
+        features[name] = (extract_features(net, x_train, mean, std, cfg.batch_size, device, extracted),
+                          extract_features(net, x_test, mean, std, cfg.batch_size, device,
+                                           lambda done: extracted(len(y_train) + done)))
+        lines.say(f"features of {len(y_train)} train and {len(y_test)} test images, {LABELS[name]}")
     features["pixels"] = (pixel_features(x_train, mean, std), pixel_features(x_test, mean, std))
+    lines.say(f"features of {len(y_train)} train and {len(y_test)} test images, {LABELS['pixels']}")
     total, done = len(features) * (1 + len(cfg.label_fractions)), []
 
     # The probes run on the device (seconds on a GPU); each feature set is copied there once.
@@ -75,16 +102,15 @@ def run(params: Params) -> tuple[str, dict]:
 
     def fit(name: str, rows, share: float):
         f_train, f_test = on_device[name]
-        begun = time.perf_counter()
         probe = linear_probe(f_train[rows], y_train[rows], f_test, y_test, len(classes), cfg, params.seed)
         done.append(name)
-        progress.report(f"evaluate: probe {len(done)}/{total}, {LABELS[name]} on {share:.0%} of the train labels: "
-                        f"top-1 {probe.top1:.4f} ({time.perf_counter() - begun:.1f}s)")
+        lines.say(f"probe {len(done)}/{total}, {LABELS[name]} on {share:.0%} of the train labels: top-1 {probe.top1:.4f}")
         return probe
 
     probes = {name: fit(name, slice(None), 1.0) for name in features}
     byol_train, byol_test = features["byol"]
     knn = knn_top1(byol_train, y_train, byol_test, y_test, len(classes), params.knn)
+    lines.say(f"kNN top-1 {knn:.4f}, {LABELS['byol']}")
     # The same probes on small class-balanced shares of the train labels (seeded), and the
     # test images as retrieval queries against the train gallery.
     efficiency = {name: {"1.0": probe.top1} for name, probe in probes.items()}
@@ -92,7 +118,11 @@ def run(params: Params) -> tuple[str, dict]:
         few = balanced_subset(y_train, fraction, params.seed)
         for name in features:
             efficiency[name][str(fraction)] = fit(name, few, fraction).top1
-    retrieval = {name: retrieval_metrics(f_train, y_train, f_test, y_test) for name, (f_train, f_test) in features.items()}
+    retrieval = {}
+    for name, (f_train, f_test) in features.items():
+        retrieval[name] = retrieval_metrics(f_train, y_train, f_test, y_test)
+        lines.say(f"retrieval, {LABELS[name]}: recall@1 {retrieval[name]['recall_at_1']:.4f}, "
+                  f"mAP@R {retrieval[name]['map_at_r']:.4f}")
     # How much room the test features use: effective rank near 1 or mean cosine near 1 is collapse.
     spread = {name: spread_metrics(f_test) for name, (_, f_test) in features.items()}
 
@@ -124,5 +154,5 @@ def run(params: Params) -> tuple[str, dict]:
             f"effective rank {spread['byol']['effective_rank']:.1f} of {spec.feature_dim}, "
             f"mean cosine {spread['byol']['mean_cosine']:.3f}; "
             f"{', '.join(f'{float(f):.0%} labels {v:.4f}' for f, v in efficiency['byol'].items() if f != '1.0')} "
-            f"({time.perf_counter() - started:.0f}s)")
+            f"({lines.elapsed()})")
     return line, metrics
