@@ -209,6 +209,8 @@ def _evaluation(params: Params) -> dict:
         "mean cosine": dg.MetadataValue.float(round(metrics["mean_cosine"], 4)),
         "random-init linear top-1": dg.MetadataValue.float(round(metrics["random_init_linear_top1"], 4)),
         "pixels linear top-1": dg.MetadataValue.float(round(metrics["pixels_linear_top1"], 4)),
+        **({"pixels kNN top-1": dg.MetadataValue.float(round(metrics["pixels_knn_top1"], 4))}
+           if "pixels_knn_top1" in metrics else {}),  # outputs made before it was measured lack it
         "test images": dg.MetadataValue.int(metrics["n_test"]),
         "probe vs baselines": _probe_table(metrics),
         "retrieval recall@1": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["recall_at_1"], 4)),

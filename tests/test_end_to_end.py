@@ -89,7 +89,8 @@ def test_pretrain_contract(run):
 def test_eval_contract_and_byol_beats_random_init(run):
     root, _ = run
     metrics = json.loads((root / "metrics" / "eval.json").read_text())
-    for key in ("linear_top1", "linear_top5", "knn_top1", "random_init_linear_top1", "pixels_linear_top1"):
+    for key in ("linear_top1", "linear_top5", "knn_top1", "random_init_linear_top1", "pixels_linear_top1",
+                "random_init_knn_top1", "pixels_knn_top1"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["n_train"] == 4096 and metrics["n_test"] == 1000
     assert metrics["linear_top5"] >= metrics["linear_top1"]

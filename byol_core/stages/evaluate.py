@@ -108,9 +108,12 @@ def run(params: Params) -> tuple[str, dict]:
         return probe
 
     probes = {name: fit(name, slice(None), 1.0) for name in features}
-    byol_train, byol_test = features["byol"]
-    knn = knn_top1(byol_train, y_train, byol_test, y_test, len(classes), params.knn)
-    lines.say(f"kNN top-1 {knn:.4f}, {LABELS['byol']}")
+    # The same weighted kNN on every feature set, so the encoder's kNN has its baselines too.
+    knns = {}
+    for name, (f_train, f_test) in features.items():
+        knns[name] = knn_top1(f_train, y_train, f_test, y_test, len(classes), params.knn)
+        lines.say(f"kNN top-1 {knns[name]:.4f}, {LABELS[name]}")
+    knn = knns["byol"]
     # The same probes on small class-balanced shares of the train labels (seeded), and the
     # test images as retrieval queries against the train gallery.
     efficiency = {name: {"1.0": probe.top1} for name, probe in probes.items()}
@@ -132,6 +135,8 @@ def run(params: Params) -> tuple[str, dict]:
         "knn_top1": knn,
         "random_init_linear_top1": probes["random_init"].top1,
         "pixels_linear_top1": probes["pixels"].top1,
+        "random_init_knn_top1": knns["random_init"],
+        "pixels_knn_top1": knns["pixels"],
         "effective_rank": spread["byol"]["effective_rank"],
         "mean_cosine": spread["byol"]["mean_cosine"],
         "n_train": int(len(y_train)),
@@ -149,7 +154,7 @@ def run(params: Params) -> tuple[str, dict]:
                  journal(params))
     line = (f"evaluate: linear {metrics['linear_top1']:.4f} (top5 {metrics['linear_top5']:.4f}), "
             f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
-            f"pixels {metrics['pixels_linear_top1']:.4f} on {metrics['n_test']} test images; "
+            f"pixels {metrics['pixels_linear_top1']:.4f} (knn {knns['pixels']:.4f}) on {metrics['n_test']} test images; "
             f"retrieval recall@1 {retrieval['byol']['recall_at_1']:.4f}, mAP@R {retrieval['byol']['map_at_r']:.4f}; "
             f"effective rank {spread['byol']['effective_rank']:.1f} of {spec.feature_dim}, "
             f"mean cosine {spread['byol']['mean_cosine']:.3f}; "
