@@ -47,8 +47,9 @@ def _num(value, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
 
 
-def table(found: list[tuple[str, dict, dict]], names: set[str]) -> str:
-    rows, failed = [], []
+def table(found: list[tuple[str, dict, dict]], names: set[str]) -> tuple[str, list[dict]]:
+    """The Markdown table, and its rows as a list of dicts for the JSON record."""
+    rows, failed, records = [], [], []
     for name, rev, baseline in found:
         if names and name not in names:
             continue
@@ -62,6 +63,9 @@ def table(found: list[tuple[str, dict, dict]], names: set[str]) -> str:
         params = flatten(data["params"]["params.yaml"]["data"])
         changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()) if baseline.get(k) != v)
         recall = ev.get("retrieval", {})
+        records.append({"experiment": name, "rev": rev.get("rev"), "changed": {k: v for k, v in params.items() if baseline.get(k) != v},
+                        "pretrain": pre, "eval": {k: v for k, v in ev.items() if not isinstance(v, (dict, list))},
+                        "retrieval": recall})
         rows.append((ev["linear_top1"], f"| {name} | {changed or '(baseline)'} | {_num(pre.get('train_seconds'), 0)} | "
                      f"{_num(pre.get('images_per_sec'), 0)} | **{ev['linear_top1']:.4f}** | {ev['knn_top1']:.4f} | "
                      f"{_num(recall.get('byol', {}).get('recall_at_1'), 4)} | {ev['pixels_linear_top1']:.4f} | "
@@ -70,7 +74,7 @@ def table(found: list[tuple[str, dict, dict]], names: set[str]) -> str:
             "pixels linear | pixels recall@1 | eff. rank |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     body = "\n".join(line for _, line in sorted(rows, key=lambda r: -r[0]))
     tail = f"\n\nNot finished or failed: {', '.join(failed)}" if failed else ""
-    return f"{head}\n{body}{tail}"
+    return f"{head}\n{body}{tail}", records
 
 
 def main() -> None:
@@ -78,6 +82,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="only these experiments (default: all)")
     parser.add_argument("--commits", type=int, default=20,
                         help="experiments based on this many of HEAD's last commits (dvc exp show -n)")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the rows to benchmarks/results/sweep-<time>.json (benchmarks/record.py)")
     parser.add_argument("--json", type=Path, help="read this `dvc exp show --json` output instead of running dvc")
     args = parser.parse_args()
     if args.json:
@@ -88,7 +94,13 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"sweep_table: dvc exp show failed: {done.stderr.strip()[-400:]}")
         show = json.loads(done.stdout)
-    print(table(experiments(show), set(args.names)))
+    text, records = table(experiments(show), set(args.names))
+    print(text)
+    if args.record:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from record import write_results
+        path, _ = write_results("sweep", {"experiments": records}, software=("torch",))
+        print(f"\nrecord: {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
