@@ -131,7 +131,12 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
                 a, b = start + int(q), train[0] + int(rows[q, 0])
                 found[kind].append((min(a, b), max(a, b), float(sims[q, 0])) if split == "train" else
                                    (a, b, float(sims[q, 0])))
-    found["train_train"] = sorted(set(found["train_train"]))
+    # A train pair is found from both ends; its two similarities can differ in the last bit
+    # (the products are summed in another order), so it is one pair by its rows alone.
+    pairs = {}
+    for a, b, sim in found["train_train"]:
+        pairs[(a, b)] = max(sim, pairs.get((a, b), sim))
+    found["train_train"] = [(a, b, sim) for (a, b), sim in sorted(pairs.items())]
     described = gallery.describe(np.array([r for pairs in found.values() for a, b, _ in pairs for r in (a, b)],
                                           dtype=np.int64))
     with open(out_csv, "w", newline="") as handle:
