@@ -21,7 +21,7 @@ while read -r name sets; do
   args=()
   for s in $sets; do args+=(-S "$s"); done
   echo "sweep: queue $name ${sets}"
-  "$dvc" exp run --queue -n "$name" -C "$raw" "${args[@]}" evaluate
+  "$dvc" exp run --queue -n "$name" -C "$raw" "${args[@]}" evaluate </dev/null  # not the sweep file
 done < "$file"
 
 threads=$(( $(nproc) / jobs ))
