@@ -170,10 +170,12 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     # The next run resumes; cancelled from the UI mid-pretrain, it stops dvc and byol below it.
     cancelled = server.launch_job("retrain")
     deadline = time.monotonic() + 300
-    while not _pretraining(project):
+    # Cancelled once it has said it resumes (on a loaded machine byol takes more than a few
+    # seconds to import torch and load its data, and a fixed wait cancelled it before that).
+    while not any("resuming from" in m for m in server.messages(cancelled)):
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.5)
-    time.sleep(3)
+    assert _pretraining(project)
     assert server.terminate(cancelled) == "TerminateRunSuccess"
     assert server.wait([cancelled], 120)[cancelled] == "CANCELED", server.log_tail()
     assert not _pretraining(project) and not working_in(project, b"dvc")

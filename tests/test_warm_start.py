@@ -164,8 +164,9 @@ def test_previous_without_a_digest_is_refused_at_validation():
 
 
 def test_the_warm_run_has_its_own_length_and_warmup():
-    cfg = parse_params(params_dict(**{"pretrain.init": "previous", "pretrain.init_sha256": "a" * 64})).pretrain
-    assert (cfg.epochs, cfg.warmup_epochs, cfg.warm_epochs) == (3, 0.5, 2)  # the defaults
+    cfg = parse_params(params_dict(**{"pretrain.init": "previous", "pretrain.init_sha256": "a" * 64,
+                                      "pretrain.epochs": 3, "pretrain.warmup_epochs": 0.5,
+                                      "pretrain.warm_epochs": 2, "pretrain.batch_size": 256})).pretrain
     schedule = derive_schedule(cfg, 1000)  # 3 steps per epoch at batch 256
     assert cfg.run_epochs == 2 and schedule.total_steps == 2 * 3
     assert cfg.run_warmup_epochs == pytest.approx(0.5 * 2 / 3)  # warmup's share of the run, kept
