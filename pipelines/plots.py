@@ -1,15 +1,17 @@
-"""Pictures for the asset pages, shown inline (Markdown with the PNG in it, not behind a
-click): the training curves, drawn here, and the pictures the stages leave in metrics/."""
+"""Pictures for the asset pages: the training curves, drawn here, and the pictures the
+stages leave in metrics/. pipelines/figures.py decides how the UI gets them (inline from the
+figure server, or embedded)."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-CURVES = (("loss", "BYOL loss"), ("knn_top1", "kNN top-1 (monitor, per epoch)"), ("tau", "target EMA tau"),
+from pipelines.figures import markdown_image
+
+CURVES = (("loss", "BYOL loss"), ("knn_top1", "kNN top-1 (monitor)"), ("tau", "target EMA tau"),
           ("lr", "learning rate"), ("collapse_std", "collapse std"))
 
 
@@ -21,15 +23,20 @@ def curves_png(curve_csv: Path, steps_csv: Path | None = None) -> bytes:
     plt = pyplot()
     epochs = pd.read_csv(curve_csv)
     steps = pd.read_csv(steps_csv) if steps_csv is not None and Path(steps_csv).is_file() else None
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.2 * len(CURVES), 2.6), dpi=90)
-    for ax, (column, title) in zip(axes, CURVES):
+    # Two across, under 500 px wide: the picture fits the metadata column of the asset page's
+    # Overview in a 1600 px window (the Events tab is wider).
+    rows = -(-len(CURVES) // 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(5.4, 2.1 * rows), dpi=90, squeeze=False)
+    for ax in axes.flat[len(CURVES):]:
+        ax.set_visible(False)
+    for ax, (column, title) in zip(axes.flat, CURVES):
         if steps is not None and column in steps:
             ax.plot(steps["step"], steps[column], linewidth=1)
             ax.set_xlabel("step", fontsize=8)
         else:
             ax.plot(epochs["step"] if steps is not None else epochs["epoch"], epochs[column], marker="o")
             ax.set_xlabel("step (end of each epoch)" if steps is not None else "epoch", fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -41,8 +48,7 @@ def curves_markdown(curve_csv: Path, steps_csv: Path | None = None) -> dg.Metada
 
 
 def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
-    encoded = base64.b64encode(png).decode()
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+    return dg.MetadataValue.md(markdown_image(png, title))
 
 
 def picture(path: Path, title: str) -> dg.MetadataValue:
