@@ -3,6 +3,11 @@
 #   PostgreSQL  run history, schedules, sensor cursors and automation state (dagster-postgres);
 #               a cluster of its own in $STATE/postgres (initdb on first use, port $BYOL_PG_PORT),
 #               unless DAGSTER_PG_HOST names an existing server
+#   code server        `dagster code-server start` of pipelines.definitions on port $BYOL_CODE_PORT:
+#                      one process loads the definitions and launches the runs (their workers are
+#                      its children); the daemon and the webserver both talk to it through
+#                      $STATE/workspace.yaml, so neither spawns short-lived servers of its own
+#   figure server      the asset pages' pictures on http://127.0.0.1:$BYOL_FIGURE_PORT (pipelines/figures.py)
 #   dagster-daemon     schedules, sensors, declarative automation, the run queue, run monitoring
 #   dagster-webserver  the UI on http://127.0.0.1:$BYOL_UI_PORT
 # DAGSTER_HOME is $STATE/home; its dagster.yaml is written from scripts/serve-dagster.yaml.
@@ -23,6 +28,8 @@ ROOT=$(pwd)
 STATE=$(realpath -m "${BYOL_SERVE_STATE:-.dagster/serve}")
 PG_PORT=${BYOL_PG_PORT:-54329}
 UI_PORT=${BYOL_UI_PORT:-3000}
+CODE_PORT=${BYOL_CODE_PORT:-4266}
+FIGURE_PORT=${BYOL_FIGURE_PORT:-3001}
 BIN=$ROOT/.venv/bin
 mkdir -p "$STATE/home" "$STATE/logs"
 
@@ -110,7 +117,36 @@ env_for_dagster() {
   fi
   export DAGSTER_HOME=$STATE/home
   export BYOL_PROJECT_DIR=${BYOL_PROJECT_DIR:-$ROOT}
+  # Where the pictures go and the URL the browser fetches them from (pipelines/figures.py);
+  # BYOL_FIGURE_URL differs when the UI is reached through a tunnel or a proxy.
+  export BYOL_FIGURE_DIR=$STATE/figures
+  export BYOL_FIGURE_URL=${BYOL_FIGURE_URL:-http://127.0.0.1:$FIGURE_PORT}
   cp scripts/serve-dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+  cat >"$STATE/workspace.yaml" <<YAML
+load_from:
+  - grpc_server:
+      host: 127.0.0.1
+      port: $CODE_PORT
+      location_name: pipelines.definitions
+YAML
+}
+
+# The code server answers once it has loaded the definitions (a few seconds: torch imports).
+wait_code_server() {
+  for _ in $(seq 240); do
+    "$BIN/dagster" api grpc-health-check -h 127.0.0.1 -p "$CODE_PORT" >/dev/null 2>&1 && return 0
+    alive "$STATE/code-server.pid" || break
+    sleep 0.5
+  done
+  echo "serve: error: the code server did not come up; see $STATE/logs/code-server.log" >&2
+  exit 1
+}
+
+stop_all() {
+  stop_group webserver
+  stop_group daemon
+  stop_group code-server  # with the run workers it launched
+  stop_group figures
 }
 
 case "${1:-start}" in
@@ -118,23 +154,24 @@ case "${1:-start}" in
     local_pg && start_pg
     env_for_dagster
     cd "$ROOT"
-    launch daemon "$BIN/dagster-daemon" run -m pipelines.definitions
-    launch webserver "$BIN/dagster-webserver" -h 127.0.0.1 -p "$UI_PORT" -m pipelines.definitions
+    launch figures "$BIN/python" -m pipelines.figures "$BYOL_FIGURE_DIR" --host 127.0.0.1 --port "$FIGURE_PORT"
+    launch code-server "$BIN/dagster" code-server start -m pipelines.definitions -h 127.0.0.1 -p "$CODE_PORT"
+    wait_code_server
+    launch daemon "$BIN/dagster-daemon" run -w "$STATE/workspace.yaml"
+    launch webserver "$BIN/dagster-webserver" -h 127.0.0.1 -p "$UI_PORT" -w "$STATE/workspace.yaml"
     say "UI: http://127.0.0.1:$UI_PORT (DAGSTER_HOME=$DAGSTER_HOME); stop with \`make stop\`"
     ;;
   stop)
-    stop_group webserver
-    stop_group daemon
+    stop_all
     local_pg && stop_pg
     ;;
   destroy)  # stop, then delete the state and the cluster (tests; a fresh start)
-    stop_group webserver
-    stop_group daemon
+    stop_all
     if local_pg; then stop_pg; rm -rf "$(pg_data)"; fi
     rm -rf "$STATE"
     ;;
   status)
-    for name in daemon webserver; do
+    for name in figures code-server daemon webserver; do
       if alive "$STATE/$name.pid"; then say "$name runs (pid $(cat "$STATE/$name.pid"))"; else say "$name is stopped"; fi
     done
     if local_pg; then as_pg "$(pg_bin)/pg_ctl" -D "$(pg_data)" status 2>/dev/null | head -1 || say "PostgreSQL is stopped"; fi

@@ -11,12 +11,18 @@
 # cut short, and pretraining resumes from its last checkpoint.
 #
 # DAGSTER_HOME defaults to .dagster/home, its dagster.yaml copied from the project's.
-# Arguments go to `dg dev` (e.g. --port 3001).
+# Arguments go to `dg dev` (e.g. --port 3002). The asset pages' pictures come from a figure
+# server on 127.0.0.1:$BYOL_FIGURE_PORT (default 3001; pipelines/figures.py), stopped with the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DAGSTER_HOME=${DAGSTER_HOME:-$(pwd)/.dagster/home}
 mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+export BYOL_FIGURE_DIR=$DAGSTER_HOME/figures
+export BYOL_FIGURE_URL=${BYOL_FIGURE_URL:-http://127.0.0.1:${BYOL_FIGURE_PORT:-3001}}
+.venv/bin/python -m pipelines.figures "$BYOL_FIGURE_DIR" --port "${BYOL_FIGURE_PORT:-3001}" &
+figures=$!
+trap 'kill "$figures" 2>/dev/null || true' EXIT
 
 # Job control: dg dev gets a process group of its own, and (unlike a plain background job)
 # keeps SIGINT and SIGQUIT, so it can be stopped as if from its own terminal.

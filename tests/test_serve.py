@@ -2,15 +2,18 @@
 port), dagster-daemon and dagster-webserver on 127.0.0.1 over a scratch project. The
 daemon, not a GraphQL launch, starts the retraining: the observation sensor sees the source
 files, the automation sensor asks for the chain. Then a restart keeps the run history and
-the sensors' state, and new files lead to exactly one more run."""
+the sensors' state, and new files lead to exactly one more run. The asset pages' pictures
+come from the figure server, and the daemon's log stays free of warnings."""
 
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project
 from helpers.devserver import Webserver, free_port, wait_for_webserver, working_in
@@ -22,7 +25,8 @@ KEYS = {"prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "imag
 class Served(Webserver):
     def __init__(self, project: Path, state: Path):
         self.env = {**os.environ, "BYOL_SERVE_STATE": str(state), "BYOL_PROJECT_DIR": str(project),
-                    "BYOL_UI_PORT": str(free_port()), "BYOL_PG_PORT": str(free_port())}
+                    "BYOL_UI_PORT": str(free_port()), "BYOL_PG_PORT": str(free_port()),
+                    "BYOL_CODE_PORT": str(free_port()), "BYOL_FIGURE_PORT": str(free_port())}
         self.env.pop("DAGSTER_HOME", None)
         self.url = f"http://127.0.0.1:{self.env['BYOL_UI_PORT']}"
         self.state = state
@@ -89,7 +93,9 @@ def test_serve_brings_up_postgres_the_daemon_and_the_webserver_on_loopback(serve
     assert "PostgresRunStorage" in info and "PostgresEventLogStorage" in info and "PostgresScheduleStorage" in info
     assert "127.0.0.1" in server.url
     status = server.serve("status")
-    assert "daemon runs" in status and "webserver runs" in status and "server is running" in status
+    for name in ("figures", "code-server", "daemon", "webserver"):
+        assert f"{name} runs" in status, status
+    assert "server is running" in status
 
 
 def test_the_daemon_retrains_on_new_files_and_a_restart_keeps_history_and_cursors(served):
@@ -105,6 +111,16 @@ def test_the_daemon_retrains_on_new_files_and_a_restart_keeps_history_and_cursor
     cursor = server.sensor_state("observe_source_data")["cursor"]
     assert cursor
     first_seconds = time.monotonic() - started
+    # The curves are a one-line Markdown image (the UI shows it in place; a long one goes behind
+    # a click) whose URL the figure server answers with the PNG.
+    curves = server.latest_materialization("byol_encoder")["metadata"]["training curves"]["mdStr"]
+    assert len(curves) < 1000, curves[:200]
+    url = re.search(r"\((http://127\.0\.0\.1:\d+/[0-9a-f]{32}\.png)\)", curves).group(1)
+    picture = requests.get(url, timeout=10)
+    assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # Minutes of a healthy daemon: no warning (its code servers used to time out every minute).
+    warnings = [line for line in (server.state / "logs" / "daemon.log").read_text().splitlines() if "WARNING" in line]
+    assert not warnings, "\n".join(warnings[:5])
 
     server.serve("stop")
     assert not [line for line in _processes(server.state) if "dagster" in line]
@@ -150,8 +166,8 @@ def test_a_run_killed_with_its_daemon_is_marked_failed_and_the_next_run_resumes(
     while not (resume.is_file() and _pretraining(project)):
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.5)
-    daemon = int((server.state / "daemon.pid").read_text())
-    os.killpg(daemon, signal.SIGKILL)  # the daemon, its code server, the run worker; dvc and byol follow
+    for name in ("daemon", "code-server"):  # the code server launched the run worker; dvc and byol follow it
+        os.killpg(int((server.state / f"{name}.pid").read_text()), signal.SIGKILL)
     deadline = time.monotonic() + 30
     while _pretraining(project) or working_in(project, b"dvc"):
         assert time.monotonic() < deadline, "byol or dvc outlived the run worker"

@@ -52,13 +52,22 @@ def test_ten_runs_at_once_take_turns_in_the_dvc_pool(ui):
     assert "blocked by global concurrency limits" in ui.log_path.read_text()  # the pool did the queueing
 
 
+def figure_server(port: int) -> bool:
+    """Whether something still answers on the figure server's port."""
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 class Ui(Webserver):
     """`make ui` (scripts/ui.sh) over a scratch project, stopped as a user stops it: a signal
     to the script."""
 
     def __init__(self, project: Path, home: Path, log: Path):
-        self.env = {**os.environ, "DAGSTER_HOME": str(home), "BYOL_PROJECT_DIR": str(project)}
-        self.log, self.port = log, free_port()
+        self.log, self.port, self.figure_port = log, free_port(), free_port()
+        self.env = {**os.environ, "DAGSTER_HOME": str(home), "BYOL_PROJECT_DIR": str(project),
+                    "BYOL_FIGURE_PORT": str(self.figure_port)}
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -91,6 +100,7 @@ def test_stopping_the_ui_mid_pretrain_stops_every_process_and_the_run_is_marked_
         if ui.process.poll() is None:
             ui.process.kill()
     assert left == [], f"dg dev's group outlived the stop: {left}"
+    assert not figure_server(ui.figure_port), "the figure server outlived the stop"
     assert not working_in(project, b"byol") and not working_in(project, b"dvc")
     status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "pretrain"], cwd=project,
                             capture_output=True, text=True, timeout=60)

@@ -165,7 +165,7 @@ class Webserver:
         data = self.query("""query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset {
             assetMaterializations(limit: 1) { runId metadataEntries { label __typename
               ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue }
-              ... on TextMetadataEntry { text } } } } } }""", path=[key])
+              ... on TextMetadataEntry { text } ... on MarkdownMetadataEntry { mdStr } } } } } }""", path=[key])
         found = data["assetOrError"]["assetMaterializations"][0]
         return {"runId": found["runId"], "metadata": {e["label"]: e for e in found["metadataEntries"]}}
 
