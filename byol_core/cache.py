@@ -18,18 +18,18 @@ fsynced first), so a killed ingest leaves at worst unreferenced bytes at a pack'
 
 Each entry's digest (:func:`byol_core.store.image_digest`) is taken from the pixels in memory
 as they are written, so bytes that change later in a pack (a flipped bit, a cut file) are
-found when they are read back (byol_core.filesplit) or checked (:func:`check_folder`), and
-converted again rather than passed on. An entry without a digest (a cache written before
-they were kept) is treated as absent: it is converted again, as a damaged one would be.
+found when they are read back (byol_core.filesplit) and converted again rather than passed
+on; ``byol verify`` checks every entry (byol_core.verify). An entry without a digest (kept
+before digests were) is treated as absent: it is converted again, as a damaged one would be.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -247,4 +247,3 @@ class ConversionCache:
         os.fsync(handle.fileno())
         self._pack_rows += len(pixels)
         return first
-

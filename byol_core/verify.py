@@ -102,10 +102,10 @@ def _recorded(path: Path, counts: dict[str, int]) -> tuple[dict, list[str]]:
         rows = table[table.split == split].sort_values("index")
         try:
             if not np.array_equal(rows["index"].to_numpy(), np.arange(n)):
-                raise ValueError(f"its {split} rows are not the {n} images {LAYOUT_FILE} lists")
+                raise ValueError(f"they are not the {n} images {LAYOUT_FILE} lists")
             hashes = np.frombuffer(bytes.fromhex("".join(rows.content_hash)), dtype=np.uint8).reshape(n, 8)
-        except ValueError as exc:
-            return {}, [f"{path}: {exc}. {PREPARED_FIX}"]
+        except (TypeError, ValueError) as exc:  # a row missing, a hash that is no 16 hex digits
+            return {}, [f"{path}: its {split} rows are damaged ({brief(exc, 120)}). {PREPARED_FIX}"]
         recorded[split] = hashes, rows.label.to_numpy(dtype=np.int64)
     return recorded, []
 
