@@ -6,8 +6,8 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
   ``pack-*.u8``     converted images, uint8 (C, S, S) rows back to back; each ingest
                     appends to a pack of its own, so two never write one file
   ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir`` (bytes), size
-                    and mtime (ns), and where its pixels are (pack, row), or why it could
-                    not be used (kind, problem); and one row per prepared shard made of
+                    and mtime (ns), where its pixels are (pack, row) and their digest, or why
+                    it could not be used (kind, problem); and one row per prepared shard made of
                     image files: which files (a fingerprint), where it was published with
                     its size and mtime, and its digests and channel sums, so a re-ingest
                     links an unchanged shard instead of rebuilding it
@@ -15,38 +15,82 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
 A file whose path, size and mtime all match a row is taken from the cache; anything else is
 converted again. Rows are committed only after their pixels are on disk (written and
 fsynced first), so a killed ingest leaves at worst unreferenced bytes at a pack's end.
+
+Each entry's digest (:func:`byol_core.store.image_digest`) is taken from the pixels in memory
+as they are written, so bytes that change later in a pack (a flipped bit, a cut file) are
+found when they are read back (byol_core.filesplit) and converted again rather than passed
+on; ``byol verify`` checks every entry (byol_core.verify). An entry without a digest (kept
+before digests were) is treated as absent: it is converted again, as a damaged one would be.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from byol_core.errors import ByolError
-from byol_core.store import DIGEST_BYTES, Shard, ShardedImages
+from byol_core.store import DIGEST_BYTES, Shard, ShardedImages, image_digest
 
 VERSION = 1  # bump when conversion changes what a file becomes
 UNKNOWN, OK, BAD = 0, 1, 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
-                                  pack INTEGER, row INTEGER, kind TEXT, problem TEXT);
+                                  pack INTEGER, row INTEGER, kind TEXT, problem TEXT, digest BLOB);
 CREATE TABLE IF NOT EXISTS shards (fingerprint TEXT PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL,
                                    mtime INTEGER NOT NULL, count INTEGER NOT NULL, digests BLOB NOT NULL,
                                    sums TEXT NOT NULL);
 """
+FOLDER = re.compile(r"images-(\d+)x(\d+)-v(\d+)")  # one conversion's folder: channels, size, version
 
 
 def _key(path: str) -> bytes:
     """A path as the index stores it: its bytes, so names that are not UTF-8 work too."""
     return path.encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class Found:
+    """What the index knows of each listed file (see :meth:`ConversionCache.lookup`)."""
+
+    status: np.ndarray  # (n,) int8: UNKNOWN, OK or BAD
+    where: np.ndarray  # (n, 2) int64: an OK file's (pack id, row), for :meth:`ConversionCache.images`; else -1
+    digests: np.ndarray  # (n, DIGEST_BYTES) uint8: the digest stored with an OK file's pixels
+    problems: dict[int, tuple[str, str]]  # {i: (kind, problem)} of the BAD files
+    lost: np.ndarray  # (n,) bool: its pixels were cut from their pack, or the pack is gone (now UNKNOWN)
+
+
+def _add_digests(db: sqlite3.Connection) -> None:
+    """A cache made before digests were kept gets their column; its entries have none, so
+    they are converted again as they are met (a bit that flipped before cannot be told)."""
+    if "digest" in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+        return
+    try:
+        db.execute("ALTER TABLE files ADD COLUMN digest BLOB")
+    except sqlite3.OperationalError:  # another ingest added it first
+        if "digest" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+            raise
+
+
+def readable_rows(folder: Path, row_bytes: int, packs: list[tuple[int, str, int]]) -> dict[int, int]:
+    """Pack id -> how many of its committed rows its file still holds (fewer if it was cut)."""
+    readable = {}
+    for pack_id, name, rows in packs:
+        try:
+            size = os.stat(folder / name).st_size
+        except OSError:
+            size = 0
+        readable[pack_id] = min(rows, size // row_bytes)
+    return readable
 
 
 class ConversionCache:
@@ -60,11 +104,13 @@ class ConversionCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            _add_digests(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot open it ({exc}). Point paths.cache at a "
                             "writable folder, or delete that folder to start the cache afresh.") from None
         self._pack: tuple[int, object] | None = None  # (id, open file) of this process's pack
         self._pack_rows = 0
+        self.reconverted = 0  # damaged entries converted again in this run (byol_core.filesplit counts them)
 
     def close(self) -> None:
         if self._pack is not None:
@@ -72,14 +118,13 @@ class ConversionCache:
             self._pack = None
         self.db.close()
 
-    def lookup(self, files: list[tuple[str, int, int]]) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, str]]]:
-        """For each (path, size, mtime_ns): status (UNKNOWN / OK / BAD), where its pixels are
-        (a (pack id, row) pair, for :meth:`images`; (-1, -1) when not OK), and
-        {i: (kind, problem)} for the BAD ones."""
-        status = np.zeros(len(files), dtype=np.int8)
-        where = np.full((len(files), 2), -1, dtype=np.int64)
-        problems: dict[int, tuple[str, str]] = {}
-        committed = {pack_id: rows for pack_id, _, rows in self._packs()}
+    def lookup(self, files: list[tuple[str, int, int]]) -> Found:
+        """What the index knows of each (path, size, mtime_ns). An entry without a digest, or
+        whose pixels are no longer in its pack, is UNKNOWN: it is converted again."""
+        n = len(files)
+        found = Found(np.zeros(n, dtype=np.int8), np.full((n, 2), -1, dtype=np.int64),
+                      np.zeros((n, DIGEST_BYTES), dtype=np.uint8), {}, np.zeros(n, dtype=bool))
+        readable = readable_rows(self.folder, self.row_bytes, self._packs())
         try:
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listing (i INTEGER PRIMARY KEY, path BLOB, size INTEGER, "
                             "mtime INTEGER)")
@@ -89,28 +134,35 @@ class ConversionCache:
                                 ((i, _key(p), s, m) for i, (p, s, m) in enumerate(files)))
             self.db.execute("COMMIT")
             cursor = self.db.execute(
-                "SELECT l.i, f.pack, f.row, f.kind, f.problem FROM temp.listing l JOIN files f "
+                "SELECT l.i, f.pack, f.row, f.kind, f.problem, f.digest FROM temp.listing l JOIN files f "
                 "ON f.path = l.path AND f.size = l.size AND f.mtime = l.mtime")
-            for i, pack, row, kind, problem in cursor:
+            for i, pack, row, kind, problem, digest in cursor:
                 if kind:
-                    status[i] = BAD
-                    problems[i] = (kind, problem)
-                elif row < committed.get(pack, 0):
-                    status[i] = OK
-                    where[i] = (pack, row)
+                    found.status[i] = BAD
+                    found.problems[i] = (kind, problem)
+                elif digest is None or len(digest) != DIGEST_BYTES:
+                    continue  # written before digests were kept: converted again
+                elif row < readable.get(pack, 0):
+                    found.status[i] = OK
+                    found.where[i] = (pack, row)
+                    found.digests[i] = np.frombuffer(digest, dtype=np.uint8)
+                else:
+                    found.lost[i] = True
             self.db.execute("DELETE FROM temp.listing")
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
                             "to start the cache afresh.") from None
-        return status, where, problems
+        return found
 
     def _packs(self) -> list[tuple[int, str, int]]:
         return list(self.db.execute("SELECT id, name, rows FROM packs WHERE rows > 0 ORDER BY id"))
 
     def images(self, where: np.ndarray) -> tuple[ShardedImages, np.ndarray]:
-        """Every committed row of every pack, and the index in it of each (pack id, row) in
-        ``where`` (as :meth:`lookup` gave them)."""
+        """Every committed row of every pack (as far as its file still holds them), and the
+        index in it of each (pack id, row) in ``where`` (as :meth:`lookup` gave them)."""
         packs = self._packs()
+        readable = readable_rows(self.folder, self.row_bytes, packs)
+        packs = [(pack_id, name, readable[pack_id]) for pack_id, name, _ in packs]
         start_of = np.full(max((pack_id for pack_id, _, _ in packs), default=0) + 1, -1, dtype=np.int64)
         total = 0
         for pack_id, _, rows in packs:
@@ -163,12 +215,12 @@ class ConversionCache:
             rows, n = [], 0
             for (path, size, mtime), image, kind, problem in entries:
                 if image is None:
-                    rows.append((_key(path), size, mtime, None, None, kind, problem))
-                else:
-                    rows.append((_key(path), size, mtime, self._pack[0], first + n, None, None))
+                    rows.append((_key(path), size, mtime, None, None, kind, problem, None))
+                else:  # the digest of the pixels as written: what a read is checked against
+                    rows.append((_key(path), size, mtime, self._pack[0], first + n, None, None, image_digest(image)))
                     n += 1
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             if pixels:
                 self.db.execute("UPDATE packs SET rows = ? WHERE id = ?", (self._pack_rows, self._pack[0]))
             self.db.execute("COMMIT")

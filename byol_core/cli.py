@@ -1,6 +1,8 @@
 """The ``byol`` command: ``byol ingest|pretrain|evaluate|export|embed [--params PATH]``,
-``byol neighbours QUERY... [--index N] [--k K] [--json]``, and ``byol promote [--params PATH]``
-(the last pretrain's state becomes the start of a warm-started one: byol_core.promote).
+``byol neighbours QUERY... [--index N] [--k K] [--json]``, ``byol promote [--params PATH]``
+(the last pretrain's state becomes the start of a warm-started one: byol_core.promote), and
+``byol verify [--params PATH]`` (the prepared data, the cache and the embeddings against their
+recorded digests: byol_core.verify; each damaged file is one error line, and the exit code is 1).
 
 Each stage prints one summary line on stdout (progress goes to stderr). Every failure
 prints ``byol <stage>: error: <what, where, what to do>`` and exits 1, without a traceback:
@@ -32,7 +34,7 @@ from byol_core import locks, progress, stages
 from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; neighbours; and promote.")
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; neighbours; promote; and verify.")
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in stages.STAGES.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
              "file's pretrain.init_sha256, for a warm start (pretrain.init: previous)")
     sub = commands.add_parser("promote", help=about, description=about)
     sub.add_argument("--params", default="params.yaml", help="params file, rewritten in place (default: ./params.yaml)")
+    about = ("check the prepared data, the conversion cache and the embeddings against the digests recorded when "
+             "they were written; name each damaged file and how to repair it (exit 1), or print a summary")
+    sub = commands.add_parser("verify", help=about, description=about)
+    sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     return parser
 
 
@@ -154,6 +160,16 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
         params = load_params(params_path)
         if stage == "neighbours":
             line, _ = _neighbours(params, args)
+            print(line)
+            return 0
+        if stage == "verify":
+            from byol_core.verify import verify
+
+            line, damaged = verify(params.paths)
+            for finding in damaged:
+                _fail(stage, finding)
+            if damaged:
+                return 1
             print(line)
             return 0
         if stage == "pretrain" and "LOCAL_RANK" not in os.environ:

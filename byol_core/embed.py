@@ -13,12 +13,16 @@ unlabeled and images in their prepared order:
 Beside it, ``vectors.npy`` holds the same embeddings, in the same row order, as one float32
 (N, D) array: what search scans (a Parquet column decodes about 15 times slower). Both are
 written a batch at a time (row groups of :data:`GROUP_ROWS`), so memory holds one batch of
-images and one row group, however many images there are.
+images and one row group, however many images there are. The sha256 of each file is taken
+from the bytes as they are written; the stage records them in its card.json, and
+``byol verify`` checks the files against them (as ``sha256sum`` would).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,16 +60,41 @@ def _manifest_columns(manifest_path: Path, split: str, n: int) -> tuple[list[str
     return table["source"].to_pylist(), pc.fill_null(table["duplicate"], False).to_numpy(zero_copy_only=False)
 
 
+class _Digesting(io.RawIOBase):
+    """A new file, opened for writing, that keeps the sha256 of every byte written to it."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.handle, self.sha256, self.at = open(path, "wb"), hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.at += memoryview(data).nbytes
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.at
+
+    def close(self) -> None:
+        self.handle.close()
+        super().close()
+
+
 def write_embeddings(encoder: Encoder, prepared: Prepared, manifest_path: Path, path: Path, batch_size: int,
-                     progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Embed every image of every split into ``path`` (Parquet). Returns rows per split."""
+                     progress: Callable[[int], None] = lambda n: None) -> tuple[dict[str, int], dict[str, str]]:
+    """Embed every image of every split into ``path`` (Parquet) and ``vectors.npy`` beside it.
+    Returns rows per split, and each file's name -> the sha256 of what was written to it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _schema(encoder.dim)
     counts = {}
     total = sum(len(images) for images in prepared.images.values())
-    with pq.ParquetWriter(path, schema) as writer, open(path.with_name(VECTORS), "wb") as vectors_file:
+    table_file, vectors_file = _Digesting(path), _Digesting(path.with_name(VECTORS))
+    with table_file, vectors_file, pq.ParquetWriter(table_file, schema) as writer:
         np.lib.format.write_array_header_1_0(vectors_file, {"descr": "<f4", "fortran_order": False,
                                                             "shape": (total, encoder.dim)})
         for split, images in prepared.images.items():
@@ -84,7 +113,7 @@ def write_embeddings(encoder: Encoder, prepared: Prepared, manifest_path: Path, 
                 vectors_file.write(vectors.astype("<f4", copy=False).tobytes())
                 progress(stop - start)
             counts[split] = n
-    return counts
+    return counts, {path.name: table_file.sha256.hexdigest(), VECTORS: vectors_file.sha256.hexdigest()}
 
 
 def split_ranges(gallery: Gallery) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,10 @@ prepared split holds: in sample order, the first ``cap`` usable ones (all, witho
 Files the cache already knows are only looked up; the rest are converted (in worker
 processes) and added to the cache as they come, so an interrupted ingest keeps what it did.
 The chosen files are then placed in path order, so files added together (a new folder, the
-next numbers) land together in a few new shards.
+next numbers) land together in a few new shards. :class:`CheckedPixels` reads their pixels
+back, each checked against the digest the cache stored with it: a damaged entry is
+converted again from its file, so what the cache holds never passes into the prepared data
+unchecked.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 from byol_core.cache import BAD, OK, UNKNOWN, ConversionCache
 from byol_core.errors import ByolError
 from byol_core.sources import imagefolder
-from byol_core.sources.common import FileSplit
+from byol_core.sources.common import FileSplit, Listed
+from byol_core.store import DIGEST_BYTES, image_digest
 
 CHUNK_BYTES = 8 << 20  # pixels held at a time: conversions waiting for the cache, rows read from it
 
@@ -31,13 +35,15 @@ class Resolved:
     origins: list[str]
     labels: np.ndarray
     where: np.ndarray  # (n, 2): cache pack id and row
+    digests: np.ndarray  # (n, DIGEST_BYTES) uint8: the digest the cache stored with each file's pixels
     skipped: list[dict]
-    stamps: list[tuple[int, int]]  # each file's size and mtime (ns), as the cache knows it
+    files: list[Listed]  # each file as listed (path below the split's root, size, mtime in ns)
+    split: FileSplit  # where the files are and what they are converted to
 
     def fingerprint(self, start: int, stop: int) -> str:
         """Names the pixels of files ``start:stop`` (their paths, sizes and mtimes, in order)."""
         digest = hashlib.sha256()
-        for origin, (size, mtime) in zip(self.origins[start:stop], self.stamps[start:stop]):
+        for origin, (_, size, mtime) in zip(self.origins[start:stop], self.files[start:stop]):
             digest.update(f"{origin}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
@@ -53,7 +59,8 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
     what the cache lacks. A file that cannot be used fails (``on_corrupt: fail``, naming
     the file) or is listed in ``skipped``."""
     files = split.files
-    status, where, problems = cache.lookup(files)
+    found = cache.lookup(files)
+    status, where, digests, problems = found.status, found.where, found.digests, found.problems
     converted: list[int] = []
     pos = usable = 0
     while pos < len(files) and (split.cap is None or usable < split.cap):
@@ -82,9 +89,10 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
         usable += int((status[pos:end] == OK).sum())
         pos = end
     if converted:  # where the new conversions landed in the cache
-        new_status, new_where, new_problems = cache.lookup([files[i] for i in converted])
-        status[converted], where[converted] = new_status, new_where
-        problems.update({converted[j]: problem for j, problem in new_problems.items()})
+        again = cache.lookup([files[i] for i in converted])
+        status[converted], where[converted], digests[converted] = again.status, again.where, again.digests
+        problems.update({converted[j]: problem for j, problem in again.problems.items()})
+        cache.reconverted += int(found.lost[converted].sum())  # entries cut from their pack
     chosen = [i for i in range(pos) if status[i] == OK]
     chosen.sort(key=lambda i: files[i][0])
     skipped = [{"split": name, "origin": imagefolder.printable(files[i][0]), "reason": problems[i][1]}
@@ -93,4 +101,39 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
         raise ByolError(f"{split.root}: files changed while ingest read them. Run `byol ingest` again.")
     picked = np.asarray(chosen, dtype=np.int64)
     return Resolved(origins=[imagefolder.printable(files[i][0]) for i in chosen], labels=labels[picked],
-                    where=where[picked], skipped=skipped, stamps=[files[i][1:] for i in chosen])
+                    where=where[picked], digests=digests[picked], skipped=skipped, files=[files[i] for i in chosen],
+                    split=split)
+
+
+class CheckedPixels:
+    """The pixels of resolved files, read from the cache's packs and each checked against the
+    digest stored with it. A damaged entry (its bytes changed in the pack) is converted again
+    from its file and cached again; ``cache.reconverted`` counts them."""
+
+    def __init__(self, resolved: Resolved, cache: ConversionCache, name: str):
+        self.resolved, self.cache, self.name = resolved, cache, name
+        self.images, self.index = cache.images(resolved.where)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """uint8 (stop - start, C, S, S): the pixels of files ``start:stop``."""
+        pixels = self.images.take(self.index[start:stop])
+        got = np.frombuffer(b"".join(image_digest(image) for image in pixels), dtype=np.uint8)
+        damaged = np.flatnonzero((got.reshape(-1, DIGEST_BYTES) != self.resolved.digests[start:stop]).any(axis=1))
+        if len(damaged):
+            pixels[damaged] = self._convert_again(start + damaged)
+        return pixels
+
+    def _convert_again(self, picked: np.ndarray) -> np.ndarray:
+        split, listed = self.resolved.split, [self.resolved.files[i] for i in picked]
+        fresh = list(imagefolder.results([str(split.root / f[0]) for f in listed], split.channels, split.size,
+                                         self.name))
+        for (pixels, _, _), f in zip(fresh, listed):
+            if pixels is None:  # it converted before with this size and mtime: it was changed under us
+                raise ByolError(f"{imagefolder.printable(str(split.root / f[0]))}: changed while ingest read it. "
+                                "Run `byol ingest` again.")
+        self.cache.add((f, pixels, "", "") for f, (pixels, _, _) in zip(listed, fresh))
+        self.cache.reconverted += len(listed)
+        return np.stack([pixels for pixels, _, _ in fresh])
+
+    def close(self) -> None:
+        self.images.close()

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from byol_core import sources
+from byol_core import progress, sources
 from byol_core.cache import ConversionCache
 from byol_core.data import FORMAT, LABELLED, LAYOUT_FILE, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
-from byol_core.filesplit import CHUNK_BYTES, resolve
+from byol_core.filesplit import CHUNK_BYTES, CheckedPixels, Resolved, resolve
 from byol_core.schema.data import DataConfig
 from byol_core.sources import imagefolder
 from byol_core.sources.common import FileSplit, SourceData, conform
@@ -102,7 +102,7 @@ def _write_split(data: SourceData, split: str, cfg: DataConfig, out_dir: Path, c
                             "were left out under data.on_corrupt: skip"
                             + (f" (first: {first['origin']}: {first['reason']})" if first else "")
                             + ". Fix or replace them.")
-        _write_files(writer, resolved, cache, out_dir, rows)
+        _write_files(writer, resolved, cache, out_dir, rows, split)
         origins, labels = resolved.origins, resolved.labels
     else:
         origins, labels = data.origins[split], data.labels[split]
@@ -113,11 +113,13 @@ def _write_split(data: SourceData, split: str, cfg: DataConfig, out_dir: Path, c
     return _Written(origins, np.asarray(labels, dtype=np.int64), writer, writer.close())
 
 
-def _write_files(writer: ShardWriter, resolved, cache: ConversionCache, out_dir: Path, rows: int) -> None:
+def _write_files(writer: ShardWriter, resolved: Resolved, cache: ConversionCache, out_dir: Path, rows: int,
+                 split: str) -> None:
     """The shards of an image-file split. A shard made of the same files (path, size and
     mtime) as one the last ingest wrote is linked from the prepared folder, not rebuilt, so
-    a re-ingest costs what changed: the shards the new files land in."""
-    images, index = cache.images(resolved.where)
+    a re-ingest costs what changed: the shards the new files land in. The others are written
+    from the cache, every image checked against its digest on the way."""
+    pixels = CheckedPixels(resolved, cache, split)
     try:
         for start, stop in writer.plan(resolved.origins):
             fingerprint = resolved.fingerprint(start, stop)
@@ -126,10 +128,10 @@ def _write_files(writer: ShardWriter, resolved, cache: ConversionCache, out_dir:
                 path, shard = earlier
                 staged = writer.link(path, shard)
             else:
-                staged, shard = writer.write(images.take(index[i:min(i + rows, stop)]) for i in range(start, stop, rows))
+                staged, shard = writer.write(pixels.take(i, min(i + rows, stop)) for i in range(start, stop, rows))
             cache.remember_shard(fingerprint, out_dir / staged.name, staged, shard)
     finally:
-        images.close()
+        pixels.close()
 
 
 def build_manifest(written: dict[str, _Written], skipped: list[dict]) -> pd.DataFrame:
@@ -218,6 +220,10 @@ def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
     finally:
         for cache in caches.values():
             cache.close()
+            n = cache.reconverted
+            if n:  # said whether or not the ingest then succeeds: those entries are repaired either way
+                progress.report(f"ingest: {n} damaged {'entry' if n == 1 else 'entries'} in {cache.folder} "
+                                f"{'was' if n == 1 else 'were'} converted again")
     card["seconds"] = time.perf_counter() - started
     card["skipped_files"] = data.skipped
     return card

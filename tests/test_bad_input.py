@@ -146,6 +146,36 @@ def _start(root: Path, named: bool = False, **model) -> None:
         (root / "params.yaml").write_text(with_digest(text, hashlib.sha256(start.read_bytes()).hexdigest()))
 
 
+def _flip_last_byte(path: Path) -> None:
+    """One byte changed in place, past any header: the file reads as well as before."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _relabel(root: Path) -> None:
+    path = root / "data" / "prepared" / "train-labels.npy"
+    labels = np.load(path)
+    labels[0] = (labels[0] + 1) % 10  # another valid class: only the record can tell
+    np.save(path, labels)
+
+
+def _damage_cache(root: Path) -> None:
+    """An image-folder ingest (the cache holds image files only), then a byte flipped in its pack."""
+    _folder(root)
+    params = load_params(root / "params.yaml")
+    ingest(params.data, params.paths.prepared, params.paths.cache)
+    _flip_last_byte(next(params.paths.cache.glob("images-*/pack-*.u8")))
+
+
+def _damage_embeddings(root: Path) -> None:
+    from byol_core import stages
+
+    _onnx(root)
+    stages.run("embed", load_params(root / "params.yaml"))
+    _flip_last_byte(root / "data" / "embeddings" / "vectors.npy")
+
+
 WARM = {"pretrain.init": "previous", "pretrain.init_sha256": "0" * 64}
 
 
@@ -277,6 +307,20 @@ CASES = [
          r"0\.125 here\)\. Set pretrain\.init: scratch", WARM, lambda root: _start(root, True, **{"model.width": 0.25})),
     Case("promote with no checkpoint", "promote",
          r"training checkpoint not found at <project>/models/checkpoint\.pt\. Run `byol pretrain`"),
+    Case("image shard changed since ingest", "verify",
+         r"train-00000\.npy: 1 of its 40 images differs from the digests recorded when it was written\. Delete it, "
+         r"then restore it with `dvc checkout ingest` or run `byol ingest` again",
+         None, lambda root: _flip_last_byte(root / "data" / "prepared" / "train-00000.npy")),
+    Case("label file changed since ingest", "verify",
+         r"train-labels\.npy: 1 of its 40 labels differs from those recorded in manifest\.parquet\. Delete it",
+         None, _relabel),
+    Case("damaged conversion cache entry", "verify",
+         r"\.byol/cache/images-3x16-v\d+: 1 of its 12 entries is damaged \(the pixels differ from the digest .*"
+         r"Delete that folder \(the next `byol ingest` converts its files again\)",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}), _damage_cache),
+    Case("embeddings changed since embed", "verify",
+         r"embeddings/vectors\.npy: its sha256 differs from the one recorded when it was written\. Delete it, then "
+         r"restore it with `dvc checkout embed` or run `byol embed` again", None, _damage_embeddings),
     Case("ONNX parity failure", "export",
          r"onnxruntime \(CPUExecutionProvider\) disagrees with PyTorch: max abs diff .* exceeds atol=1e-12",
          {"export.atol": 1e-12, "export.rtol": 0.0}),

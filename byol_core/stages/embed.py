@@ -79,8 +79,8 @@ def run(params: Params) -> tuple[str, dict]:
     found, pictures = {}, {}
 
     def fill(folder):
-        counts = write_embeddings(encoder, prepared, paths.prepared / "manifest.parquet",
-                                  folder / paths.embeddings_file.name, cfg.batch_size, _progress(total))
+        counts, sha256 = write_embeddings(encoder, prepared, paths.prepared / "manifest.parquet",
+                                          folder / paths.embeddings_file.name, cfg.batch_size, _progress(total))
         seconds = time.perf_counter() - started
         gallery = Gallery(folder / paths.embeddings_file.name)
         approximate, index = None, None
@@ -99,7 +99,9 @@ def run(params: Params) -> tuple[str, dict]:
             "data_hash": card["data_hash"], "encoder_data_hash": encoder.data_hash,
             "near_duplicates": duplicates, "approximate": approximate,
         })
-        write_json(folder / CARD, {k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")})
+        # The card alone records the files' digests (`byol verify` checks them); the metrics stay as they were.
+        write_json(folder / CARD, {**{k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")},
+                                   "sha256": sha256})
 
     # One commit: the folder is filled first, and the files after it are written from what
     # filling it found. All change together, or none does.
