@@ -200,6 +200,8 @@ CASES = [
          {"pretrain.epoch": 3}),
     Case("negative epochs", "pretrain", r"pretrain\.epochs: Input should be greater than or equal to 1",
          {"pretrain.epochs": -2}),
+    Case("a boolean for a number", "pretrain", r"pretrain\.epochs: Input should be a valid integer \(got True\)",
+         {"pretrain.epochs": True}),
     Case("batch larger than the data", "pretrain",
          r"pretrain\.batch_size \(128\) is larger than the 40 prepared training images: lower",
          {"pretrain.batch_size": 128}),
