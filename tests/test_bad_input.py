@@ -34,7 +34,7 @@ from byol_core.promote import with_digest
 from byol_core.sources.fashion_mnist import FILES
 from byol_core.storage import write_json
 from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
-from sourcefiles import make_cifar10, make_imagefolder
+from sourcefiles import make_cifar10, make_imagefolder, png_claiming
 
 DOC = ROOT / "docs" / "bad-input.md"
 BASE = {**TINY, "data.max_train": None, "data.max_test": None, "pretrain.batch_size": 16,
@@ -178,6 +178,11 @@ CASES = [
     Case("image smaller than the crop", "ingest",
          r"src2/[\w/]+\.\w+: \d+x\d+ px is smaller than data\.image_size 64 .*lower data\.image_size",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 64}), lambda root: _folder(root)),
+    Case("16-bit image too large to decode", "ingest",
+         r"src2/cat/000\.png: cannot be read as an image \(Image size \(\d+ pixels\) exceeds limit of \d+ pixels.*"
+         r"set data\.on_corrupt: skip",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: png_claiming(_folder(root) / "cat" / "000.png", 20000, 10000, "I;16")),
     Case("source smaller than data.image_size", "ingest",
          r"images are 28x28 px, smaller than data\.image_size 32\. Images are never upscaled",
          {"data.image_size": 32}),

@@ -275,6 +275,56 @@ def test_imagefolder_pixels_16_bit_alpha_and_palette(tmp_path):
     assert (x[3, :, :16] == 255).all() and x[3, :, 20, 0].tolist() == [200, 100, 50]
 
 
+def test_imagefolder_16_and_32_bit_grey_scale_in_bands_without_widening_whole(tmp_path, monkeypatch):
+    """Wide grey maps 0..65535 onto 0..255 with rounding (32-bit values beyond it stretch the
+    range), the same whether scaled in one band or many; and only a band at a time is
+    widened to int64, so the conversion holds about a byte a pixel beyond the decoded image."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    v16 = rng.integers(0, 65536, (40, 48)).astype(np.uint16)
+    v16[0, :4] = [0, 128, 129, 65535]  # 128 * 255 / 65535 = 0.498 -> 0; 129 -> 0.502 -> 1
+    v32 = rng.integers(-1000, 100_000, (40, 48)).astype(np.int32)
+    files = [_save(tmp_path / "a" / "grey16.png", Image.fromarray(v16)),
+             _save(tmp_path / "a" / "grey32.tif", Image.fromarray(v32, "I"))]
+    assert [Image.open(f).mode for f in files] == ["I;16", "I"]
+    expect16 = (v16.astype(np.int64) * 255 + 32767) // 65535
+    lo, hi = int(v32.min()), max(65535, int(v32.max()))
+    expect32 = ((v32.astype(np.int64) - lo) * 255 + (hi - lo) // 2) // (hi - lo)
+    assert expect16[0, :4].tolist() == [0, 0, 1, 255]
+    for band in (1 << 20, 48 * 7, 1):  # one band; bands of 7 rows (the last one short); one row each
+        monkeypatch.setattr(imagefolder, "WIDE_BAND_PIXELS", band)
+        x = [pixels for pixels, _, _ in _converted(files, 1, 40)]
+        assert np.array_equal(x[0][0], expect16[:, 4:44]) and np.array_equal(x[1][0], expect32[:, 4:44]), band
+    monkeypatch.setattr(imagefolder, "WIDE_BAND_PIXELS", 1 << 14)
+    with Image.open(_save(tmp_path / "big.png", Image.fromarray(np.full((1024, 1024), 40000, np.uint16)))) as big:
+        big.load()
+        tracemalloc.start()
+        grey = imagefolder._wide_grey(big)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert grey.mode == "L" and np.asarray(grey)[0, 0] == 156
+    assert peak < 2 * 1024 * 1024, peak  # the result, a byte a pixel, and one band; int64 whole: 8 a pixel
+
+
+def test_imagefolder_oversized_16_bit_image_is_refused_by_its_header_like_an_8_bit_one(tmp_path):
+    """The pixel bound (PIL's decompression-bomb limit, checked when the header is read)
+    applies to 16-bit images as to 8-bit ones: the same message, before any pixel is decoded
+    (the files hold 4x4 pixels of data, so decoding them would fail otherwise)."""
+    from sourcefiles import png_claiming
+
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    side = int(limit**0.5) + 1
+    results = [_converted([png_claiming(tmp_path / f"{mode[:3]}.png", side, side, mode)], 1, 32)[0]
+               for mode in ("I;16", "L", "RGB")]
+    assert all(pixels is None and kind == "read" for pixels, kind, _ in results)
+    assert {problem for _, _, problem in results} == {
+        f"cannot be read as an image (Image size ({side * side} pixels) exceeds limit of {limit} pixels, could be "
+        "decompression bomb DOS attack.)"}
+    pixels, kind, problem = _converted([png_claiming(tmp_path / "small16.png", 64, 64, "I;16")], 1, 32)[0]
+    assert kind == "read" and "truncated" in problem  # within the bound it is decoded (and these bytes fail)
+
+
 def test_imagefolder_resize_crop_and_exif(tmp_path):
     half = np.zeros((20, 40), np.uint8)
     half[:, 20:] = 255  # left half black, right half white

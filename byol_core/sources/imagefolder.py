@@ -12,6 +12,11 @@ orientation; transparent pixels are composited over white (how a page shows them
 short side is resized to ``data.image_size`` (bicubic, which antialiases) and the centre
 cut square. A file that cannot be used fails the run or, under ``on_corrupt: skip``, is
 listed and left out; a problem with the tree itself always fails.
+
+Memory follows an image's pixel count, whatever its bit depth: PIL reads the size from the
+header and refuses more than its decompression-bomb limit (2 x ``Image.MAX_IMAGE_PIXELS``,
+about 179 million pixels) before decoding anything, and a decoded image costs at most its
+own bytes plus a byte a pixel (16- and 32-bit grey is scaled to 8 bits band by band).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from byol_core.sources.common import FileSplit, Listed, SourceData
 BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
 PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more
 _GREY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+WIDE_BAND_PIXELS = 1 << 20  # wide greyscale is scaled this many pixels at a time (8 MiB as int64)
 _ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
 _READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
 ADVICE = {
@@ -89,13 +95,26 @@ def printable(relative: str) -> str:
     return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _wide_grey(image: Image.Image) -> Image.Image:
+    """16- or 32-bit greyscale -> "L", scaled, never clipped: 0..65535 maps onto 0..255, and
+    32-bit values beyond that range stretch it to fit. Row bands of about WIDE_BAND_PIXELS
+    are widened to int64 one at a time, so the image costs its decoded bytes and one byte a
+    pixel for the result, not eight bytes a pixel for the whole of it."""
+    lo, hi = image.getextrema()
+    lo, hi = min(0, int(lo)), max(65535, int(hi))
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, WIDE_BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(height, top + rows)))).astype(np.int64)
+        out[top:top + rows] = ((band - lo) * 255 + (hi - lo) // 2) // (hi - lo)
+    return Image.frombuffer("L", (width, height), out, "raw", "L", 0, 1)  # shares ``out``: no copy
+
+
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode -> "L" or "RGB". Wide greyscale is scaled, never clipped: 0..65535 maps
-    onto 0..255, and 32-bit values beyond that range stretch it to fit."""
+    """Any PIL mode -> "L" or "RGB" (wide greyscale: :func:`_wide_grey`)."""
     if image.mode in _GREY_WIDE:
-        a = np.asarray(image).astype(np.int64)
-        lo, hi = min(0, int(a.min())), max(65535, int(a.max()))
-        image = Image.fromarray((((a - lo) * 255 + (hi - lo) // 2) // (hi - lo)).astype(np.uint8), "L")
+        image = _wide_grey(image)
     if image.mode in _ALPHA or (image.mode == "P" and "transparency" in image.info):
         image = Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND), image.convert("RGBA"))
     if image.mode not in ("L", "RGB"):
@@ -115,7 +134,8 @@ def convert_one(path: str, channels: int, size: int) -> tuple[np.ndarray | None,
             if min(width, height) >= size:
                 image.draft(image.mode, (size, size))  # JPEG: decode at a reduced scale >= size
             image.load()
-            image = _to_mode(ImageOps.exif_transpose(image), channels)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: without it, every image is copied whole
+            image = _to_mode(image, channels)
     except _READ_ERRORS as exc:
         return None, "read", f"cannot be read as an image ({str(exc) or type(exc).__name__})"
     if min(width, height) < size:
