@@ -18,12 +18,12 @@ images and one row group, however many images there are.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from byol_core import csvfile
 from byol_core.data import Prepared
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
@@ -140,7 +140,7 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
     described = gallery.describe(np.array([r for pairs in found.values() for a, b, _ in pairs for r in (a, b)],
                                           dtype=np.int64))
     with open(out_csv, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csvfile.writer(handle, lineterminator="\n")
         writer.writerow(["kind", "split_a", "index_a", "source_a", "split_b", "index_b", "source_b", "similarity"])
         it = iter(described)
         for kind, pairs in found.items():

@@ -174,6 +174,27 @@ def test_class_names_with_commas_and_quotes_survive_the_predictions_csv():
                     ["line\nbreak", "plain"]]
 
 
+def test_cells_that_a_spreadsheet_would_run_are_written_as_text_in_every_csv():
+    """A class folder named like a formula (=, +, -, @, tab, CR first) is written with a
+    leading single quote (OWASP's advice against CSV injection); numbers, negative ones too,
+    and other text are written as they are."""
+    from byol_core import csvfile
+    from byol_core.stages.pretrain import _curve_csv
+
+    classes = ["=1+2", "+cmd", "-x", "@SUM(A1)", "\tt", "\rr", "-1.5", "plain", "a=b"]
+    text = _predictions_csv(classes, np.arange(9), np.arange(9)[::-1])
+    rows = list(csv.reader(io.StringIO(text)))
+    assert [r[0] for r in rows[1:]] == ["'=1+2", "'+cmd", "'-x", "'@SUM(A1)", "'\tt", "'\rr", "-1.5", "plain", "a=b"]
+    assert rows[1][1] == "a=b" and rows[9][1] == "'=1+2"
+    curve = list(csv.reader(io.StringIO(_curve_csv([{"epoch": 1, "loss": -0.25, "note": "=run()"}]))))
+    assert curve == [["epoch", "loss", "note"], ["1", "-0.25", "'=run()"]]
+    # every CSV writer in byol_core goes through csvfile
+    root = Path(csvfile.__file__).parent
+    raw = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "csvfile.py"
+           and any(w in p.read_text() for w in ("csv.writer", "csv.DictWriter", "to_csv("))]
+    assert raw == []
+
+
 def test_a_non_square_array_source_is_refused(tmp_path):
     from conftest import write_idx
     from byol_core.sources.fashion_mnist import FILES
