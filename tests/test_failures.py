@@ -105,6 +105,39 @@ def test_an_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch):
     assert log.is_file() and "ZeroDivisionError" in log.read_text() and "Traceback" in log.read_text()
 
 
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_signal_during_an_import_is_reported_as_the_stop(tmp_path, monkeypatch, signum, code, word):
+    """A signal that lands while a C extension imports comes out as another exception:
+    numpy's import_array prints it (PyErr_Print, through sys.excepthook) and raises
+    ImportError("import numpy failed"), as onnxruntime's import does when SIGTERM hits it.
+    The run still ends as stopped, with no traceback; the next run is not taken for one."""
+    import importlib
+
+    (tmp_path / "slow_extension.py").write_text(
+        "import signal, sys\n"
+        "try:\n"
+        f"    signal.raise_signal({int(signum)})  # the handler's exception is raised here, mid-import\n"
+        "except BaseException:\n"
+        "    sys.excepthook(*sys.exc_info())  # what PyErr_Print does\n"
+        "    raise ImportError('import numpy failed') from None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the bug's log goes under .byol/logs here
+    params = write_params(tmp_path, BASE)
+    monkeypatch.setattr(stages, "run", lambda stage, params: importlib.import_module("slow_extension"))
+    stderr, handlers = io.StringIO(), (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook)
+    with contextlib.redirect_stderr(stderr):
+        assert main(["export", "--params", str(params)]) == code
+    assert stderr.getvalue() == f"byol export: {word}; nothing was changed\n"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook) == handlers
+
+    def bug(stage, params):
+        raise ImportError("a real one")
+
+    monkeypatch.setattr(stages, "run", bug)
+    code, err = _run(["export", "--params", str(params)])
+    assert code == 1 and "internal error (ImportError: a real one)" in err
+
+
 def test_a_second_pretrain_in_the_project_is_refused_with_the_holders_pid(tmp_path):
     root = _healthy_project(tmp_path / "project")
     params = load_params(root / "params.yaml")
