@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import re
 import shutil
@@ -171,6 +172,11 @@ CASES = [
     Case("corrupt image", "ingest", r"src2/cat/000\.png: cannot be read as an image .*set data\.on_corrupt: skip",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
          lambda root: (_folder(root) / "cat" / "000.png").write_bytes(b"not a png")),
+    Case("symlink loop in a class folder", "ingest",
+         r"src2/cat/sub/loop: a symlink back to <project>/src2/cat, a folder that contains it, so reading the folder "
+         r"would never end\. Remove the link",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: os.symlink("..", _folder(root) / "cat" / "sub" / "loop")),
     Case("unsupported file type", "ingest",
          r"src2/dog/notes\.docx: unsupported file type '\.docx' .*Convert or remove it, or set data\.on_corrupt: skip",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),

@@ -431,6 +431,48 @@ def test_imagefolder_structural_errors(tmp_path, build, message):
         imagefolder.read(_cfg("imagefolder", tmp_path / "src", on_corrupt="skip"))
 
 
+def test_imagefolder_follows_symlinked_class_folders_and_subfolders(tmp_path, capsys):
+    """Class folders linked from another disk are read like folders, under the link's name;
+    so are linked subfolders, and linked split folders. DVC does not look inside them, and
+    ingest says so."""
+    src, disk = tmp_path / "src", tmp_path / "other-disk"
+    make_imagefolder(src, classes=("cat",), per_class=6)
+    theirs = make_imagefolder(disk, classes=("dog", "extra"), per_class=6)
+    (src / "dog").symlink_to(disk / "dog")
+    (src / "cat" / "more").symlink_to(disk / "extra", target_is_directory=True)
+    data = _ingested(_cfg("imagefolder", src), tmp_path)
+    origins = sorted(data.origins["train"] + data.origins["test"])
+    expected = [o for o in make_imagefolder(tmp_path / "copy", classes=("cat",), per_class=6)]
+    expected += [o for o in theirs if o.startswith("dog/")] + ["cat/more/" + o[6:] for o in theirs if o.startswith("extra/")]
+    assert data.classes == ["cat", "dog"] and origins == sorted(expected) and len(origins) == 18
+    for split in ("train", "test"):
+        assert data.labels[split].tolist() == [int(o.startswith("dog/")) for o in data.origins[split]]
+    assert "ingest: read through symlinks: cat/more, dog. DVC does not look inside symlinked folders, so `dvc repro` " \
+           "will not rerun ingest when files there change: run `dvc repro --force ingest`" in capsys.readouterr().err
+    split_src = tmp_path / "split"
+    make_imagefolder(disk / "t", per_class=2, prefix="train/")
+    make_imagefolder(split_src, per_class=1, prefix="test/")
+    (split_src / "train").symlink_to(disk / "t" / "train")
+    assert len(imagefolder.read(_cfg("imagefolder", split_src)).origins["train"]) == 4
+
+
+@pytest.mark.parametrize("link, target, message", [
+    ("cat/sub/loop", "..", r"src/cat/sub/loop: a symlink back to .*src/cat, a folder that contains it, so reading the "
+                           r"folder would never end\. Remove the link"),
+    ("cat/root", "..", r"src/cat/root: a symlink back to .*src, a folder that contains it"),
+    ("cat/dogs", "../dog", r"src/(cat/dogs and .*src/dog|dog and .*src/cat/dogs)( \(.*\))? are the same folder, reached "
+                           r"twice through a symlink, so its images would be read twice\. Remove the link, or copy"),
+    ("bird", "../src/cat", r"src/(bird and .*src/cat|cat and .*src/bird)( \(.*\))? are the same folder"),
+    ("fish", "../unmounted/fish", r"src/fish: a symlink to \.\./unmounted/fish, which does not exist \(a disk not "
+                                  r"mounted\?\)\. Fix or remove the link"),
+])
+def test_imagefolder_refuses_symlink_loops_folders_read_twice_and_dangling_classes(tmp_path, link, target, message):
+    make_imagefolder(tmp_path / "src", per_class=6)
+    (tmp_path / "src" / link).symlink_to(target)
+    with pytest.raises(ByolError, match=message):
+        imagefolder.read(_cfg("imagefolder", tmp_path / "src"))
+
+
 def test_imagefolder_split_empty_after_skipping(tmp_path):
     make_imagefolder(tmp_path, per_class=2, prefix="train/")
     (tmp_path / "test" / "cat").mkdir(parents=True)
