@@ -35,7 +35,7 @@ from byol_core.promote import with_digest
 from byol_core.sources.fashion_mnist import FILES
 from byol_core.storage import write_json
 from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
-from sourcefiles import make_cifar10, make_imagefolder, png_claiming
+from sourcefiles import cifar_batch_with_labels, make_cifar10, make_imagefolder, png_claiming
 
 DOC = ROOT / "docs" / "bad-input.md"
 BASE = {**TINY, "data.max_train": None, "data.max_test": None, "pretrain.batch_size": 16,
@@ -203,6 +203,12 @@ CASES = [
          _swap_data(None, **{"data.source": "cifar10"}), lambda root: (
              make_cifar10(root / "src2"),
              (root / "src2" / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(_Payload())))),
+    Case("CIFAR batch with far more labels than images", "ingest",
+         r"data_batch_1: holds more than \d+ pickle entries, more than a CIFAR file of \d+ bytes \(room for \d+ images\) "
+         r"needs; refusing to load it",
+         _swap_data(None, **{"data.source": "cifar10"}), lambda root: (
+             make_cifar10(root / "src2"),
+             cifar_batch_with_labels(root / "src2" / "cifar-10-batches-py" / "data_batch_1", 1_000_000))),
     Case("wrong channel count for the model", "evaluate",
          r"encoder\.pt expects 3-channel images but the prepared data has 1\. Run `byol pretrain`",
          None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 3, True))),

@@ -14,7 +14,7 @@ from byol_core.data import load_prepared
 from byol_core.errors import ByolError
 from byol_core.ingest import ingest
 from byol_core.schema.data import DataConfig
-from byol_core.sources import SOURCES, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
+from byol_core.sources import SOURCES, cifar, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
 from conftest import make_fashion_files
 from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
 
@@ -152,6 +152,30 @@ def test_cifar_bad_files_name_the_file(tmp_path):
     batch.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]}))
     with pytest.raises(ByolError, match=r"data_batch_3: 'labels' must be integers 0..9"):
         cifar10.read(_cfg("cifar10", tmp_path))
+
+
+def test_cifar_batch_with_more_labels_than_its_size_allows_is_refused_before_they_are_built(tmp_path):
+    """A list item costs one byte of pickle and eight of memory or more: 10^7 labels beside 3
+    images (a 20 MB file) would unpickle into 80 MB of list before the count check. The
+    entries are counted as the file streams, so it is refused holding almost nothing;
+    a batch whose labels match its images passes."""
+    import tracemalloc
+
+    from sourcefiles import cifar_batch_with_labels
+
+    fine = cifar_batch_with_labels(tmp_path / "fine", 2000, 2000)
+    x, y = cifar.read_batch(fine, "labels", 10)
+    assert x.shape == (2000, 3, 32, 32) and y.shape == (2000,)
+    batch = cifar_batch_with_labels(tmp_path / "data_batch_1", 10_000_000)
+    size = batch.stat().st_size
+    tracemalloc.start()
+    with pytest.raises(ByolError, match=rf"data_batch_1: holds more than {16 * (size // 3072) + 10_000} pickle entries, "
+                                        rf"more than a CIFAR file of {size} bytes \(room for {size // 3072} images\) needs; "
+                                        r"refusing to load it .*fetch the official files"):
+        cifar.read_batch(batch, "labels", 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 << 20, peak  # the list alone would be 80 MB
 
 
 def test_cifar_folder_layout_errors(tmp_path):
