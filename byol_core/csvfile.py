@@ -5,8 +5,8 @@ that begins with a tab or a carriage return) as a formula, and a formula can fet
 start programs. Class names and file names come from the user's data, so a class folder
 named ``=HYPERLINK(...)`` would be one. As OWASP recommends for CSV injection, such a text
 cell is written with a leading single quote, which spreadsheets show as plain text.
-Numbers are written as they are (``-0.5`` is no formula), and so is text that reads as
-one.
+Numbers are written as they are (``-0.5`` is no formula), and so is text that reads as a
+number.
 """
 
 from __future__ import annotations

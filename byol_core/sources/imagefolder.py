@@ -15,8 +15,8 @@ listed and left out; a problem with the tree itself always fails.
 
 Memory follows an image's pixel count, whatever its bit depth: PIL reads the size from the
 header and refuses more than its decompression-bomb limit (2 x ``Image.MAX_IMAGE_PIXELS``,
-about 179 million pixels) before decoding anything, and a decoded image costs at most its
-own bytes plus a byte a pixel (16- and 32-bit grey is scaled to 8 bits band by band).
+about 179 million pixels) before decoding anything, and 16- and 32-bit grey is scaled to 8
+bits band by band, so it costs its decoded bytes and a byte a pixel, not eight.
 """
 
 from __future__ import annotations
