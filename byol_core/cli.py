@@ -9,7 +9,7 @@ prints ``byol <stage>: error: <what, where, what to do>`` and exits 1, without a
 a user mistake (ByolError), a system error (disk full, permission denied, read-only file
 system), running out of memory, and even a bug, whose traceback goes to a log file under
 ``.byol/logs/`` instead. Ctrl-C exits 130 and SIGTERM 143, after every stage removed what
-it had half written.
+it had half written, even where the signal lands in an import that turns it into another error.
 When an orchestrator launched the stage through Dagster Pipes (``DAGSTER_PIPES_CONTEXT``
 is set, and passes through ``dvc repro``), the stage's progress lines (byol_core.progress)
 go to the run's log as they happen, and the summary and metrics are sent back at the end;
@@ -86,8 +86,30 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so every stage's cleanup runs as for Ctrl-C."""
 
 
+# The stop signals that arrived during this run. The exception a handler raises can come out
+# as another one: raised during an import, a C extension's init may print it and raise its
+# own (numpy's import_array gives ImportError("import numpy failed")). So the run ends as
+# stopped, not as a bug, whatever exception comes out after one arrived.
+_received: set[int] = set()
+
+
 def _terminate(signum, frame):
+    _received.add(signal.SIGTERM)
     raise Terminated()
+
+
+def _interrupt(signum, frame):
+    _received.add(signal.SIGINT)
+    raise KeyboardInterrupt()
+
+
+def _quiet_stops(previous):
+    """sys.excepthook that prints nothing for a stop signal's exception: a C extension that
+    catches one prints it through the hook, and the CLI reports the stop itself."""
+    def hook(kind, value, tb):
+        if not issubclass(kind, (Terminated, KeyboardInterrupt)):
+            previous(kind, value, tb)
+    return hook
 
 
 _ADVICE = {
@@ -125,13 +147,21 @@ def _log_internal(stage: str, exc: BaseException) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        return _run(args.stage, args.params, args)
+    _received.clear()
+    term, hook = signal.signal(signal.SIGTERM, _terminate), sys.excepthook
+    interrupt = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored one (a background job) stays so
+    if interrupt:
+        signal.signal(signal.SIGINT, _interrupt)
+    sys.excepthook = _quiet_stops(hook)
     try:
         return _run(args.stage, args.params, args)
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, term)
+        if interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.excepthook = hook
 
 
 def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
@@ -182,28 +212,36 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
                 line, metrics = _stage(stage, params)
         else:
             line, metrics = _stage(stage, params)
-    except ByolError as exc:
-        return _fail(stage, str(exc))
-    except KeyboardInterrupt:
-        print(f"byol {stage}: interrupted; nothing was changed", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"byol {stage}: terminated; nothing was changed", file=sys.stderr)
-        return 143
-    except MemoryError:
-        return _fail(stage, _out_of_memory())
-    except OSError as exc:
-        return _fail(stage, _os_error(exc))
-    except Exception as exc:  # a bug: a short message here, the traceback in a log file
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
-            return _fail(stage, _out_of_memory())
-        log = _log_internal(stage, exc)
-        where = f"The full traceback is in {log}." if log else "No log could be written."
-        return _fail(stage, f"internal error ({type(exc).__name__}: {brief(exc, 200)}). This is a bug, not "
-                            f"something in your data: please report it with params.yaml. {where}")
+    except BaseException as exc:
+        return _failure(stage, exc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(line)
     return 0
+
+
+def _failure(stage: str, exc: BaseException) -> int:
+    """The exit code for what ended the run, after its one line on stderr."""
+    if isinstance(exc, Terminated) or signal.SIGTERM in _received:  # even where it came out as another error
+        print(f"byol {stage}: terminated; nothing was changed", file=sys.stderr)
+        return 143
+    if isinstance(exc, KeyboardInterrupt) or signal.SIGINT in _received:
+        print(f"byol {stage}: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    if isinstance(exc, ByolError):
+        return _fail(stage, str(exc))
+    if isinstance(exc, MemoryError):
+        return _fail(stage, _out_of_memory())
+    if isinstance(exc, OSError):
+        return _fail(stage, _os_error(exc))
+    if not isinstance(exc, Exception):  # SystemExit and the like
+        raise exc
+    # a bug: a short message here, the traceback in a log file
+    if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+        return _fail(stage, _out_of_memory())
+    log = _log_internal(stage, exc)
+    where = f"The full traceback is in {log}." if log else "No log could be written."
+    return _fail(stage, f"internal error ({type(exc).__name__}: {brief(exc, 200)}). This is a bug, not "
+                        f"something in your data: please report it with params.yaml. {where}")
 
 
 def _fail(stage: str, message: str) -> int:

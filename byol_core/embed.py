@@ -20,7 +20,6 @@ from the bytes as they are written; the stage records them in its card.json, and
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from byol_core import csvfile
 from byol_core.data import Prepared
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
@@ -169,7 +169,7 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
     described = gallery.describe(np.array([r for pairs in found.values() for a, b, _ in pairs for r in (a, b)],
                                           dtype=np.int64))
     with open(out_csv, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = csvfile.writer(handle, lineterminator="\n")
         writer.writerow(["kind", "split_a", "index_a", "source_a", "split_b", "index_b", "source_b", "similarity"])
         it = iter(described)
         for kind, pairs in found.items():

@@ -6,6 +6,7 @@ so a test can compare what a source reads pixel for pixel.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -134,3 +135,37 @@ def make_imagefolder(directory: Path, classes: tuple[str, ...] = ("cat", "dog"),
                 image.save(path, quality=90)
             written[relative] = mode
     return written
+
+
+def png_claiming(path: Path, width: int, height: int, mode: str = "L") -> Path:
+    """A real 4x4 PNG of ``mode`` ("L", "RGB" or "I;16") whose header claims ``width`` x
+    ``height``: opening it reads that size, and decoding it would fail (the data is 4x4)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    image_of(mode, 4, 4, np.random.default_rng(0)).save(buffer, format="PNG")
+    raw = buffer.getvalue()
+    assert raw[12:16] == b"IHDR"
+    chunk = b"IHDR" + struct.pack(">II", width, height) + raw[24:29]  # bit depth, colour type, ... kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + raw[33:])
+    return path
+
+
+def cifar_batch_with_labels(path: Path, labels: int, images: int = 3) -> Path:
+    """A protocol-2 CIFAR batch of ``images`` black images whose 'labels' list holds
+    ``labels`` zeros (a multiple of 1000), in 1000-item chunks as pickle writes a list;
+    written without building the list here."""
+    def text(value: str) -> bytes:  # BINUNICODE
+        return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+    array = pickle.dumps(np.zeros((images, 3072), np.uint8), protocol=2)[2:-1]  # without PROTO and STOP
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(b"\x80\x02}" + text("labels") + b"]")  # PROTO 2, {}, "labels", []
+        chunk = b"(" + b"K\x00" * 1000 + b"e"  # MARK, 1000 x BININT1 0, APPENDS
+        for _ in range(labels // 1000):
+            handle.write(chunk)
+        handle.write(b"s" + text("data") + array + b"s.")  # SETITEM, "data", the array, SETITEM, STOP
+    return path

@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import re
 import shutil
@@ -34,7 +35,7 @@ from byol_core.promote import with_digest
 from byol_core.sources.fashion_mnist import FILES
 from byol_core.storage import write_json
 from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
-from sourcefiles import make_cifar10, make_imagefolder
+from sourcefiles import cifar_batch_with_labels, make_cifar10, make_imagefolder, png_claiming
 
 DOC = ROOT / "docs" / "bad-input.md"
 BASE = {**TINY, "data.max_train": None, "data.max_test": None, "pretrain.batch_size": 16,
@@ -201,6 +202,11 @@ CASES = [
     Case("corrupt image", "ingest", r"src2/cat/000\.png: cannot be read as an image .*set data\.on_corrupt: skip",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
          lambda root: (_folder(root) / "cat" / "000.png").write_bytes(b"not a png")),
+    Case("symlink loop in a class folder", "ingest",
+         r"src2/cat/sub/loop: a symlink back to <project>/src2/cat, a folder that contains it, so reading the folder "
+         r"would never end\. Remove the link",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: os.symlink("..", _folder(root) / "cat" / "sub" / "loop")),
     Case("unsupported file type", "ingest",
          r"src2/dog/notes\.docx: unsupported file type '\.docx' .*Convert or remove it, or set data\.on_corrupt: skip",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
@@ -208,6 +214,11 @@ CASES = [
     Case("image smaller than the crop", "ingest",
          r"src2/[\w/]+\.\w+: \d+x\d+ px is smaller than data\.image_size 64 .*lower data\.image_size",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 64}), lambda root: _folder(root)),
+    Case("16-bit image too large to decode", "ingest",
+         r"src2/cat/000\.png: cannot be read as an image \(Image size \(\d+ pixels\) exceeds limit of \d+ pixels.*"
+         r"set data\.on_corrupt: skip",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
+         lambda root: png_claiming(_folder(root) / "cat" / "000.png", 20000, 10000, "I;16")),
     Case("source smaller than data.image_size", "ingest",
          r"images are 28x28 px, smaller than data\.image_size 32\. Images are never upscaled",
          {"data.image_size": 32}),
@@ -222,6 +233,12 @@ CASES = [
          _swap_data(None, **{"data.source": "cifar10"}), lambda root: (
              make_cifar10(root / "src2"),
              (root / "src2" / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(_Payload())))),
+    Case("CIFAR batch with far more labels than images", "ingest",
+         r"data_batch_1: holds more than \d+ pickle entries, more than a CIFAR file of \d+ bytes \(room for \d+ images\) "
+         r"needs; refusing to load it",
+         _swap_data(None, **{"data.source": "cifar10"}), lambda root: (
+             make_cifar10(root / "src2"),
+             cifar_batch_with_labels(root / "src2" / "cifar-10-batches-py" / "data_batch_1", 1_000_000))),
     Case("wrong channel count for the model", "evaluate",
          r"encoder\.pt expects 3-channel images but the prepared data has 1\. Run `byol pretrain`",
          None, lambda root: _encoder(root, EncoderSpec("resnet18", 0.125, 3, True))),
@@ -230,6 +247,8 @@ CASES = [
          {"pretrain.epoch": 3}),
     Case("negative epochs", "pretrain", r"pretrain\.epochs: Input should be greater than or equal to 1",
          {"pretrain.epochs": -2}),
+    Case("a boolean for a number", "pretrain", r"pretrain\.epochs: Input should be a valid integer \(got True\)",
+         {"pretrain.epochs": True}),
     Case("batch larger than the data", "pretrain",
          r"pretrain\.batch_size \(128\) is larger than the 40 prepared training images: lower",
          {"pretrain.batch_size": 128}),

@@ -1,3 +1,4 @@
+import copy
 import re
 import subprocess
 import sys
@@ -177,3 +178,60 @@ def test_bare_on_off_from_yaml_mean_the_words(tmp_path):
     assert load_params(path).augment.blur == "off"
     path.write_text(path.read_text().replace("blur: off", "blur: on"))
     assert load_params(path).augment.blur == "on"
+
+
+def _leaves(node: object, key: str = ""):
+    """(dotted key, value) of every number and flag in a params mapping; a list's items as key.N."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _leaves(value, f"{key}.{name}" if key else name)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{key}.{i}")
+    elif isinstance(node, (bool, int, float)):
+        yield key, node
+
+
+def _with(raw: dict, dotted: str, value: object) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(leaf) if isinstance(node, list) else leaf] = value
+    return raw
+
+
+def test_a_boolean_is_no_number_anywhere_and_flags_still_take_booleans():
+    """YAML reads a bare true/false as a bool, and lax validation would take it as 1 or 0
+    (`epochs: true` trained one epoch): every number in params.yaml refuses one, naming its key."""
+    raw = params_dict(**{"data.channels": 3, "data.image_size": 32, "data.max_train": 512, "data.max_test": 256,
+                         "data.max_unlabeled": 64})  # numbers where the defaults are null
+    leaves = list(_leaves(raw))
+    numbers = [key for key, value in leaves if not isinstance(value, bool)]
+    flags = [key for key, value in leaves if isinstance(value, bool)]
+    assert "pretrain.epochs" in numbers and "augment.crop_ratio.1" in numbers and len(numbers) > 50
+    assert sorted(flags) == ["model.small_stem", "pretrain.compile", "pretrain.cuda_graph"]
+    parse_params(raw)
+    for key in numbers:
+        for value in (True, False):
+            message = _error(_with(raw, key, value))
+            assert re.search(rf"invalid params:\n  {re.escape(key)}(\.\S+)?: Input should be .* \(got {value}\)",
+                             message), (key, message)
+    for key in flags:
+        for value in (True, False):
+            node = parse_params(_with(raw, key, value))
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert node is value, key
+    for key in flags:
+        assert f"{key}: Input should be a valid boolean (got 1)" in _error(_with(raw, key, 1))
+
+
+def test_whole_numbers_still_fill_float_params():
+    params = parse_params(params_dict(**{"pretrain.base_lr": 1, "pretrain.weight_decay": 0, "data.shard_mb": 256,
+                                         "augment.crop_ratio": [1, 2], "evaluate.weight_decays": [0, 1]}))
+    assert params.pretrain.base_lr == 1.0 and isinstance(params.pretrain.base_lr, float)
+    assert params.pretrain.weight_decay == 0.0 and params.data.shard_mb == 256.0
+    assert params.augment.crop_ratio == (1.0, 2.0) and params.evaluate.weight_decays == (0.0, 1.0)
+    assert "pretrain.epochs: Input should be a valid integer (got 3.5)" in _error(params_dict(**{"pretrain.epochs": 3.5}))

@@ -79,13 +79,13 @@ def test_label_fractions_are_balanced_seeded_and_reproducible():
     assert np.bincount(rare[balanced_subset(rare, 0.5, seed=0)]).tolist() == [26, 2]
 
 
-def _gallery_file(path, splits: dict[str, np.ndarray]):
+def _gallery_file(path, splits: dict[str, np.ndarray], name: str = "{split}/{i}.png"):
     tables = []
     for split, vectors in splits.items():
         n = len(vectors)
         tables.append(pa.table({
             "index": np.arange(n, dtype=np.int64), "split": [split] * n, "label": np.zeros(n, dtype=np.int64),
-            "source": [f"{split}/{i}.png" for i in range(n)], "duplicate": np.zeros(n, dtype=bool),
+            "source": [name.format(split=split, i=i) for i in range(n)], "duplicate": np.zeros(n, dtype=bool),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(_unit(vectors).ravel()), vectors.shape[1])}))
     pq.write_table(pa.concat_tables(tables), path, row_group_size=7)
     np.save(path.with_name(VECTORS), _unit(np.concatenate(list(splits.values()))))
@@ -109,6 +109,18 @@ def test_near_duplicates_find_planted_leakage_and_train_pairs(tmp_path):
     assert pairs == {("test-train", "test/4.png", "train/11.png"), ("test-train", "test/9.png", "train/30.png"),
                      ("train-train", "train/2.png", "train/25.png")}
     assert all(float(r["similarity"]) >= 0.999 for r in rows)
+
+
+def test_near_duplicates_csv_keeps_file_names_from_running_as_formulas(tmp_path):
+    """A file name comes from the user's folder: one that begins like a formula is written
+    with a leading quote, so a spreadsheet shows it as text."""
+    vectors = np.random.default_rng(5).normal(size=(6, 8))
+    test = vectors[:2].copy()
+    gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors, "test": test}, "=HYPERLINK(\"x\")/{split}{i}")
+    near_duplicates(gallery, 0.999, tmp_path / "pairs.csv")
+    rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
+    assert {(r["source_a"], r["source_b"]) for r in rows} == {
+        ("'=HYPERLINK(\"x\")/test0", "'=HYPERLINK(\"x\")/train0"), ("'=HYPERLINK(\"x\")/test1", "'=HYPERLINK(\"x\")/train1")}
 
 
 def test_gallery_describes_and_finds_rows_across_row_groups(tmp_path):

@@ -14,7 +14,7 @@ from byol_core.data import load_prepared
 from byol_core.errors import ByolError
 from byol_core.ingest import ingest
 from byol_core.schema.data import DataConfig
-from byol_core.sources import SOURCES, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
+from byol_core.sources import SOURCES, cifar, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
 from conftest import make_fashion_files
 from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
 
@@ -154,6 +154,30 @@ def test_cifar_bad_files_name_the_file(tmp_path):
         cifar10.read(_cfg("cifar10", tmp_path))
 
 
+def test_cifar_batch_with_more_labels_than_its_size_allows_is_refused_before_they_are_built(tmp_path):
+    """A list item costs one byte of pickle and eight of memory or more: 10^7 labels beside 3
+    images (a 20 MB file) would unpickle into 80 MB of list before the count check. The
+    entries are counted as the file streams, so it is refused holding almost nothing;
+    a batch whose labels match its images passes."""
+    import tracemalloc
+
+    from sourcefiles import cifar_batch_with_labels
+
+    fine = cifar_batch_with_labels(tmp_path / "fine", 2000, 2000)
+    x, y = cifar.read_batch(fine, "labels", 10)
+    assert x.shape == (2000, 3, 32, 32) and y.shape == (2000,)
+    batch = cifar_batch_with_labels(tmp_path / "data_batch_1", 10_000_000)
+    size = batch.stat().st_size
+    tracemalloc.start()
+    with pytest.raises(ByolError, match=rf"data_batch_1: holds more than {16 * (size // 3072) + 10_000} pickle entries, "
+                                        rf"more than a CIFAR file of {size} bytes \(room for {size // 3072} images\) needs; "
+                                        r"refusing to load it .*fetch the official files"):
+        cifar.read_batch(batch, "labels", 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 << 20, peak  # the list alone would be 80 MB
+
+
 def test_cifar_folder_layout_errors(tmp_path):
     make_cifar10(tmp_path / "root")
     with pytest.raises(ByolError, match="Point data.source_dir at its parent folder"):
@@ -275,6 +299,56 @@ def test_imagefolder_pixels_16_bit_alpha_and_palette(tmp_path):
     assert (x[3, :, :16] == 255).all() and x[3, :, 20, 0].tolist() == [200, 100, 50]
 
 
+def test_imagefolder_16_and_32_bit_grey_scale_in_bands_without_widening_whole(tmp_path, monkeypatch):
+    """Wide grey maps 0..65535 onto 0..255 with rounding (32-bit values beyond it stretch the
+    range), the same whether scaled in one band or many; and only a band at a time is
+    widened to int64, so the conversion holds about a byte a pixel beyond the decoded image."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    v16 = rng.integers(0, 65536, (40, 48)).astype(np.uint16)
+    v16[0, :4] = [0, 128, 129, 65535]  # 128 * 255 / 65535 = 0.498 -> 0; 129 -> 0.502 -> 1
+    v32 = rng.integers(-1000, 100_000, (40, 48)).astype(np.int32)
+    files = [_save(tmp_path / "a" / "grey16.png", Image.fromarray(v16)),
+             _save(tmp_path / "a" / "grey32.tif", Image.fromarray(v32, "I"))]
+    assert [Image.open(f).mode for f in files] == ["I;16", "I"]
+    expect16 = (v16.astype(np.int64) * 255 + 32767) // 65535
+    lo, hi = int(v32.min()), max(65535, int(v32.max()))
+    expect32 = ((v32.astype(np.int64) - lo) * 255 + (hi - lo) // 2) // (hi - lo)
+    assert expect16[0, :4].tolist() == [0, 0, 1, 255]
+    for band in (1 << 20, 48 * 7, 1):  # one band; bands of 7 rows (the last one short); one row each
+        monkeypatch.setattr(imagefolder, "WIDE_BAND_PIXELS", band)
+        x = [pixels for pixels, _, _ in _converted(files, 1, 40)]
+        assert np.array_equal(x[0][0], expect16[:, 4:44]) and np.array_equal(x[1][0], expect32[:, 4:44]), band
+    monkeypatch.setattr(imagefolder, "WIDE_BAND_PIXELS", 1 << 14)
+    with Image.open(_save(tmp_path / "big.png", Image.fromarray(np.full((1024, 1024), 40000, np.uint16)))) as big:
+        big.load()
+        tracemalloc.start()
+        grey = imagefolder._wide_grey(big)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert grey.mode == "L" and np.asarray(grey)[0, 0] == 156
+    assert peak < 2 * 1024 * 1024, peak  # the result, a byte a pixel, and one band; int64 whole: 8 a pixel
+
+
+def test_imagefolder_oversized_16_bit_image_is_refused_by_its_header_like_an_8_bit_one(tmp_path):
+    """The pixel bound (PIL's decompression-bomb limit, checked when the header is read)
+    applies to 16-bit images as to 8-bit ones: the same message, before any pixel is decoded
+    (the files hold 4x4 pixels of data, so decoding them would fail otherwise)."""
+    from sourcefiles import png_claiming
+
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    side = int(limit**0.5) + 1
+    results = [_converted([png_claiming(tmp_path / f"{mode[:3]}.png", side, side, mode)], 1, 32)[0]
+               for mode in ("I;16", "L", "RGB")]
+    assert all(pixels is None and kind == "read" for pixels, kind, _ in results)
+    assert {problem for _, _, problem in results} == {
+        f"cannot be read as an image (Image size ({side * side} pixels) exceeds limit of {limit} pixels, could be "
+        "decompression bomb DOS attack.)"}
+    pixels, kind, problem = _converted([png_claiming(tmp_path / "small16.png", 64, 64, "I;16")], 1, 32)[0]
+    assert kind == "read" and "truncated" in problem  # within the bound it is decoded (and these bytes fail)
+
+
 def test_imagefolder_resize_crop_and_exif(tmp_path):
     half = np.zeros((20, 40), np.uint8)
     half[:, 20:] = 255  # left half black, right half white
@@ -379,6 +453,48 @@ def test_imagefolder_structural_errors(tmp_path, build, message):
     build(tmp_path / "src")
     with pytest.raises(ByolError, match=message):
         imagefolder.read(_cfg("imagefolder", tmp_path / "src", on_corrupt="skip"))
+
+
+def test_imagefolder_follows_symlinked_class_folders_and_subfolders(tmp_path, capsys):
+    """Class folders linked from another disk are read like folders, under the link's name;
+    so are linked subfolders, and linked split folders. DVC does not look inside them, and
+    ingest says so."""
+    src, disk = tmp_path / "src", tmp_path / "other-disk"
+    make_imagefolder(src, classes=("cat",), per_class=6)
+    theirs = make_imagefolder(disk, classes=("dog", "extra"), per_class=6)
+    (src / "dog").symlink_to(disk / "dog")
+    (src / "cat" / "more").symlink_to(disk / "extra", target_is_directory=True)
+    data = _ingested(_cfg("imagefolder", src), tmp_path)
+    origins = sorted(data.origins["train"] + data.origins["test"])
+    expected = [o for o in make_imagefolder(tmp_path / "copy", classes=("cat",), per_class=6)]
+    expected += [o for o in theirs if o.startswith("dog/")] + ["cat/more/" + o[6:] for o in theirs if o.startswith("extra/")]
+    assert data.classes == ["cat", "dog"] and origins == sorted(expected) and len(origins) == 18
+    for split in ("train", "test"):
+        assert data.labels[split].tolist() == [int(o.startswith("dog/")) for o in data.origins[split]]
+    assert "ingest: read through symlinks: cat/more, dog. DVC does not look inside symlinked folders, so `dvc repro` " \
+           "will not rerun ingest when files there change: run `dvc repro --force ingest`" in capsys.readouterr().err
+    split_src = tmp_path / "split"
+    make_imagefolder(disk / "t", per_class=2, prefix="train/")
+    make_imagefolder(split_src, per_class=1, prefix="test/")
+    (split_src / "train").symlink_to(disk / "t" / "train")
+    assert len(imagefolder.read(_cfg("imagefolder", split_src)).origins["train"]) == 4
+
+
+@pytest.mark.parametrize("link, target, message", [
+    ("cat/sub/loop", "..", r"src/cat/sub/loop: a symlink back to .*src/cat, a folder that contains it, so reading the "
+                           r"folder would never end\. Remove the link"),
+    ("cat/root", "..", r"src/cat/root: a symlink back to .*src, a folder that contains it"),
+    ("cat/dogs", "../dog", r"src/(cat/dogs and .*src/dog|dog and .*src/cat/dogs)( \(.*\))? are the same folder, reached "
+                           r"twice through a symlink, so its images would be read twice\. Remove the link, or copy"),
+    ("bird", "../src/cat", r"src/(bird and .*src/cat|cat and .*src/bird)( \(.*\))? are the same folder"),
+    ("fish", "../unmounted/fish", r"src/fish: a symlink to \.\./unmounted/fish, which does not exist \(a disk not "
+                                  r"mounted\?\)\. Fix or remove the link"),
+])
+def test_imagefolder_refuses_symlink_loops_folders_read_twice_and_dangling_classes(tmp_path, link, target, message):
+    make_imagefolder(tmp_path / "src", per_class=6)
+    (tmp_path / "src" / link).symlink_to(target)
+    with pytest.raises(ByolError, match=message):
+        imagefolder.read(_cfg("imagefolder", tmp_path / "src"))
 
 
 def test_imagefolder_split_empty_after_skipping(tmp_path):

@@ -10,15 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from byol_core.errors import ByolError, brief
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
+# Strict numbers and booleans. YAML reads a bare `true` as a bool, and pydantic's lax mode
+# takes a bool as 1 for an int (and 1.0 for a float), so `epochs: true` would train one
+# epoch. Strict types refuse it (and a quoted "3", or 3.0 for a count); an int for a float
+# (`base_lr: 1`) is still taken. Every number and flag in a section uses these.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Probability = Annotated[Float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[Int, Field(ge=1)]
+
+
+def _an_int(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def int_choice(*values: int) -> object:
+    """One of ``values``. A Literal of ints takes True as 1 and 3.0 as 3, even in strict
+    mode, so only an int is passed to it."""
+    return Annotated[Literal[values], BeforeValidator(_an_int)]
 
 
 class Section(BaseModel):

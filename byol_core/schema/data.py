@@ -7,21 +7,21 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from byol_core.schema.base import PositiveInt, Section, anchored
+from byol_core.schema.base import Float, Int, PositiveInt, Section, anchored, int_choice
 from byol_core.sources import SOURCES
 
 
 class DataConfig(Section):
     source: Literal[tuple(SOURCES)]  # a reader named in byol_core.sources.SOURCES
     source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
-    channels: Literal[1, 3] | None  # null: the source's own (1 for Fashion-MNIST, else 3)
-    image_size: Annotated[int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/
+    channels: int_choice(1, 3) | None  # null: the source's own (1 for Fashion-MNIST, else 3)
+    image_size: Annotated[Int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop
+    test_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/
     on_corrupt: Literal["fail", "skip"]  # an unreadable, too small or non-image file
     max_train: PositiveInt | None  # null: all; else the first N images of the split
     max_test: PositiveInt | None
     max_unlabeled: PositiveInt | None
-    shard_mb: Annotated[float, Field(gt=0.0, le=4096.0)]  # the largest prepared shard file, in MiB
+    shard_mb: Annotated[Float, Field(gt=0.0, le=4096.0)]  # the largest prepared shard file, in MiB
 
     @field_validator("source_dir", mode="after")
     @classmethod

@@ -6,15 +6,15 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from byol_core.schema.base import PositiveInt, Section
+from byol_core.schema.base import Float, Int, PositiveInt, Section
 
 
 class ExportConfig(Section):
-    opset: Annotated[int, Field(ge=18, le=23)]
-    atol: Annotated[float, Field(gt=0.0)]
-    rtol: Annotated[float, Field(ge=0.0)]
+    opset: Annotated[Int, Field(ge=18, le=23)]
+    atol: Annotated[Float, Field(gt=0.0)]
+    rtol: Annotated[Float, Field(ge=0.0)]
     parity_images: PositiveInt
-    max_batch: Annotated[int, Field(ge=2, le=1 << 20)]  # upper bound of the ONNX batch axis
+    max_batch: Annotated[Int, Field(ge=2, le=1 << 20)]  # upper bound of the ONNX batch axis
 
     @model_validator(mode="after")
     def _parity_within_bound(self) -> ExportConfig:

@@ -10,34 +10,34 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from byol_core.errors import ByolError
-from byol_core.schema.base import PositiveInt, Probability, Section, ordered_pair
+from byol_core.schema.base import Bool, Float, Int, PositiveInt, Probability, Section, ordered_pair
 
-HeadWidth = Annotated[int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
+HeadWidth = Annotated[Int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a file's digest, lower-case hex
 
 
 class ModelConfig(Section):
     arch: Literal["resnet18", "resnet50"]
-    width: Annotated[float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
-    small_stem: bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
+    width: Annotated[Float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
+    small_stem: Bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
     projector_hidden: HeadWidth
     projector_out: HeadWidth
     predictor_hidden: HeadWidth
 
 
 class AugmentConfig(Section):
-    crop_scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
-    crop_ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    crop_scale: tuple[Annotated[Float, Field(gt=0.0, le=1.0)], Annotated[Float, Field(gt=0.0, le=1.0)]]
+    crop_ratio: tuple[Annotated[Float, Field(gt=0.0)], Annotated[Float, Field(gt=0.0)]]
     flip_p: Probability
     jitter_p: Probability
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)]
-    contrast: Annotated[float, Field(ge=0.0, le=1.0)]
-    saturation: Annotated[float, Field(ge=0.0, le=1.0)]
-    hue: Annotated[float, Field(ge=0.0, le=0.5)]
+    brightness: Annotated[Float, Field(ge=0.0, le=1.0)]
+    contrast: Annotated[Float, Field(ge=0.0, le=1.0)]
+    saturation: Annotated[Float, Field(ge=0.0, le=1.0)]
+    hue: Annotated[Float, Field(ge=0.0, le=0.5)]
     grayscale_p: Probability
     blur: Literal["auto", "on", "off"]  # auto: off for images <= 32 px, as solo-learn on CIFAR
     blur_p: tuple[Probability, Probability]  # (view 1, view 2)
-    blur_sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]]
+    blur_sigma: tuple[Annotated[Float, Field(gt=0.0)], Annotated[Float, Field(gt=0.0)]]
     solarize_p: tuple[Probability, Probability]  # (view 1, view 2)
 
     @field_validator("blur", mode="before")
@@ -58,12 +58,12 @@ class PretrainConfig(Section):
     init: Literal["scratch", "previous"]  # previous: begin from paths.start (byol_core.warmstart)
     warm_epochs: PositiveInt  # what a warm start trains instead of epochs
     init_sha256: Sha256 | None  # paths.start's digest: the start as a declared input (written by `byol promote`)
-    batch_size: Annotated[int, Field(ge=2)]  # BatchNorm needs at least two samples
-    base_lr: Annotated[float, Field(gt=0.0)]  # peak LR = base_lr * batch_size / 256
-    warmup_epochs: Annotated[float, Field(ge=0.0)]
-    weight_decay: Annotated[float, Field(ge=0.0)]
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
-    trust_coefficient: Annotated[float, Field(gt=0.0)]
+    batch_size: Annotated[Int, Field(ge=2)]  # BatchNorm needs at least two samples
+    base_lr: Annotated[Float, Field(gt=0.0)]  # peak LR = base_lr * batch_size / 256
+    warmup_epochs: Annotated[Float, Field(ge=0.0)]
+    weight_decay: Annotated[Float, Field(ge=0.0)]
+    momentum: Annotated[Float, Field(ge=0.0, lt=1.0)]
+    trust_coefficient: Annotated[Float, Field(gt=0.0)]
     tau_base: Probability
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
     checkpoint_every: PositiveInt  # epochs between resume checkpoints
@@ -72,9 +72,9 @@ class PretrainConfig(Section):
     monitor_queries: PositiveInt  # test images it classifies
     devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
     nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
-    compile: bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
-    cuda_graph: bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.graphed)
-    resident_max_mb: Literal["auto"] | Annotated[float, Field(ge=0.0)]  # data up to this stays on the device
+    compile: Bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
+    cuda_graph: Bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.graphed)
+    resident_max_mb: Literal["auto"] | Annotated[Float, Field(ge=0.0)]  # data up to this stays on the device
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> PretrainConfig:

@@ -7,19 +7,19 @@ from typing import Annotated
 
 from pydantic import Field
 
-from byol_core.schema.base import PositiveInt, Section
+from byol_core.schema.base import Float, PositiveInt, Section
 
 
 class KnnConfig(Section):
     k: PositiveInt
-    temperature: Annotated[float, Field(gt=0.0)]
+    temperature: Annotated[Float, Field(gt=0.0)]
 
 
 class EvaluateConfig(Section):
-    val_fraction: Annotated[float, Field(gt=0.0, le=0.5)]  # carved from train to choose weight decay
-    weight_decays: Annotated[tuple[Annotated[float, Field(ge=0.0)], ...], Field(min_length=1)]
+    val_fraction: Annotated[Float, Field(gt=0.0, le=0.5)]  # carved from train to choose weight decay
+    weight_decays: Annotated[tuple[Annotated[Float, Field(ge=0.0)], ...], Field(min_length=1)]
     max_iter: PositiveInt  # L-BFGS iteration budget per probe fit
-    tolerance: Annotated[float, Field(gt=0.0)]  # converged when max |gradient| of the probe loss is below this
+    tolerance: Annotated[Float, Field(gt=0.0)]  # converged when max |gradient| of the probe loss is below this
     batch_size: PositiveInt  # feature-extraction batch
-    probe_max_mb: Annotated[float, Field(gt=0.0)]  # features one probe holds; larger splits: an even subset
-    label_fractions: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...]  # shares of train labels probed too
+    probe_max_mb: Annotated[Float, Field(gt=0.0)]  # features one probe holds; larger splits: an even subset
+    label_fractions: tuple[Annotated[Float, Field(gt=0.0, lt=1.0)], ...]  # shares of train labels probed too

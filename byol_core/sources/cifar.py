@@ -10,7 +10,9 @@ numpy arrays and plain containers an official batch holds. :mod:`.cifar10` and
 
 from __future__ import annotations
 
+import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,11 @@ from byol_core.sources.common import SourceData, ensure_local
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE
+# A pickle's entries (opcodes) a CIFAR file may hold: per image of its 'data' (its label or
+# two, its file name, memo entries: an official batch has 3 to 4, a protocol-2 re-save from
+# Python 3 about 10), and a base for the keys and the meta file's class names.
+ENTRIES_PER_IMAGE = 16
+ENTRIES_BASE = 10_000
 
 # Every global an official batch refers to: numpy's array rebuild (under its numpy 1 and
 # numpy 2 module names), and ``_codecs.encode``, which Python 3 writes for ``bytes`` in a
@@ -65,11 +72,30 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _count_entries(handle, path: Path) -> None:
+    """Refuse a pickle with more entries than a CIFAR file of its size can need, before any
+    is built. Each image takes ROW bytes of 'data', so a file of S bytes holds at most
+    S // ROW images; but one byte of pickle can add an item to a list (or to the
+    unpickler's stack), 8 bytes of memory or more: a batch of 10^8 one-byte labels is a
+    100 MB file that would unpickle into 800 MB of list. Counting streams the file."""
+    size = os.fstat(handle.fileno()).st_size
+    images = size // ROW
+    limit = ENTRIES_PER_IMAGE * images + ENTRIES_BASE
+    for count, _ in enumerate(pickletools.genops(handle), 1):
+        if count > limit:
+            raise ByolError(f"{path}: holds more than {limit} pickle entries, more than a CIFAR file of {size} bytes "
+                            f"(room for {images} images) needs; refusing to load it (its lists would take memory out of "
+                            "all proportion to its size). The file is corrupt: fetch the official files.")
+    handle.seek(0)
+
+
 def load_pickle(path: Path) -> dict[str, object]:
     """The dict in a CIFAR pickle, with ``str`` keys whether it was written with ``bytes``
-    (Python 2, or ``encoding="bytes"`` re-saves) or ``str`` keys."""
+    (Python 2, or ``encoding="bytes"`` re-saves) or ``str`` keys. Its entries are counted
+    first (:func:`_count_entries`)."""
     try:
         with open(path, "rb") as handle:
+            _count_entries(handle, path)
             entry = _BatchUnpickler(handle, path).load()
     except ByolError:
         raise

@@ -12,6 +12,11 @@ orientation; transparent pixels are composited over white (how a page shows them
 short side is resized to ``data.image_size`` (bicubic, which antialiases) and the centre
 cut square. A file that cannot be used fails the run or, under ``on_corrupt: skip``, is
 listed and left out; a problem with the tree itself always fails.
+
+Memory follows an image's pixel count, whatever its bit depth: PIL reads the size from the
+header and refuses more than its decompression-bomb limit (2 x ``Image.MAX_IMAGE_PIXELS``,
+about 179 million pixels) before decoding anything, and 16- and 32-bit grey is scaled to 8
+bits band by band, so it costs its decoded bytes and a byte a pixel, not eight.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from byol_core import progress
 from byol_core.errors import ByolError
 from byol_core.schema.data import DataConfig
 from byol_core.sources import UNLABELED_FOLDER
@@ -39,6 +45,7 @@ from byol_core.sources.common import FileSplit, Listed, SourceData
 BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
 PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more
 _GREY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+WIDE_BAND_PIXELS = 1 << 20  # wide greyscale is scaled this many pixels at a time (8 MiB as int64)
 _ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
 _READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, Image.DecompressionBombError)
 ADVICE = {
@@ -57,16 +64,45 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in _extensions()
 
 
-def list_images(folder: Path, root: Path) -> list[Listed]:
+Seen = dict[tuple[int, int], Path]  # a real folder (device, inode) -> the path it was first read under
+
+
+def enter(folder: Path, seen: Seen) -> None:
+    """Record that ``folder`` is read. Symlinked folders are followed (class folders are often
+    linked from other disks), so a link can lead back to a folder that contains it, which
+    would never end, or to one read already, whose images would count twice: both are
+    refused, naming the link."""
+    try:
+        info = os.stat(folder)
+    except OSError:  # gone or unreadable: reading it reports that
+        return
+    first = seen.setdefault((info.st_dev, info.st_ino), folder)
+    if first == folder:
+        return
+    shown, real = printable(str(folder)), os.path.realpath(folder)
+    was = printable(str(first)) + ("" if real == str(first) else f" ({printable(real)})")
+    if first in folder.parents:
+        raise ByolError(f"{shown}: a symlink back to {was}, a folder that contains it, so reading the folder would "
+                        "never end. Remove the link, or point it at a folder outside that one.")
+    raise ByolError(f"{shown} and {was} are the same folder, reached twice through a symlink, so its images would "
+                    "be read twice. Remove the link, or copy the folder if you mean it twice.")
+
+
+def list_images(folder: Path, root: Path, seen: Seen | None = None) -> list[Listed]:
     """Every regular file below ``folder`` except dotfiles and anything in a dot-folder, as
     (POSIX path relative to ``root``, size, mtime in ns), sorted by that path. FIFOs,
     sockets and devices are passed over (opening one can block forever); symlinked folders
-    are not followed (no loops, no double counting). Files of other types are kept, so
-    they can be reported rather than silently passed over."""
+    are followed, each real folder once (:func:`enter`; ``seen`` carries the folders read
+    across calls). Files of other types are kept, so they can be reported rather than
+    silently passed over."""
+    seen = {} if seen is None else seen
+    enter(folder, seen)
     found = []
     base = folder.relative_to(root).as_posix() if folder != root else ""
-    for parent, dirs, names in os.walk(folder):
+    for parent, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in dirs:  # before os.walk goes down: a loop is refused, not followed
+            enter(Path(parent) / name, seen)
         rel_parent = Path(parent).relative_to(folder).as_posix()
         prefix = "/".join(p for p in (base, "" if rel_parent == "." else rel_parent) if p)
         for name in names:
@@ -89,13 +125,26 @@ def printable(relative: str) -> str:
     return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _wide_grey(image: Image.Image) -> Image.Image:
+    """16- or 32-bit greyscale -> "L", scaled, never clipped: 0..65535 maps onto 0..255, and
+    32-bit values beyond that range stretch it to fit. Row bands of about WIDE_BAND_PIXELS
+    are widened to int64 one at a time, so the image costs its decoded bytes and one byte a
+    pixel for the result, not eight bytes a pixel for the whole of it."""
+    lo, hi = image.getextrema()
+    lo, hi = min(0, int(lo)), max(65535, int(hi))
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, WIDE_BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(height, top + rows)))).astype(np.int64)
+        out[top:top + rows] = ((band - lo) * 255 + (hi - lo) // 2) // (hi - lo)
+    return Image.frombuffer("L", (width, height), out, "raw", "L", 0, 1)  # shares ``out``: no copy
+
+
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode -> "L" or "RGB". Wide greyscale is scaled, never clipped: 0..65535 maps
-    onto 0..255, and 32-bit values beyond that range stretch it to fit."""
+    """Any PIL mode -> "L" or "RGB" (wide greyscale: :func:`_wide_grey`)."""
     if image.mode in _GREY_WIDE:
-        a = np.asarray(image).astype(np.int64)
-        lo, hi = min(0, int(a.min())), max(65535, int(a.max()))
-        image = Image.fromarray((((a - lo) * 255 + (hi - lo) // 2) // (hi - lo)).astype(np.uint8), "L")
+        image = _wide_grey(image)
     if image.mode in _ALPHA or (image.mode == "P" and "transparency" in image.info):
         image = Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND), image.convert("RGBA"))
     if image.mode not in ("L", "RGB"):
@@ -115,7 +164,8 @@ def convert_one(path: str, channels: int, size: int) -> tuple[np.ndarray | None,
             if min(width, height) >= size:
                 image.draft(image.mode, (size, size))  # JPEG: decode at a reduced scale >= size
             image.load()
-            image = _to_mode(ImageOps.exif_transpose(image), channels)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: without it, every image is copied whole
+            image = _to_mode(image, channels)
     except _READ_ERRORS as exc:
         return None, "read", f"cannot be read as an image ({str(exc) or type(exc).__name__})"
     if min(width, height) < size:
@@ -165,13 +215,18 @@ def results(paths: list[str], channels: int, size: int, split: str, workers: int
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _class_files(folder: Path, root: Path, reserved: tuple[str, ...] = ()) -> dict[str, list[Listed]]:
-    """Class name -> its files, for each (non-dot) folder in ``folder``."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.is_symlink()
-                     and not d.name.startswith(".") and d.name not in reserved)
+def _class_files(folder: Path, root: Path, seen: Seen, reserved: tuple[str, ...] = ()) -> dict[str, list[Listed]]:
+    """Class name -> its files, for each (non-dot) folder in ``folder``, symlinked ones too."""
+    entries = [d for d in folder.iterdir() if not d.name.startswith(".") and d.name not in reserved]
+    for link in entries:
+        if link.is_symlink() and not link.exists():  # a class on a disk that is not mounted must not just vanish
+            raise ByolError(f"{printable(str(link))}: a symlink to {printable(os.readlink(link))}, which does not "
+                            "exist (a disk not mounted?). Fix or remove the link.")
+    enter(folder, seen)
+    classes = sorted(d.name for d in entries if d.is_dir())
     found = {}
     for name in classes:
-        files = list_images(folder / name, root)
+        files = list_images(folder / name, root, seen)
         if not any(is_image_name(Path(f[0])) for f in files):
             raise ByolError(f"{folder}: class folder '{printable(name)}' holds no images. Add images or remove the "
                             "folder.")
@@ -208,8 +263,10 @@ def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], d
     """Class names, each split's files in sample order, and each file's label by its path."""
     root = cfg.source_dir
     layout = _split_layout(root)
+    seen: Seen = {}
+    enter(root, seen)
     if layout is not None:
-        train, test = (_class_files(folder, root) for folder in layout)
+        train, test = (_class_files(folder, root, seen) for folder in layout)
         stray = sorted(set(test) - set(train))
         if stray:
             raise ByolError(f"{layout[1]}: class folder(s) {', '.join(map(printable, stray))} have no match in "
@@ -217,13 +274,14 @@ def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], d
         classes = sorted(train)
         groups = {"train": train, "test": test}
     else:
-        by_class = _class_files(root, root, reserved=(UNLABELED_FOLDER,))
+        by_class = _class_files(root, root, seen, reserved=(UNLABELED_FOLDER,))
         classes = sorted(by_class)
         groups = {"train": {}, "test": {}}
         for name, files in by_class.items():
             in_test = [split_share(f[0]) < cfg.test_fraction for f in files]
             groups["train"][name] = [f for f, test in zip(files, in_test) if not test]
             groups["test"][name] = [f for f, test in zip(files, in_test) if test]
+    _note_links(root, seen)
     index = {name: i for i, name in enumerate(classes)}
     label = {f[0]: index[name] for group in groups.values() for name, files in group.items() for f in files}
     splits = {s: sample_order([f for files in g.values() for f in files]) for s, g in groups.items()}
@@ -233,6 +291,17 @@ def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], d
                             f"{cfg.test_fraction} (each file's place is fixed by a hash of its path). Add images, "
                             "change data.test_fraction, or use train/ and test/ folders.")
     return [printable(c) for c in classes], splits, label
+
+
+def _note_links(root: Path, seen: Seen) -> None:
+    """Say which folders were read through symlinks: DVC hashes ``data.source_dir`` without
+    looking inside them, so a change there does not rerun ingest under ``dvc repro``."""
+    linked = sorted(printable(p.relative_to(root).as_posix()) for p in seen.values() if p != root and p.is_symlink())
+    if linked:
+        shown = ", ".join(linked[:5]) + (f" and {len(linked) - 5} more" if len(linked) > 5 else "")
+        progress.report(f"ingest: read through symlinks: {shown}. DVC does not look inside symlinked folders, so "
+                        "`dvc repro` will not rerun ingest when files there change: run `dvc repro --force ingest` "
+                        "(or `byol ingest`) after changing them.")
 
 
 def sample_order(files: list[Listed]) -> list[Listed]:

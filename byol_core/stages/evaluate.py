@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import time
 
 import torch
 
-from byol_core import data, progress
+from byol_core import csvfile, data, progress
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
@@ -51,9 +50,10 @@ def journal(params: Params):
 
 
 def _predictions_csv(classes: list[str], actual, predicted) -> str:
-    """The confusion-matrix rows; the csv module quotes class names with commas or quotes."""
+    """The confusion-matrix rows; the csv module quotes class names with commas or quotes, and
+    :mod:`byol_core.csvfile` keeps one that begins like a formula from running as one."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvfile.writer(out, lineterminator="\n")
     writer.writerow(["actual", "predicted"])
     writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
     return out.getvalue()

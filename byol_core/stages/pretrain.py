@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import shutil
 import time
 
-from byol_core import data, distributed, progress
+from byol_core import csvfile, data, distributed, progress
 from byol_core.checkpoint import encoder_record
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
@@ -21,9 +20,10 @@ PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.start", "pa
 
 def _curve_csv(history: list[dict]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
+    fields = list(history[0])
+    writer = csvfile.writer(out)
+    writer.writerow(fields)
+    writer.writerows([row.get(field, "") for field in fields] for row in history)
     return out.getvalue()
 
 
