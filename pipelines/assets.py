@@ -17,7 +17,7 @@ from pydantic import Field
 
 from byol_core.config import Params
 from pipelines.plots import curves_markdown, picture
-from pipelines.resources import DvcProject, json_file
+from pipelines.resources import LOCK_ENTRY, DvcProject, json_file
 
 GROUP = "byol"
 POOL = "dvc"  # DVC locks the whole repository: every asset that runs it shares this pool (limit 1)
@@ -112,6 +112,18 @@ def computed_in(context: dg.AssetExecutionContext, version: dg.DataVersion) -> d
     return {COMPUTED_IN: dg.MetadataValue.text(OUTSIDE)}
 
 
+def upstream_locks(context: dg.AssetExecutionContext) -> dict[str, dict]:
+    """The dvc.lock entries of the stages upstream, as their latest materializations recorded
+    them (on whichever machine ran them): what this stage's inputs are."""
+    entries = {}
+    for key in context.assets_def.dependency_keys:
+        event = context.instance.get_latest_materialization_event(key)
+        found = event.asset_materialization.metadata.get(LOCK_ENTRY) if event and event.asset_materialization else None
+        if found is not None and isinstance(found.value, dict) and "stage" in found.value:
+            entries[found.value["stage"]] = found.value["entry"]
+    return entries
+
+
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
                 describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION
                 ) -> dg.AssetsDefinition:
@@ -121,7 +133,7 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
         try:
-            run = dvc.repro(context, stage, config.force)
+            run = dvc.repro(context, stage, config.force, upstream_locks(context) if dvc.remote else None)
         except dg.Failure as failure:
             if failure.allow_retries and context.retry_number < MAX_RETRIES:
                 raise dg.RetryRequested(max_retries=MAX_RETRIES,

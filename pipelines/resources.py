@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,10 @@ _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited wit
               "exited with 137", "exited with 143")
 TETHER = Path(__file__).with_name("tether.py")
 STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
+REMOTE_ENV = "BYOL_DVC_REMOTE"  # the remote's name; its URL and credentials live in DVC's config, never here
+TRANSFER_TIMEOUT = 3600  # seconds for a `dvc push` of one stage
+_DEFAULTED: set[tuple[str, str]] = set()  # (checkout, remote) made the checkout's default in this process
+LOCK_ENTRY = "dvc lock entry"  # metadata: the stage's dvc.lock entry, for machines that run what follows
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
 SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from its current outputs "
            "(not recomputed), those of the run that made them")
@@ -99,6 +104,7 @@ class StageRun:
     outs: dict[str, str]  # dvc.lock: output path -> md5
     reported: dict = field(default_factory=dict)  # what the byol command sent through Pipes
     cached: bool = False  # DVC had run these inputs before and checked out that run's outputs
+    transfers: dict = field(default_factory=dict)  # what went through the shared DVC remote, if any
 
     @property
     def data_version(self) -> dg.DataVersion:
@@ -113,6 +119,7 @@ class StageRun:
             meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))
         for path, md5 in self.outs.items():
             meta[f"dvc md5 {path}"] = dg.MetadataValue.text(md5)
+        meta.update(self.transfers)
         if self.reported.get("summary"):
             meta["summary"] = dg.MetadataValue.text(self.reported["summary"])
         return meta
@@ -123,6 +130,11 @@ class DvcProject(dg.ConfigurableResource):
 
     project_dir: str = Field(default=str(REPO_ROOT), description="The project folder: where dvc.yaml lies.")
     dvc: str = Field(default_factory=default_dvc, description="The dvc command (its own environment).")
+    remote: str | None = Field(
+        default_factory=lambda: os.environ.get(REMOTE_ENV) or None,
+        description="A DVC remote (its name in .dvc/config or config.local) that the stages share with other "
+                    "machines: before a stage, pull its inputs and DVC's run-cache from it; after, push its "
+                    "outputs and run-cache. Unset: everything stays on this machine.")
 
     @property
     def root(self) -> Path:
@@ -163,7 +175,82 @@ class DvcProject(dg.ConfigurableResource):
                 reasons.append(str(entry))
         return reasons or ([f"dvc status: {report}"] if report else [])
 
-    def repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False) -> StageRun:
+    def push(self, context: dg.AssetExecutionContext, stage: str) -> dict:
+        """``dvc push`` of the stage's outputs and its run-cache entry to the shared remote, so
+        that another machine can restore the stage instead of running it. Returns figures."""
+        command = [self.dvc, "push", "--run-cache", "-r", self.remote, stage]
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(tethered(command), cwd=self.root, capture_output=True, text=True,
+                                  timeout=TRANSFER_TIMEOUT, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise dg.Failure(description=f"`dvc push` of stage '{stage}' to remote '{self.remote}' took more than "
+                                         f"{TRANSFER_TIMEOUT}s", allow_retries=True) from None
+        seconds = time.perf_counter() - started
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            last = " ".join([line.strip() for line in output.splitlines() if line.strip()][-2:])
+            raise dg.Failure(description=f"`dvc push --run-cache -r {self.remote} {stage}` failed (exit "
+                                         f"{done.returncode}): {last}. Check that the remote is reachable with the "
+                                         "credentials in DVC's config (`dvc remote list`, .dvc/config.local, the "
+                                         "SSH agent).", allow_retries=True)
+        files = sum(int(n) for n in re.findall(r"(\d+) files? pushed", output))
+        context.log.info(f"{stage}: pushed {files} files and its run-cache to remote '{self.remote}' in {seconds:.1f}s")
+        return {"dvc pushed files": dg.MetadataValue.int(files),
+                "dvc push seconds": dg.MetadataValue.float(round(seconds, 2))}
+
+    def use_remote(self) -> None:
+        """Make the shared remote this checkout's default (in .dvc/config.local, this machine's
+        own file): `dvc repro --pull` pulls from the default remote and has no option to name one."""
+        if (str(self.root), self.remote) in _DEFAULTED:
+            return
+        done = subprocess.run([self.dvc, "remote", "default", "--local", self.remote], cwd=self.root,
+                              capture_output=True, text=True, timeout=STATUS_TIMEOUT)
+        if done.returncode != 0:
+            raise dg.Failure(description=f"DVC remote '{self.remote}' ({REMOTE_ENV}) is not set up in {self.root}: "
+                                         f"{(done.stderr or done.stdout).strip()[-300:]}. Add it with `dvc remote add "
+                                         f"--local {self.remote} URL` and its credentials with `dvc remote modify "
+                                         f"--local {self.remote} ...` (or the SSH agent).", allow_retries=False)
+        _DEFAULTED.add((str(self.root), self.remote))
+
+    def adopt(self, entries: dict[str, dict]) -> None:
+        """Write upstream stages' dvc.lock entries, as the machines that ran them recorded them,
+        into this checkout's dvc.lock: DVC then pulls exactly those outputs as this stage's
+        inputs. (Each machine's dvc.lock is its own; the Dagster run carries the entries.)"""
+        if not entries:
+            return
+        path = self.root / "dvc.lock"
+        lock = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {"schema": "2.0"}
+        stages = lock.setdefault("stages", {})
+        if all(stages.get(name) == entry for name, entry in entries.items()):
+            return
+        stages.update(entries)
+        temp = path.with_name(f".dvc.lock.{os.getpid()}")
+        temp.write_text(yaml.safe_dump(lock, sort_keys=False))
+        os.replace(temp, path)
+
+    def lock_entry(self, stage: str) -> dict | None:
+        lock_path = self.root / "dvc.lock"
+        lock = (yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else None) or {}
+        return lock.get("stages", {}).get(stage)
+
+    def repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False,
+              upstream: dict[str, dict] | None = None) -> StageRun:
+        """Run the stage through DVC. With a shared remote, first adopt the upstream stages'
+        lock entries, and let DVC pull what is missing (`dvc repro --pull`: the inputs, and a
+        run-cache entry with its outputs when these inputs ran anywhere); then push."""
+        if self.remote:
+            self.use_remote()
+            self.adopt(upstream or {})
+        run = self._repro(context, stage, force)
+        if self.remote:
+            run.transfers = self.push(context, stage)
+            entry = self.lock_entry(stage)
+            if entry is not None:
+                run.transfers[LOCK_ENTRY] = dg.MetadataValue.json({"stage": stage, "entry": entry})
+        return run
+
+    def _repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False) -> StageRun:
         started = time.perf_counter()
         if not force:
             reasons = self.changes(stage)
@@ -174,7 +261,8 @@ class DvcProject(dg.ConfigurableResource):
             if reasons:
                 context.log.info(f"{stage}: DVC reruns it for " + "; ".join(reasons[:12])
                                  + (f"; and {len(reasons) - 12} more" if len(reasons) > 12 else ""))
-        command = [self.dvc, "repro", "--single-item", stage] + (["--force"] if force else [])
+        command = [self.dvc, "repro", "--single-item", stage] + (["--force"] if force else []) \
+            + (["--pull"] if self.remote else [])
         context.log.info(f"running `{' '.join(command[1:])}` in {self.root}")
         tail: deque[str] = deque(maxlen=60)
         # "started": DVC ran the stage's command; "cached": DVC checked out the outputs of an

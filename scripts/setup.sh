@@ -4,7 +4,8 @@
 #     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir, a DVC dependency).
 #  2. A virtual environment in .venv with the project installed (editable) and its test tools.
 #  3. dvc in an environment of its own (.venv-dvc), reached through .venv/bin/dvc.
-#  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh).
+#  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh),
+#     and OpenSSH's server (`openssh-server`), for the shared-remote test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   else
     echo "setup: no apt-get here; install PostgreSQL for \`make serve\` (or point DAGSTER_PG_HOST at one)"
   fi
+fi
+
+# OpenSSH's server, for the test that shares a DVC remote over SSH between two checkouts.
+if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing OpenSSH's server (apt-get install openssh-server; not started)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssh-server >/dev/null
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

@@ -1,0 +1,108 @@
+"""Stages on two machines that share nothing but a DVC remote over SSH: two clones of the
+project, an sshd of the test's own on loopback (a key made here, a port above 1024), and one
+Dagster instance (in a deployment, PostgreSQL). Ingest runs on machine A; pretrain runs on
+machine B, which has no raw files: it takes ingest's dvc.lock entry from the Dagster run and
+pulls the prepared data; then machine A asks for pretrain with the same inputs and DVC
+restores it from the run-cache B pushed, bit for bit, instead of training again."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from conftest import SOURCE, TINY_DVC, dvc, git, make_project
+from helpers.devserver import free_port
+from pipelines.assets import byol_encoder, prepared_dataset
+from pipelines.resources import LOCK_ENTRY, DvcProject
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """An sshd on 127.0.0.1 that accepts one key made here; yields (url, key file)."""
+    if not SSHD.is_file():
+        pytest.fail(f"{SSHD} is missing: run `make setup` (it installs Debian's openssh-server)")
+    base = tmp_path_factory.mktemp("ssh")
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
+    shutil.copy(base / "user.pub", base / "authorized_keys")
+    (base / "authorized_keys").chmod(0o600)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    port = free_port()
+    (base / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\nAuthorizedKeysFile {base / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {base / 'sshd.pid'}\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
+    sshd = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(base / "sshd_config")],
+                            stderr=(base / "sshd.log").open("w"))
+    deadline = time.monotonic() + 20
+    while subprocess.run(["ssh", "-q", "-i", str(base / "user"), "-p", str(port), "-o", "BatchMode=yes",
+                          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                          f"{os.environ.get('USER') or 'root'}@127.0.0.1", "true"]).returncode != 0:
+        assert time.monotonic() < deadline and sshd.poll() is None, (base / "sshd.log").read_text()
+        time.sleep(0.3)
+    (base / "store").mkdir()
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    try:
+        yield f"ssh://{user}@127.0.0.1:{port}{base / 'store'}", base / "user", base / "store"
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+
+
+def machine(root: Path, url: str, key: Path) -> DvcProject:
+    """A checkout that knows the remote as `store`, its URL and key in config.local (never committed)."""
+    dvc(root, "remote", "add", "--local", "store", url)
+    dvc(root, "remote", "modify", "--local", "store", "keyfile", str(key))
+    return DvcProject(project_dir=str(root), remote="store")
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def materialize(asset, project: DvcProject, instance) -> dict:
+    result = dg.materialize([asset], resources={"dvc": project}, instance=instance)
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    return event.step_materialization_data.materialization.metadata
+
+
+def test_a_stage_runs_on_another_machine_and_a_third_run_is_restored_from_the_run_cache(tmp_path, remote):
+    url, key, store = remote
+    a_root = make_project(tmp_path / "a", TINY_DVC)
+    git(a_root, "add", "-A")
+    git(a_root, "commit", "-qm", "project")
+    subprocess.run(["git", "clone", "-q", str(a_root), str(tmp_path / "b")], check=True)
+    b_root = tmp_path / "b"
+    assert not (b_root / SOURCE).exists()  # machine B never sees the raw files
+    a, b = machine(a_root, url, key), machine(b_root, url, key)
+    instance = dg.DagsterInstance.ephemeral()  # the deployment's one instance, which both machines report to
+
+    ingested = materialize(prepared_dataset, a, instance)
+    assert ingested["dvc stage"].value == "ran" and ingested["dvc pushed files"].value > 0
+    assert ingested[LOCK_ENTRY].value["stage"] == "ingest"
+
+    trained = materialize(byol_encoder, b, instance)
+    assert trained["dvc stage"].value == "ran"  # trained on B, from the prepared data it pulled
+    assert trained["dvc pushed files"].value >= 2
+    assert md5(b_root / "data" / "prepared" / "card.json") == md5(a_root / "data" / "prepared" / "card.json")
+
+    restored = materialize(byol_encoder, a, instance)
+    assert restored["dvc stage"].value.startswith("restored by DVC from its run-cache"), restored["dvc stage"].value
+    for name in ("encoder.pt", "checkpoint.pt"):
+        assert md5(a_root / "models" / name) == md5(b_root / "models" / name)
+    assert dvc(a_root, "status", "pretrain").stdout.strip().endswith("up to date.")
+    # Nothing but the remote was shared: no credential or URL entered a committed file.
+    assert "store" not in (a_root / ".dvc" / "config").read_text()
+    assert any((store / "runs").rglob("*"))  # the run-cache entries travelled through the remote
+    for name, meta in (("ingest on A", ingested), ("pretrain on B", trained), ("pretrain on A", restored)):
+        print(f"{name}: {meta['dvc stage'].value.split(':')[0]}, pushed {meta['dvc pushed files'].value} files "
+              f"in {meta['dvc push seconds'].value}s")
