@@ -213,11 +213,12 @@ def step_tags(step: str) -> dict:
 
 def step_job(tmp_path, step: str, values: dict = VALUES) -> kubernetes.client.V1Job:
     """The Kubernetes Job k8s_job_executor would create for ``step``: the run launcher's
-    config, then the code location's, then the step's tag, merged as its step handler does."""
+    config, then the code location's, then the step's tag, merged as its step handler does
+    (the run gives the executor no config of its own)."""
     launcher = _launcher(tmp_path, values)
     image = "registry.example.com/byol-pipeline:test"
     origin = JobPythonOrigin("retrain", RepositoryPythonOrigin(
-        "/opt/byol/.venv/bin/python", ModuleCodePointer("pipelines.definitions", "defs", None), image,
+        f"{k8s.IMAGE_PROJECT_DIR}/.venv/bin/python", ModuleCodePointer("pipelines.definitions", "defs", None), image,
         container_context=code_location_context(values)))
     run = dg.DagsterRun(job_name="retrain", job_code_origin=origin)
     context = K8sContainerContext.create_for_run(run, launcher, include_run_tags=False).merge(
