@@ -9,13 +9,14 @@ params.yaml is their only source, and run config holds only run knobs.
 
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from byol_core.config import Params
+from pipelines.k8s import PRETRAIN_POD
 from pipelines.plots import curves_markdown, picture
 from pipelines.resources import LOCK_ENTRY, DvcProject, json_file
 
@@ -125,11 +126,12 @@ def upstream_locks(context: dg.AssetExecutionContext) -> dict[str, dict]:
 
 
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
-                describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION
-                ) -> dg.AssetsDefinition:
-    """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``."""
+                describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION,
+                op_tags: Mapping[str, object] | None = None) -> dg.AssetsDefinition:
+    """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``;
+    ``op_tags`` reach the step's executor (its Kubernetes pod, see pipelines/k8s.py)."""
 
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps,
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps, op_tags=op_tags,
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
         try:
@@ -282,7 +284,7 @@ prepared_dataset = stage_asset(
 byol_encoder = stage_asset(
     "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},
     "`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.",
-    _encoder)
+    _encoder, op_tags=PRETRAIN_POD)  # on Kubernetes, a pod with one GPU
 linear_eval = stage_asset(
     "linear_eval", "evaluate", [prepared_dataset, byol_encoder], {"pytorch"},
     "`byol evaluate`: linear probe and kNN on frozen features, against a random-init encoder and raw "

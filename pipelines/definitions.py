@@ -9,6 +9,7 @@ import dagster as dg
 
 from pipelines.assets import ASSETS, raw_source_files
 from pipelines.checks import CHECKS
+from pipelines.k8s import executor
 from pipelines.monitor import fail_dead_runs
 from pipelines.resources import REPO_ROOT, DvcProject
 from pipelines.schedules import observe_source_data, retrain_job, retrain_on_new_data, weekly_retrain
@@ -24,7 +25,7 @@ defs = dg.Definitions(
     resources={"dvc": dg.ResourceDefinition.hardcoded_resource(
         DvcProject(project_dir=os.environ.get("BYOL_PROJECT_DIR", str(REPO_ROOT))),
         "The project folder (dvc.yaml, params.yaml) and its dvc command.")},
-    # One process per run, not one per step: the steps take turns in the "dvc" pool anyway,
-    # and a fresh process per step would re-import torch for each of the seven.
-    executor=dg.in_process_executor,
+    # One process per run; in the Kubernetes deployment (BYOL_EXECUTOR=k8s) one pod per step,
+    # so that only pretraining asks for a GPU (pipelines/k8s.py).
+    executor=executor(),
 )

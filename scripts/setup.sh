@@ -4,8 +4,9 @@
 #     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir, a DVC dependency).
 #  2. A virtual environment in .venv with the project installed (editable) and its test tools.
 #  3. dvc in an environment of its own (.venv-dvc), reached through .venv/bin/dvc.
-#  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh),
-#     and OpenSSH's server (`openssh-server`), for the shared-remote test.
+#  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh);
+#     BYOL_SETUP_POSTGRESQL=no leaves it out (deploy/k8s/Dockerfile: the Helm chart runs PostgreSQL).
+#  5. OpenSSH's server (`openssh-server`), for the shared-remote test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ if ! has_all "$RAW" && has_all "$DEBIAN"; then
 fi
 
 # PostgreSQL, for `make serve` and its test: Debian's postgresql package, where apt-get exists.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+if [ "${BYOL_SETUP_POSTGRESQL:-yes}" != no ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
