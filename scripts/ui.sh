@@ -53,6 +53,10 @@ stop() {
     sleep 0.5
   done
   kill -KILL -- "-$group" 2>/dev/null || true
+  for _ in $(seq 1 20); do  # a killed process is gone only once the kernel has torn it down
+    kill -0 -- "-$group" 2>/dev/null || break
+    sleep 0.25
+  done
   for _ in $(seq 1 60); do  # each step's dvc and byol stop after their step: up to 30 s
     left=$(for t in $left; do kill -0 "$t" 2>/dev/null && echo "$t"; done)
     [ -z "$left" ] && break
