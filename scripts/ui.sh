@@ -53,8 +53,8 @@ stop() {
     sleep 0.5
   done
   kill -KILL -- "-$group" 2>/dev/null || true
-  for _ in $(seq 1 20); do  # a killed process is gone only once the kernel has torn it down
-    kill -0 -- "-$group" 2>/dev/null || break
+  for _ in $(seq 1 20); do  # a killed process is gone only once the kernel has torn it down (zombies aside)
+    ps -o stat= -g "$group" 2>/dev/null | grep -q '^[^Z]' || break
     sleep 0.25
   done
   for _ in $(seq 1 60); do  # each step's dvc and byol stop after their step: up to 30 s
