@@ -9,20 +9,19 @@ pretraining from its checkpoint (DVC's and pretrain's locks die with their proce
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
-from dagster._core.events import DagsterEventType
-from dagster._core.launcher import DefaultRunLauncher
-from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
 
-LOCAL_LAUNCHERS = (DefaultRunLauncher, SyncInMemoryRunLauncher)  # run workers are processes on this machine
+from pipelines.tether import proc_stat
+
+# Run workers that are processes on this machine: the default launcher's, and the in-process
+# one of `dagster dev`'s tests (not exported by dagster, so named).
+LOCAL_LAUNCHERS = ("DefaultRunLauncher", "SyncInMemoryRunLauncher")
 
 
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     """The pid of the run's latest worker process, from its engine events."""
     found = None
-    for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event
         pid = event.engine_event_data.metadata.get("pid") if event and event.engine_event_data else None
         try:
@@ -35,18 +34,15 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 def process_alive(pid: int) -> bool:
     """Whether a process with that pid runs (a zombie does not). A reused pid errs on the
     safe side: the run is left alone."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return status != "Z"
+    found = proc_stat(pid)
+    return found is not None and found[0] != "Z"
 
 
 @dg.sensor(minimum_interval_seconds=20, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Mark failed every started run whose worker process is gone (killed or crashed).")
 def fail_dead_runs(context: dg.SensorEvaluationContext):
     instance = context.instance
-    if not isinstance(instance.run_launcher, LOCAL_LAUNCHERS):  # workers elsewhere: not ours to judge
+    if not any(cls.__name__ in LOCAL_LAUNCHERS for cls in type(instance.run_launcher).__mro__):  # workers elsewhere: not ours to judge
         return dg.SkipReason(f"runs are launched by {type(instance.run_launcher).__name__}, not on this machine")
     failed = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):

@@ -41,17 +41,24 @@ def die_with_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
+def proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter ("Z": a zombie) and process group, from /proc; None when it
+    is gone. The name in parentheses may hold spaces or parentheses, so split after the last one."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        return fields[0], int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def group_members(group: int) -> list[int]:
-    """Pids in process group ``group``, except this process."""
+    """Pids in process group ``group``, except this process and zombies."""
     members = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+        found = proc_stat(proc.name)
+        if found is not None and found[1] == group and found[0] != "Z":
             members.append(int(proc.name))
     return members
 
