@@ -19,7 +19,12 @@ shard of every global batch:
 
 Multi-node: run the same command on every node with torchrun's rendezvous settings in the
 environment (``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``); one node uses
-``--standalone``.
+``--standalone``. Each node may have its own copy of the project (same params, same prepared
+data):
+
+- on a resume, rank 0's saved state is sent to every rank (:func:`from_rank0`), so no other
+  node needs a copy of it, and a stale one on its disk is never read;
+- the ranks compare their params and data hash before training and stop if they differ.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from byol_core.errors import ByolError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -214,14 +223,38 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def gather(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order (``[value]`` without a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
+    return every
+
+
+def from_rank0(make: Callable[[], T]) -> T:
+    """``make()`` run on rank 0 alone, its result sent to every rank (pickled over the
+    process group): what lives on node 0's disk reaches ranks whose nodes do not hold it. A
+    ``ByolError`` it raises is raised on every rank. Without a process group: ``make()``."""
+    if not dist.is_initialized():
+        return make()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, make())]
+        except ByolError as exc:
+            box = [(False, str(exc))]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise ByolError(value)
+    return value
+
+
 def check_in_step(module: nn.Module) -> str:
     """Every rank's hash of ``module``'s weights and buffers; they must all be equal."""
-    mine = fingerprint(module)
-    if not dist.is_initialized():
-        return mine
-    every: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
+    every = gather(fingerprint(module))
     if len(set(every)) != 1:
         raise ByolError(f"pretrain: the {len(every)} ranks ended with different weights (hashes {every}); "
                         "this is a bug: please report it with your params.yaml.")
-    return mine
+    return every[0]
