@@ -20,8 +20,10 @@ shard of every global batch:
 Multi-node: run the same command on every node with torchrun's rendezvous settings in the
 environment (``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``); one node uses
 ``--standalone``. Each node may have its own copy of the project (same params, same prepared
-data):
+data) or share one folder:
 
+- node 0 holds rank 0, so its folder alone receives the outputs and the resume state, and its
+  launcher alone takes the project's lock (the other nodes write nothing there);
 - on a resume, rank 0's saved state is sent to every rank (:func:`from_rank0`), so no other
   node needs a copy of it, and a stale one on its disk is never read;
 - the ranks compare their params and data hash before training and stop if they differ.
@@ -29,13 +31,14 @@ data):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ContextManager, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -89,18 +92,46 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def launch(devices: int, nodes: int, argv: list[str]) -> int:
+def node_rank(nodes: int) -> int | None:
+    """This node's rank among ``nodes`` (0 on one node), from torchrun's static rendezvous
+    settings in the environment; None under a dynamic rendezvous (``PET_RDZV_BACKEND`` c10d
+    or etcd), where torchrun assigns it. Settings that cannot work are refused here, before
+    torchrun would wait for nodes that never come."""
+    if nodes == 1:
+        return 0
+    run_everywhere = f"run `byol pretrain` on each of the {nodes} nodes"
+    if os.environ.get("PET_RDZV_BACKEND", "static") != "static":
+        if "PET_RDZV_ENDPOINT" not in os.environ:
+            raise ByolError(f"pretrain.nodes is {nodes} and PET_RDZV_BACKEND is {os.environ['PET_RDZV_BACKEND']}, "
+                            f"but PET_RDZV_ENDPOINT is not set: set it (host:port of the rendezvous) and "
+                            f"{run_everywhere}, or set pretrain.nodes: 1.")
+        return None
+    if not any(key in os.environ for key in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR")):
+        raise ByolError(f"pretrain.nodes is {nodes}: {run_everywhere} with PET_NODE_RANK, PET_MASTER_ADDR and "
+                        "PET_MASTER_PORT set (torchrun's rendezvous), or set pretrain.nodes: 1.")
+    raw = os.environ.get("PET_NODE_RANK", "")
+    if not raw.isdigit() or int(raw) >= nodes:
+        others = "1 on the other" if nodes == 2 else f"1 to {nodes - 1} on the others, one each"
+        raise ByolError(f"PET_NODE_RANK is {raw or 'not set'}: with pretrain.nodes {nodes}, set it to 0 on the node "
+                        f"at PET_MASTER_ADDR (it writes the outputs) and to {others}.")
+    return int(raw)
+
+
+def launch(devices: int, nodes: int, argv: list[str], lock: ContextManager) -> int:
     """Run ``byol <argv>`` in ``devices`` processes on this node under torchrun; returns its
-    exit code. Nodes other than one need the rendezvous settings in the environment."""
+    exit code. Nodes other than one need the rendezvous settings in the environment (see
+    :func:`node_rank`). ``lock`` (the project's run lock) is held while torchrun runs, except
+    on nodes other than node 0: they write nothing into their folder, so a project folder
+    shared between nodes does not lock them out."""
+    node = node_rank(nodes)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
     if nodes == 1:
         command.append("--standalone")
-    elif not any(key in os.environ for key in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR")):
-        raise ByolError(f"pretrain.nodes is {nodes}: run `byol pretrain` on every node with PET_NODE_RANK, "
-                        "PET_MASTER_ADDR and PET_MASTER_PORT set (torchrun's rendezvous), or set pretrain.nodes: 1.")
     command += ["-m", "byol_core.cli", *argv]
-    print(f"byol: launching {devices * nodes} processes: {' '.join(command[2:])}", file=sys.stderr)
-    return subprocess.run(command, preexec_fn=die_with_parent).returncode
+    where = "" if nodes == 1 else f" on node {node} of {nodes}" if node is not None else f" on one of {nodes} nodes"
+    print(f"byol: launching {devices * nodes} processes{where}: torchrun {' '.join(command[3:])}", file=sys.stderr)
+    with lock if node in (0, None) else contextlib.nullcontext():
+        return subprocess.run(command, preexec_fn=die_with_parent).returncode
 
 
 def setup(device_type: str) -> tuple[World, torch.device]:
