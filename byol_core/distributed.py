@@ -26,7 +26,12 @@ data) or share one folder:
   launcher alone takes the project's lock (the other nodes write nothing there);
 - on a resume, rank 0's saved state is sent to every rank (:func:`from_rank0`), so no other
   node needs a copy of it, and a stale one on its disk is never read;
-- the ranks compare their params and data hash before training and stop if they differ.
+- the ranks compare their params and data hash before training and stop if they differ;
+- when a rank dies (or its node does), its peers' next collective fails at once, as the
+  kernel closes its sockets: every other rank stops within seconds with an error that says
+  how to resume, and so does each node's torchrun. A peer that stops answering without dying
+  (a frozen node, a silent network) is only noticed at the process group's timeout (torch's
+  default: 30 min on gloo, 10 on NCCL).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
 
 T = TypeVar("T")
 
@@ -124,7 +129,7 @@ def launch(devices: int, nodes: int, argv: list[str], lock: ContextManager) -> i
     on nodes other than node 0: they write nothing into their folder, so a project folder
     shared between nodes does not lock them out."""
     node = node_rank(nodes)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
+    command = [sys.executable, "-m", "byol_core.distributed", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
     if nodes == 1:
         command.append("--standalone")
     command += ["-m", "byol_core.cli", *argv]
@@ -132,6 +137,27 @@ def launch(devices: int, nodes: int, argv: list[str], lock: ContextManager) -> i
     print(f"byol: launching {devices * nodes} processes{where}: torchrun {' '.join(command[3:])}", file=sys.stderr)
     with lock if node in (0, None) else contextlib.nullcontext():
         return subprocess.run(command, preexec_fn=die_with_parent).returncode
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) with ``argv``, its exit code returned. When a
+    worker fails, torchrun's own report is a traceback around the worker's; the worker has
+    already printed its error, so one line here says which rank ended and how."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        print(f"byol pretrain: error: training process rank {rank} {how}; its own message, if it left one, is "
+              "above.", file=sys.stderr)
+        return 1
+    except SignalException as exc:  # SIGTERM or SIGINT: torchrun has stopped its workers
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def setup(device_type: str) -> tuple[World, torch.device]:
@@ -282,6 +308,22 @@ def from_rank0(make: Callable[[], T]) -> T:
     return value
 
 
+# What gloo and NCCL say when a peer is gone: its process died (the socket closes), or it
+# stopped answering until the process group's timeout (30 min for gloo, 10 for NCCL).
+_PEER_LOST = ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "Timed out", "timed out", "pair closure", "NCCL communicator was aborted")
+
+
+def lost_peer(exc: BaseException) -> ByolError | None:
+    """The error to report when ``exc`` is a collective failing because another rank is
+    gone (None when it is something else)."""
+    if not (isinstance(exc, dist.DistError) or any(mark in str(exc) for mark in _PEER_LOST)):
+        return None
+    return ByolError(f"pretrain: lost contact with another training process ({brief(exc, 160)}): a rank, its "
+                     "launcher or its node stopped, or the network between nodes failed. Start `byol pretrain` "
+                     "again on every node: training resumes from the last checkpoint (paths.resume on node 0).")
+
+
 def check_in_step(module: nn.Module) -> str:
     """Every rank's hash of ``module``'s weights and buffers; they must all be equal."""
     every = gather(fingerprint(module))
@@ -289,3 +331,7 @@ def check_in_step(module: nn.Module) -> str:
         raise ByolError(f"pretrain: the {len(every)} ranks ended with different weights (hashes {every}); "
                         "this is a bug: please report it with your params.yaml.")
     return every[0]
+
+
+if __name__ == "__main__":  # what `byol pretrain` runs as torchrun (see launch)
+    sys.exit(torchrun(sys.argv[1:]))
