@@ -203,12 +203,13 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
             print(line)
             return 0
         if stage == "pretrain" and "LOCAL_RANK" not in os.environ:
-            with locks.held(params.paths.resume, "byol pretrain"):  # one run per project at a time
-                if params.pretrain.processes > 1:
-                    from byol_core import distributed  # only the pretrain stage imports torch.distributed
+            lock = locks.held(params.paths.resume, "byol pretrain")  # one run per project at a time
+            if params.pretrain.processes > 1:
+                from byol_core import distributed  # only the pretrain stage imports torch.distributed
 
-                    return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
-                                              [stage, "--params", params_path])
+                return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
+                                          [stage, "--params", params_path], lock)
+            with lock:
                 line, metrics = _stage(stage, params)
         else:
             line, metrics = _stage(stage, params)

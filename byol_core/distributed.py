@@ -19,22 +19,39 @@ shard of every global batch:
 
 Multi-node: run the same command on every node with torchrun's rendezvous settings in the
 environment (``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``); one node uses
-``--standalone``.
+``--standalone``. Each node may have its own copy of the project (same params, same prepared
+data) or share one folder:
+
+- node 0 holds rank 0, so its folder alone receives the outputs and the resume state, and its
+  launcher alone takes the project's lock (the other nodes write nothing there);
+- on a resume, rank 0's saved state is sent to every rank (:func:`from_rank0`), so no other
+  node needs a copy of it, and a stale one on its disk is never read;
+- the ranks compare their params and data hash before training and stop if they differ;
+- when a rank dies (or its node does), its peers' next collective fails at once, as the
+  kernel closes its sockets: every other rank stops within seconds with an error that says
+  how to resume, and so does each node's torchrun. A peer that stops answering without dying
+  (a frozen node, a silent network) is only noticed at the process group's timeout (torch's
+  default: 30 min on gloo, 10 on NCCL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ContextManager, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, brief
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,18 +97,67 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def launch(devices: int, nodes: int, argv: list[str]) -> int:
+def node_rank(nodes: int) -> int | None:
+    """This node's rank among ``nodes`` (0 on one node), from torchrun's static rendezvous
+    settings in the environment; None under a dynamic rendezvous (``PET_RDZV_BACKEND`` c10d
+    or etcd), where torchrun assigns it. Settings that cannot work are refused here, before
+    torchrun would wait for nodes that never come."""
+    if nodes == 1:
+        return 0
+    run_everywhere = f"run `byol pretrain` on each of the {nodes} nodes"
+    if os.environ.get("PET_RDZV_BACKEND", "static") != "static":
+        if "PET_RDZV_ENDPOINT" not in os.environ:
+            raise ByolError(f"pretrain.nodes is {nodes} and PET_RDZV_BACKEND is {os.environ['PET_RDZV_BACKEND']}, "
+                            f"but PET_RDZV_ENDPOINT is not set: set it (host:port of the rendezvous) and "
+                            f"{run_everywhere}, or set pretrain.nodes: 1.")
+        return None
+    if not any(key in os.environ for key in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR")):
+        raise ByolError(f"pretrain.nodes is {nodes}: {run_everywhere} with PET_NODE_RANK, PET_MASTER_ADDR and "
+                        "PET_MASTER_PORT set (torchrun's rendezvous), or set pretrain.nodes: 1.")
+    raw = os.environ.get("PET_NODE_RANK", "")
+    if not raw.isdigit() or int(raw) >= nodes:
+        others = "1 on the other" if nodes == 2 else f"1 to {nodes - 1} on the others, one each"
+        raise ByolError(f"PET_NODE_RANK is {raw or 'not set'}: with pretrain.nodes {nodes}, set it to 0 on the node "
+                        f"at PET_MASTER_ADDR (it writes the outputs) and to {others}.")
+    return int(raw)
+
+
+def launch(devices: int, nodes: int, argv: list[str], lock: ContextManager) -> int:
     """Run ``byol <argv>`` in ``devices`` processes on this node under torchrun; returns its
-    exit code. Nodes other than one need the rendezvous settings in the environment."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
+    exit code. Nodes other than one need the rendezvous settings in the environment (see
+    :func:`node_rank`). ``lock`` (the project's run lock) is held while torchrun runs, except
+    on nodes other than node 0: they write nothing into their folder, so a project folder
+    shared between nodes does not lock them out."""
+    node = node_rank(nodes)
+    command = [sys.executable, "-m", "byol_core.distributed", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
     if nodes == 1:
         command.append("--standalone")
-    elif not any(key in os.environ for key in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR")):
-        raise ByolError(f"pretrain.nodes is {nodes}: run `byol pretrain` on every node with PET_NODE_RANK, "
-                        "PET_MASTER_ADDR and PET_MASTER_PORT set (torchrun's rendezvous), or set pretrain.nodes: 1.")
     command += ["-m", "byol_core.cli", *argv]
-    print(f"byol: launching {devices * nodes} processes: {' '.join(command[2:])}", file=sys.stderr)
-    return subprocess.run(command, preexec_fn=die_with_parent).returncode
+    where = "" if nodes == 1 else f" on node {node} of {nodes}" if node is not None else f" on one of {nodes} nodes"
+    print(f"byol: launching {devices * nodes} processes{where}: torchrun {' '.join(command[3:])}", file=sys.stderr)
+    with lock if node in (0, None) else contextlib.nullcontext():
+        return subprocess.run(command, preexec_fn=die_with_parent).returncode
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) with ``argv``, its exit code returned. When a
+    worker fails, torchrun's own report is a traceback around the worker's; the worker has
+    already printed its error, so one line here says which rank ended and how."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        print(f"byol pretrain: error: training process rank {rank} {how}; its own message, if it left one, is "
+              "above.", file=sys.stderr)
+        return 1
+    except SignalException as exc:  # SIGTERM or SIGINT: torchrun has stopped its workers
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def setup(device_type: str) -> tuple[World, torch.device]:
@@ -214,14 +280,58 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def gather(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order (``[value]`` without a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
+    return every
+
+
+def from_rank0(make: Callable[[], T]) -> T:
+    """``make()`` run on rank 0 alone, its result sent to every rank (pickled over the
+    process group): what lives on node 0's disk reaches ranks whose nodes do not hold it. A
+    ``ByolError`` it raises is raised on every rank. Without a process group: ``make()``."""
+    if not dist.is_initialized():
+        return make()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, make())]
+        except ByolError as exc:
+            box = [(False, str(exc))]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise ByolError(value)
+    return value
+
+
+# What gloo and NCCL say when a peer is gone: its process died (the socket closes), or it
+# stopped answering until the process group's timeout (30 min for gloo, 10 for NCCL).
+_PEER_LOST = ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "Timed out", "timed out", "pair closure", "NCCL communicator was aborted")
+
+
+def lost_peer(exc: BaseException) -> ByolError | None:
+    """The error to report when ``exc`` is a collective failing because another rank is
+    gone (None when it is something else)."""
+    if not (isinstance(exc, dist.DistError) or any(mark in str(exc) for mark in _PEER_LOST)):
+        return None
+    return ByolError(f"pretrain: lost contact with another training process ({brief(exc, 160)}): a rank, its "
+                     "launcher or its node stopped, or the network between nodes failed. Start `byol pretrain` "
+                     "again on every node: training resumes from the last checkpoint (paths.resume on node 0).")
+
+
 def check_in_step(module: nn.Module) -> str:
     """Every rank's hash of ``module``'s weights and buffers; they must all be equal."""
-    mine = fingerprint(module)
-    if not dist.is_initialized():
-        return mine
-    every: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
+    every = gather(fingerprint(module))
     if len(set(every)) != 1:
         raise ByolError(f"pretrain: the {len(every)} ranks ended with different weights (hashes {every}); "
                         "this is a bug: please report it with your params.yaml.")
-    return mine
+    return every[0]
+
+
+if __name__ == "__main__":  # what `byol pretrain` runs as torchrun (see launch)
+    sys.exit(torchrun(sys.argv[1:]))

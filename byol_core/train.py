@@ -137,26 +137,54 @@ def _set_up(params: Params, prepared: Prepared, device: torch.device, world: dis
     return run, recipe
 
 
-def _resume(state: TrainState, run: _Run) -> bool:
-    """Continue from the saved state when it was made under this run's key (True); otherwise
-    start afresh, and say why."""
+def _saved_state(run: _Run) -> dict | None:
+    """The saved state when it was made under this run's key; otherwise None, and say why."""
     path = run.resume_path
     for stale in remove_stale_temps(path):
         run.log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
     if not path.is_file():
-        return False
+        return None
     blob = load_state(path)
     if blob.get("run_key") != run.key:
         run.log(f"pretrain: ignoring {path}: it was made under other params or data "
                 f"(key {blob.get('run_key')} != {run.key}); starting fresh")
+        return None
+    return blob
+
+
+def _resume(state: TrainState, run: _Run) -> bool:
+    """Continue from the saved state when it was made under this run's key (True); otherwise
+    start afresh, and say why. Rank 0 wrote the state, so rank 0 reads it and sends it to every
+    rank: on several nodes the others have no copy (or an old one), and every rank must resume
+    from the same epoch or their collectives no longer pair up."""
+    blob = distributed.from_rank0(lambda: _saved_state(run))
+    if blob is None:
         return False
     try:
         state.restore(blob)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ByolError(f"{path}: the saved training state does not fit this model "
+        raise ByolError(f"{run.resume_path}: the saved training state does not fit this model "
                         f"({brief(exc, 200)}). Delete it to start afresh.") from None
-    run.log(f"pretrain: resuming from {path} after epoch {state.epoch} (step {state.step})")
+    run.log(f"pretrain: resuming from {run.resume_path} after epoch {state.epoch} (step {state.step})")
     return True
+
+
+def _check_ranks_agree(run: _Run, data_hash: str) -> None:
+    """Every rank must train the same run: the same weight-shaping params and data (each node
+    reads its own copy), and the same log and checkpoint intervals (each is a meeting of all
+    ranks). A difference would make the ranks' collectives stop pairing up: they would hang
+    or mix unrelated tensors, so stop with an error instead."""
+    cfg = run.params.pretrain
+    mine = {"prepared data (paths.prepared)": data_hash,
+            "params (seed, model, augment or pretrain)": run_key(run.params, "", run.device),
+            "pretrain.log_every": cfg.log_every, "pretrain.checkpoint_every": cfg.checkpoint_every}
+    every = distributed.gather(mine)
+    for rank, theirs in enumerate(every):
+        apart = [what for what in mine if theirs[what] != every[0][what]]
+        if apart:
+            raise ByolError(f"pretrain: rank {rank} has other {', '.join(apart)} than rank 0. Every node must train "
+                            "from the same params.yaml and the same prepared data (`dvc pull`, or `byol ingest` from "
+                            "the same source): make them equal, then run `byol pretrain` again on every node.")
 
 
 def _warm_start(state: TrainState, run: _Run) -> None:
@@ -273,6 +301,7 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     cfg = params.pretrain
     exact_kernels(device)
     run, recipe = _set_up(params, prepared, device, world, log if world.is_main else _silent)
+    _check_ranks_agree(run, prepared.card["data_hash"])
     state = new_state(params, prepared.card["channels"], recipe, device, world)
     if not _resume(state, run) and cfg.warm:
         _warm_start(state, run)

@@ -10,10 +10,17 @@
   so sums round differently; BatchNorm's backward cancels large terms, which magnifies
   those roundings, and training then compounds them. The whole-run tolerance is stated
   below (TOLERANCE).
+- Two nodes of one process each (two launchers with PET_NODE_RANK 0 and 1, rendezvous on
+  127.0.0.1, each node with its own copy of the project) are the same world of two ranks:
+  they end bit for bit where one node with two processes does, node 0 alone writes, and
+  killing node 1 mid-run stops node 0 within seconds; both launchers again resume bitwise.
 """
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +38,8 @@ TOLERANCE = {"loss": 0.05, "weights": 0.10}
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PET_")}
+    return {**env, "OMP_NUM_THREADS": "1"}
 
 
 def _project(root, source, **overrides):
@@ -151,3 +159,116 @@ def test_killed_two_process_run_resumes_to_the_same_weights(two_process_run, tmp
     assert f"resuming from {resume} after epoch {saved}" in again.stderr, again.stderr[-3000:]
     a, b = _encoder(root), _encoder(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)  # gloo sums two ranks in a fixed order: bitwise
+
+
+# --- Two nodes: two launchers, as two machines would start them -------------------------
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _node_copies(base, source) -> list:
+    """Node 0's project and node 1's own copy of it (same params and prepared data), as each
+    machine would have its clone after `dvc pull`."""
+    roots = [base / "node0", base / "node1"]
+    roots[0].mkdir()
+    _project(roots[0], source, **{"pretrain.nodes": 2})
+    shutil.copytree(roots[0], roots[1])
+    return roots
+
+
+def _files(root) -> dict:
+    return {path: path.stat().st_mtime_ns for path in root.rglob("*")}
+
+
+def _start_nodes(roots, port, logs) -> list[subprocess.Popen]:
+    """Both launchers, each in its own session (a machine's process tree); stderr to ``logs``."""
+    started = []
+    for rank, root in enumerate(roots):
+        env = {**_env(), "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+        with open(logs / f"node{rank}.err", "w") as err:
+            started.append(subprocess.Popen([sys.executable, "-m", "byol_core.cli", "pretrain", "--params",
+                                             str(root / "params.yaml")], stdout=subprocess.PIPE, stderr=err,
+                                            text=True, env=env, start_new_session=True))
+    return started
+
+
+def _finish(nodes, timeout=300) -> list[str]:
+    """Each launcher's stdout, once all have ended (killed, process trees and all, if one
+    outlives ``timeout``)."""
+    try:
+        return [node.communicate(timeout=timeout)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+
+
+@pytest.mark.parametrize("node_rank, says", [(None, "PET_NODE_RANK is not set"), ("2", "PET_NODE_RANK is 2")])
+def test_a_node_without_a_valid_node_rank_is_refused_before_torchrun(tmp_path, node_rank, says):
+    params = write_params(tmp_path, {**DDP, "pretrain.nodes": 2})
+    env = {**_env(), "PET_MASTER_ADDR": "127.0.0.1", **({"PET_NODE_RANK": node_rank} if node_rank else {})}
+    done = subprocess.run([sys.executable, "-m", "byol_core.cli", "pretrain", "--params", str(params)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and says in done.stderr and "set it to 0 on the node" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "launching" not in done.stderr
+
+
+def test_two_nodes_end_bitwise_where_one_node_of_two_processes_does(two_process_run, tmp_path, source):
+    one_node, _ = two_process_run
+    roots = _node_copies(tmp_path, source)
+    before = _files(roots[1])
+    nodes = _start_nodes(roots, _free_port(), tmp_path)
+    out = _finish(nodes)
+    errors = [(tmp_path / f"node{rank}.err").read_text() for rank in (0, 1)]
+    assert [node.returncode for node in nodes] == [0, 0], errors
+    assert "launching 2 processes on node 1 of 2" in errors[1]
+    assert out[0].count("pretrain: 3 epochs, 12 steps") == 1 and out[1] == ""  # node 0 speaks for both
+    assert _files(roots[1]) == before, "node 1 wrote into its copy"
+    a, b = _encoder(one_node), _encoder(roots[0])
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same two ranks, the same gloo sums: bitwise
+    assert _curve(roots[0]) == _curve(one_node)
+    final = [json.loads((root / "metrics" / "pretrain.json").read_text())["final_loss"] for root in (one_node, roots[0])]
+    assert final[0] == final[1]
+
+
+def test_killing_node_1_stops_node_0_and_both_launchers_again_resume(two_process_run, tmp_path, source):
+    one_node, _ = two_process_run
+    roots = _node_copies(tmp_path, source)
+    before = _files(roots[1])
+    port = _free_port()  # the rerun uses the same rendezvous, as a job script would
+    resume = roots[0] / ".byol" / "resume" / "pretrain-state.pt"
+    nodes = _start_nodes(roots, port, tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not resume.exists() and nodes[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1's launcher, its torchrun and its rank
+        killed = time.monotonic()
+        nodes[1].wait()
+        nodes[0].wait(timeout=120)
+        stopped = time.monotonic() - killed
+    finally:
+        _finish(nodes, timeout=1)
+    error = (tmp_path / "node0.err").read_text()
+    print(f"node 0 stopped {stopped:.1f} s after node 1 was killed")
+    assert nodes[0].returncode == 1 and "lost contact with another training process" in error, error[-3000:]
+    assert "Traceback" not in error, error[-3000:]
+    assert stopped < 60  # measured 2-9 s on 2 busy cores: a closed socket, not a timeout
+    assert not _processes_of(roots[0] / "params.yaml") and not _processes_of(roots[1] / "params.yaml")
+    assert not (roots[0] / "models" / "encoder.pt").exists(), "the run finished before the kill"
+    saved = torch.load(resume, weights_only=True)["epoch"]
+    assert 1 <= saved < DDP["pretrain.epochs"]
+
+    again = _start_nodes(roots, port, tmp_path)
+    _finish(again)
+    errors = [(tmp_path / f"node{rank}.err").read_text() for rank in (0, 1)]
+    assert [node.returncode for node in again] == [0, 0], errors
+    assert f"resuming from {resume} after epoch {saved}" in errors[0], errors[0][-3000:]
+    assert _files(roots[1]) == before, "node 1 wrote into its copy"
+    a, b = _encoder(one_node), _encoder(roots[0])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _curve(roots[0]) == _curve(one_node)

@@ -44,6 +44,11 @@ def run(params: Params) -> tuple[str, dict]:
     started = time.perf_counter()
     try:
         state, schedule = pretrain(params, prepared, device, log=progress.report, world=world)
+    except RuntimeError as exc:
+        lost = distributed.lost_peer(exc) if world.size > 1 else None
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         distributed.teardown()
     if not world.is_main:
