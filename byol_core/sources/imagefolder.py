@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, printable
 from byol_core.schema.data import DataConfig
 from byol_core.sources import UNLABELED_FOLDER
 from byol_core.sources.common import FileSplit, Listed, SourceData
@@ -80,13 +80,6 @@ def list_images(folder: Path, root: Path) -> list[Listed]:
             if stat.S_ISREG(info.st_mode):
                 found.append((f"{prefix}/{name}" if prefix else name, info.st_size, info.st_mtime_ns))
     return sorted(found)
-
-
-def printable(relative: str) -> str:
-    """A path as it can be shown and stored: bytes that are not UTF-8 as backslash escapes."""
-    if relative.isascii():  # the common case: the same string, no copy
-        return relative
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
