@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited with -15",
               "exited with 137", "exited with 143")
 TETHER = Path(__file__).with_name("tether.py")
-STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
+STATUS_TIMEOUT = 600  # seconds for `dvc status` or `dvc checkout` (a large prepared folder to hash or copy)
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
 SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from its current outputs "
            "(not recomputed), those of the run that made them")
