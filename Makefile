@@ -1,5 +1,5 @@
 # The two front-door commands (see README.md):
-#   make run   set up, then `dvc repro`: the four stages on params.yaml (Fashion-MNIST by default)
+#   make run   set up, then `dvc repro`: scan the source, then the five stages on params.yaml (Fashion-MNIST by default)
 #   make test  set up, then run the test suite
 # and one for the speed comparison:
 #   make bench set up, install the peers (lightly, byol-pytorch), then time our step against theirs

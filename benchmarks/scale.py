@@ -23,6 +23,23 @@ and runs each stage as its own `byol` process, measuring:
                of the first S seconds only (labelled so).
   evaluate     N <= --evaluate-max (and a finished pretrain): wall time, peak RSS.
 
+With --dvc-scan, each size measures the source listing and what DVC and Dagster pay for a
+big source folder instead (no pretrain or evaluate), in a git + DVC project with the
+project's dvc.yaml, .dvcignore and byol_core (the images in data/raw/images, which
+.dvcignore keeps out of DVC's walk):
+
+  scan         `byol scan` cold (every file read), then warm (nothing changed: none read).
+  ingest       `byol ingest` alone (full, cold conversion cache; its check of the folder
+               against the listing included).
+  dvc repro    with the prepared folder and the conversion cache deleted: `dvc repro ingest`
+               (scan, then a full ingest) against `byol ingest` alone; then with nothing
+               changed (the no-op: the scan runs, ingest is skipped) and `dvc status ingest`.
+  observation  Dagster's observation of the raw files (pipelines.assets.observe_folder) in a
+               process of its own that imports the code location's assets first, as the
+               daemon's code server has: with nothing changed, and after the update.
+  update       +1% files (at least one), then `dvc repro ingest`: its wall time against the
+               full `dvc repro ingest`.
+
 Formats: the sizes take the formats of --formats in turn (default png,jpeg: 10000 png,
 40000 jpeg, 160000 png); give one format to use it for every size. --large224 N adds one
 ingest-only run of N images at 224 px (in --large224-format, default jpeg).
@@ -39,6 +56,7 @@ repository root:
     .venv/bin/python benchmarks/scale.py --sizes 10000,40000 --dvc-push
     .venv/bin/python benchmarks/scale.py --sizes 1000,3000 --pretrain-max 3000 \\
         --evaluate-max 3000 --dvc-push --workdir /tmp/scale_try   # a quick check
+    .venv/bin/python benchmarks/scale.py --sizes 100000 --formats png --dvc-scan --workdir /tmp/scale_scan
 """
 
 from __future__ import annotations
@@ -73,7 +91,7 @@ NEW_SHARE = 0.01  # the incremental update: 1% new files
 FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}
 SETTINGS = {  # on top of the project's params.yaml
     "data.source": "imagefolder",
-    "data.source_dir": "images",
+    "data.source_dir": "data/raw/images",  # where the project's .dvcignore keeps DVC out
     "data.test_fraction": 0.1,
     "model.width": 0.125,
     "model.projector_hidden": 256,
@@ -122,6 +140,8 @@ class StageFailed(RuntimeError):
 def child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_PIPES_CONTEXT"}
     env["DVC_NO_ANALYTICS"] = "1"
+    # This checkout's byol_core and pipelines, whatever the venv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -141,17 +161,33 @@ def _wait(pid: int, limit: float | None) -> tuple[int, object, bool]:
     return status, usage, True
 
 
+TIME = Path("/usr/bin/time")
+
+
 def run_measured(cmd: list[str], cwd: Path, logs: Path, name: str, limit: float | None = None) -> Measured:
-    """Run ``cmd``; stdout and stderr go to ``logs/name.out`` and ``.err``."""
+    """Run ``cmd``; stdout and stderr go to ``logs/name.out`` and ``.err``.
+
+    Peak RSS: a child's ru_maxrss counts the memory of the process that started it (the
+    high-water mark is taken as exec replaces the forked image, this benchmark's own large
+    one included), so a run without a time limit is started through /usr/bin/time, a small
+    process, whose %M is the command's own (its tree's largest process). A run killed at its
+    limit keeps wait4's figure, an upper bound."""
     logs.mkdir(parents=True, exist_ok=True)
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+    rss_path = logs / f"{name}.rss"
+    timed = limit is None and TIME.is_file()
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env())
+        proc = subprocess.Popen([str(TIME), "-f", "%M", "-o", str(rss_path), *cmd] if timed else cmd, cwd=cwd,
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env())
         status, usage, killed = _wait(proc.pid, limit)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, killed, out_path, err_path)
+    peak_kib = usage.ru_maxrss
+    if timed:
+        lines = rss_path.read_text().split() if rss_path.is_file() else []
+        peak_kib = int(lines[-1]) if lines and lines[-1].isdigit() else peak_kib
+    return Measured(seconds, peak_kib / 1024, proc.returncode, killed, out_path, err_path)
 
 
 def checked(measured: Measured, what: str) -> Measured:
@@ -178,7 +214,7 @@ class Project:
     def __init__(self, run: Path, px: int, args: argparse.Namespace):
         self.run, self.px = run, px
         self.root = run / "project"
-        self.images = self.root / "images"
+        self.images = self.root / "data" / "raw" / "images"
         self.logs = run / "logs"
         self.remote = run / "remote"
         self.settings = settings(px, args)
@@ -221,6 +257,22 @@ class Project:
         self.remote.mkdir()
         self.dvc("init", "-q")
         self.dvc("remote", "add", "-d", "local", str(self.remote))
+
+    def init_pipeline(self) -> None:
+        """git + DVC around the project, with the project's dvc.yaml, .dvcignore and byol_core
+        (the stages' code deps), as a checkout of it would be."""
+        for name in ("dvc.yaml", ".dvcignore"):
+            shutil.copy2(ROOT / name, self.root / name)
+        shutil.copytree(ROOT / "byol_core", self.root / "byol_core", ignore=shutil.ignore_patterns("__pycache__"))
+        for cmd in (["init", "-q"], ["config", "user.name", "scale benchmark"],
+                    ["config", "user.email", "scale@byol.invalid"]):
+            subprocess.run(["git", *cmd], cwd=self.root, check=True, capture_output=True)
+        self.dvc("init", "-q")
+
+    def measured(self, name: str, *cmd: str) -> Measured:
+        self._calls += 1
+        measured = run_measured(list(cmd), self.root, self.logs, f"{self._calls:02d}-{name}")
+        return checked(measured, f"{' '.join(cmd[:3])} (in {self.root})")
 
     def dvc_add_push(self) -> float:
         """``dvc add`` and ``dvc push`` of the prepared folder; returns the push's seconds."""
@@ -338,6 +390,107 @@ def ingest_and_update(project: Project, n: int, fmt: str, args: argparse.Namespa
     return record
 
 
+# --- the source listing, DVC and the observation (--dvc-scan) ----------------------------
+
+# Dagster's observation of the raw files, in a process that holds the code location first,
+# as the daemon's code server does when a sensor ticks.
+OBSERVE = """
+import json, sys, time
+from pathlib import Path
+import pipelines.definitions
+from pipelines.assets import observe_folder
+started = time.perf_counter()
+result = observe_folder(Path(sys.argv[1]), Path(sys.argv[2]))
+print(json.dumps({"version": result.data_version.value, "files": result.metadata["files"].value,
+                  "seconds": time.perf_counter() - started}))
+"""
+GOALS = {  # at 1M files on 2 cores: the figure, its limit, and what it is measured against
+    "dvc_repro_noop_seconds": 10.0,
+    "dvc_repro_noop_peak_rss_mib": 500.0,
+    "observation_seconds": 5.0,
+    "observation_peak_rss_mib": 300.0,
+    "dvc_repro_ingest_ratio_to_byol_ingest": 1.2,
+    "update_ratio_to_full": 0.10,
+}
+
+
+def figures_of(m: Measured, files: int | None = None) -> dict:
+    out = {"seconds": m.seconds, "peak_rss_mib": m.peak_rss_mib}
+    if files:
+        out["files_per_sec"] = files / m.seconds
+    return out
+
+
+def observe(project: Project, label: str, what: str) -> dict:
+    params = project.params
+    m = project.measured("observe", sys.executable, "-c", OBSERVE, str(project.images),
+                         str(project.root / params["paths"]["cache"]))
+    found = json.loads(m.stdout.read_text().strip().splitlines()[-1])
+    record = {"process_seconds": m.seconds, "seconds": found["seconds"], "peak_rss_mib": m.peak_rss_mib,
+              "files": found["files"], "version": found["version"]}
+    say(label, what, f"{found['seconds']:8.1f} s  (process {m.seconds:.1f} s)  {rss_text(m)}")
+    return record
+
+
+def _ran(m: Measured, stage: str) -> bool:
+    return f"Running stage '{stage}'" in m.stdout.read_text(errors="replace")
+
+
+def scan_and_dvc(project: Project, n: int, fmt: str, args: argparse.Namespace, label: str) -> dict:
+    """The scan cold and warm, `byol ingest` alone, `dvc repro ingest` full, no-op and after
+    +1% files, `dvc status ingest`, and the observation (see the module's docstring)."""
+    record: dict = {}
+    record["generate_seconds"] = generate(project, n, fmt, args.seed)
+    say(label, "generate", f"{record['generate_seconds']:8.1f} s  {n} {fmt} files")
+    for what in ("scan_cold", "scan_warm"):
+        m = project.byol("scan")
+        record[what] = figures_of(m, n)
+        say(label, f"byol scan ({what[5:]})", f"{m.seconds:8.1f} s  {n / m.seconds:8.0f} files/s  {rss_text(m)}")
+    record["listing_bytes"] = (project.root / project.params["paths"]["listing"]).stat().st_size
+    record["ingest"], _ = measure_ingest(project, label, "byol ingest alone")
+
+    shutil.rmtree(project.prepared)  # a full ingest again, now under DVC: conversions and shards afresh
+    for folder in project.cache.glob("images-*"):
+        shutil.rmtree(folder)
+    project.init_pipeline()
+    m = project.measured("dvc-repro-ingest", str(DVC), "repro", "ingest")
+    assert _ran(m, "scan") and _ran(m, "ingest"), m.tail()
+    record["dvc_repro_ingest"] = {**figures_of(m), "ratio_to_byol_ingest": m.seconds / record["ingest"]["seconds"]}
+    say(label, "dvc repro ingest", f"{m.seconds:8.1f} s  ({m.seconds / record['ingest']['seconds']:.2f}x byol "
+        f"ingest alone)  {rss_text(m)}")
+    m = project.measured("dvc-repro-noop", str(DVC), "repro", "ingest")
+    assert _ran(m, "scan") and not _ran(m, "ingest"), m.tail()
+    record["dvc_repro_noop"] = figures_of(m)
+    say(label, "dvc repro (no-op)", f"{m.seconds:8.1f} s  {rss_text(m)}")
+    m = project.measured("dvc-status-noop", str(DVC), "status", "ingest")
+    record["dvc_status_noop"] = figures_of(m)
+    say(label, "dvc status ingest", f"{m.seconds:8.1f} s  {rss_text(m)}")
+    record["observation"] = observe(project, label, "observation")
+
+    new = args.add or max(1, round(n * NEW_SHARE))
+    generate(project, new, fmt, args.seed, start=n)
+    m = project.measured("dvc-repro-update", str(DVC), "repro", "ingest")
+    assert _ran(m, "ingest"), m.tail()
+    full = record["dvc_repro_ingest"]["seconds"]
+    record["update"] = {**figures_of(m), "new_files": new, "ratio_to_full": m.seconds / full}
+    say(label, f"dvc repro +{new} files", f"{m.seconds:8.1f} s  ({m.seconds / full:.3f} of the full one)  "
+        f"{rss_text(m)}")
+    generate(project, new, fmt, args.seed, start=n + new)  # new to the observation: it reads them
+    record["observation_new_files"] = {**observe(project, label, f"observation +{new} files"), "new_files": new}
+
+    figures = {"dvc_repro_noop_seconds": record["dvc_repro_noop"]["seconds"],
+               "dvc_repro_noop_peak_rss_mib": record["dvc_repro_noop"]["peak_rss_mib"],
+               "observation_seconds": record["observation"]["seconds"],
+               "observation_peak_rss_mib": record["observation"]["peak_rss_mib"],
+               "dvc_repro_ingest_ratio_to_byol_ingest": record["dvc_repro_ingest"]["ratio_to_byol_ingest"],
+               "update_ratio_to_full": record["update"]["ratio_to_full"]}
+    record["goals"] = {key: {"value": value, "limit": GOALS[key], "met": value <= GOALS[key]}
+                       for key, value in figures.items()}
+    missed = [key for key, goal in record["goals"].items() if not goal["met"]]
+    say(label, "goals (1M-file limits)", "all met" if not missed else "not met: " + ", ".join(missed))
+    return record
+
+
 def pretrain_run(project: Project, label: str, mode: str, limit: float | None = None) -> dict:
     project.write_params(**{"pretrain.resident_max_mb": 0 if mode == "streamed" else RESIDENT_ALL_MB})
     m = project.byol("pretrain", limit)
@@ -374,6 +527,9 @@ def run_size(n: int, px: int, fmt: str, args: argparse.Namespace, scratch: Path,
     record = {"n": n, "px": px, "format": fmt, "pixel_bytes": n * 3 * px * px}
     try:
         project = Project(run, px, args)
+        if args.dvc_scan:
+            record.update(scan_and_dvc(project, n, fmt, args, label))
+            return record
         if ingest_only:
             record["generate_seconds"] = generate(project, n, fmt, args.seed)
             say(label, "generate", f"{record['generate_seconds']:8.1f} s  {n} {fmt} files")
@@ -447,6 +603,26 @@ def print_tables(sizes: list[dict]) -> None:
               f"{_cell(_get(r, 'pretrain', 'resident', 'peak_rss_mib'), '6.0f')} "
               f"{_cell(_get(r, 'evaluate', 'seconds'), '7.1f')} {_cell(_get(r, 'evaluate', 'peak_rss_mib'), '6.0f')} "
               f"{_cell(_get(r, 'evaluate', 'linear_top1'), '6.3f')}")
+
+
+def print_scan_table(sizes: list[dict]) -> None:
+    print("\nthe source listing, DVC and the observation (wall s / peak RSS MiB of the largest process)")
+    head = (f"{'N':>8} {'scan cold':>9} {'warm':>6} {'RSS':>5} {'ingest':>7} {'dvc repro':>9} {'x':>5} "
+            f"{'no-op':>6} {'RSS':>5} {'status':>6} {'observe':>7} {'RSS':>5} {'+1%':>6} {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in sizes:
+        print(f"{r['n']:>8} {_cell(_get(r, 'scan_cold', 'seconds'), '9.1f')} {_cell(_get(r, 'scan_warm', 'seconds'), '6.1f')} "
+              f"{_cell(_get(r, 'scan_warm', 'peak_rss_mib'), '5.0f')} {_cell(_get(r, 'ingest', 'seconds'), '7.1f')} "
+              f"{_cell(_get(r, 'dvc_repro_ingest', 'seconds'), '9.1f')} "
+              f"{_cell(_get(r, 'dvc_repro_ingest', 'ratio_to_byol_ingest'), '5.2f')} "
+              f"{_cell(_get(r, 'dvc_repro_noop', 'seconds'), '6.1f')} {_cell(_get(r, 'dvc_repro_noop', 'peak_rss_mib'), '5.0f')} "
+              f"{_cell(_get(r, 'dvc_status_noop', 'seconds'), '6.1f')} {_cell(_get(r, 'observation', 'seconds'), '7.1f')} "
+              f"{_cell(_get(r, 'observation', 'peak_rss_mib'), '5.0f')} {_cell(_get(r, 'update', 'seconds'), '6.1f')} "
+              f"{_cell(_get(r, 'update', 'ratio_to_full'), '6.3f')}")
+        missed = [k for k, g in (r.get("goals") or {}).items() if not g["met"]]
+        if r.get("goals"):
+            print(f"{'':>8} goals: {'all met' if not missed else 'not met: ' + ', '.join(missed)}")
 
 
 def _series(sizes: list[dict], *keys) -> tuple[list[int], list[float]]:
@@ -523,6 +699,9 @@ def parse_args() -> argparse.Namespace:
                         help="above --pretrain-max: streamed pretrain killed after this many seconds (0: skip)")
     parser.add_argument("--evaluate-max", type=int, default=40000, help="evaluate up to this N")
     parser.add_argument("--dvc-push", action="store_true", help="also measure a real dvc push to a local remote")
+    parser.add_argument("--dvc-scan", action="store_true",
+                        help="measure the source listing, dvc repro / status and the observation instead "
+                             "(no pretrain or evaluate)")
     parser.add_argument("--shard-mb", type=float, default=None,
                         help="data.shard_mb of the projects (default: params.yaml's); small values show "
                              "what a push sends when small data spans several shards")
@@ -547,7 +726,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    for tool in (BYOL, DVC) if args.dvc_push else (BYOL,):
+    for tool in (BYOL, DVC) if args.dvc_push or args.dvc_scan else (BYOL,):
         if not tool.is_file():
             sys.exit(f"scale: {tool} is missing (run `make setup`)")
     figures = {
@@ -560,8 +739,17 @@ def main() -> None:
                   "push_estimate": "bytes of prepared files whose md5 the folder did not hold before the update"},
         "sizes": [], "large224": None, "complete": False,
     }
-    software = ("torch", "numpy", "pillow")
-    out, record = write_results("scale", figures, out=args.out, software=software)  # rewritten as sizes finish
+    if args.dvc_scan:
+        figures["notes"].update(
+            peak_rss="ru_maxrss (os.wait4) of the command's process tree: the largest single process (dvc, or the "
+                     "byol command it starts)",
+            seconds="wall time of the whole command (dvc, byol), start-up included",
+            observation="seconds: the observation alone, in a process that already holds the code location "
+                        "(process_seconds: with its start and imports); peak RSS: that whole process",
+            goals="the limits the issue set for 1M files on 2 cores, checked at every size")
+        figures["dvc"] = subprocess.run([str(DVC), "--version"], capture_output=True, text=True).stdout.strip()
+    software = ("torch", "numpy", "pillow", "pyarrow", "dagster")
+    out, record = write_results("scale", figures, out=args.out, software=software, tag="scan" if args.dvc_scan else None)
     created = not args.workdir.exists()
     args.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=args.workdir))
@@ -571,7 +759,7 @@ def main() -> None:
             fmt = args.format_list[i % len(args.format_list)]
             figures["sizes"].append(run_size(n, args.px, fmt, args, scratch))
             write_results("scale", figures, out=args.out, software=software, path=out)
-        if args.large224:
+        if args.large224 and not args.dvc_scan:
             figures["large224"] = run_size(args.large224, 224, args.large224_format, args, scratch, ingest_only=True)
         figures["complete"] = True
     except StageFailed as exc:
@@ -583,8 +771,11 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
             if created and not any(args.workdir.iterdir()):
                 args.workdir.rmdir()
-    print_tables(record["sizes"] + ([record["large224"]] if record["large224"] else []))
-    if not args.no_plot and record["sizes"]:
+    if args.dvc_scan:
+        print_scan_table(record["sizes"])
+    else:
+        print_tables(record["sizes"] + ([record["large224"]] if record["large224"] else []))
+    if not args.no_plot and record["sizes"] and not args.dvc_scan:
         plot(record, args.plot)
         print(f"\nplot: {args.plot}")
     print(f"record: {out}")

@@ -1,4 +1,5 @@
-"""The ``byol`` command: ``byol ingest|pretrain|evaluate|export|embed [--params PATH]``,
+"""The ``byol`` command: ``byol scan|ingest|pretrain|evaluate|export|embed [--params PATH]``
+(``byol scan --force`` reads every source file again, not only new or changed ones),
 ``byol neighbours QUERY... [--index N] [--k K] [--json]``, ``byol promote [--params PATH]``
 (the last pretrain's state becomes the start of a warm-started one: byol_core.promote), and
 ``byol verify [--params PATH]`` (the prepared data, the cache and the embeddings against their
@@ -34,11 +35,14 @@ from byol_core import locks, progress, stages
 from byol_core.errors import ByolError, brief
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: ingest -> pretrain -> evaluate -> export -> embed; neighbours; promote; and verify.")
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: scan -> ingest -> pretrain -> evaluate -> export -> embed; neighbours; promote; and verify.")
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in stages.STAGES.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+        if name == "scan":
+            sub.add_argument("--force", action="store_true", help="read every file again, also those whose size "
+                             "and mtime did not change (after a file was rewritten with the same size and mtime)")
     about = ("the prepared images most like each query, by cosine similarity of the shipped ONNX encoder's "
              "embeddings (run after `byol embed`)")
     sub = commands.add_parser("neighbours", help=about, description=about)
@@ -75,9 +79,9 @@ def orchestrator(stage: str):
         yield lambda line, metrics: pipes.report_custom_message({"stage": stage, "summary": line, "metrics": metrics})
 
 
-def _stage(stage: str, params) -> tuple[str, dict]:
+def _stage(stage: str, params, **options) -> tuple[str, dict]:
     with orchestrator(stage) as send:
-        line, metrics = stages.run(stage, params)
+        line, metrics = stages.run(stage, params, **options)
         send(line, metrics)
     return line, metrics
 
@@ -212,7 +216,8 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
             with lock:
                 line, metrics = _stage(stage, params)
         else:
-            line, metrics = _stage(stage, params)
+            options = {"force": getattr(args, "force", False)} if stage == "scan" else {}
+            line, metrics = _stage(stage, params, **options)
     except BaseException as exc:
         return _failure(stage, exc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all

@@ -38,6 +38,18 @@ class _AcrossSections(_Params):
         return self
 
     @model_validator(mode="after")
+    def _scan_writes_outside_source(self) -> _AcrossSections:
+        # The scan lists every file in data.source_dir: its own listing or side cache there
+        # would change with each scan, and the listing would never be the same twice.
+        source = self.data.source_dir.resolve()
+        for name in ("listing", "cache"):
+            path = getattr(self.paths, name)
+            if within(path.resolve(), source):
+                raise ValueError(f"paths.{name} ({path}) lies inside data.source_dir ({self.data.source_dir}), "
+                                 "which the scan lists: every scan would change what it lists. Keep it elsewhere")
+        return self
+
+    @model_validator(mode="after")
     def _batch_fits_cap(self) -> _AcrossSections:
         cap = self.data.max_train
         if cap is not None and self.pretrain.batch_size > cap:

@@ -1,5 +1,5 @@
-"""The five stages as assets: prepared_dataset -> byol_encoder -> linear_eval -> onnx_encoder
--> image_embeddings.
+"""The stages as five assets: prepared_dataset (scan and ingest) -> byol_encoder -> linear_eval
+-> onnx_encoder -> image_embeddings.
 
 Each asset runs its DVC stage (see resources.DvcProject.repro) and turns what the stage
 wrote into metadata; the asset's DataVersion is a hash of the stage's DVC output hashes,
@@ -7,15 +7,17 @@ so an asset whose stage DVC skipped keeps its version. No hyperparameter is set 
 params.yaml is their only source, and run config holds only run knobs.
 """
 
-import hashlib
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 from pydantic import Field
 
+from byol_core import scan
 from byol_core.config import Params
+from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
 from pipelines.plots import curves_markdown, picture
 from pipelines.resources import LOCK_ENTRY, DvcProject, json_file
@@ -57,37 +59,38 @@ RAW_KEY = dg.AssetKey("raw_source_files")
 
 
 def _raw_source_files(dvc: DvcProject) -> dg.ObserveResult:
-    return observe_folder(dvc.params().data.source_dir)
+    params = dvc.params()
+    return observe_folder(params.data.source_dir, params.paths.cache)
 
 
 with warnings.catch_warnings():  # the decorator is marked beta; its use here is plain
     warnings.simplefilter("ignore", dg.BetaWarning)
     raw_source_files = dg.observable_source_asset(key=RAW_KEY, group_name=GROUP, description=(
-        "The source files in params.yaml's data.source_dir. Observing them gives a data version: a hash of every "
-        "file's path, size and modification time, so new, removed or rewritten files make a new version."))(
-        _raw_source_files)
+        "The source files in params.yaml's data.source_dir. Observing them scans the folder as `byol scan` does "
+        "(reading only new or changed files) and gives a data version: the md5 of the source listing, the same "
+        "that dvc.lock records for it, so added, removed or changed contents make a new version and a touched "
+        "file does not."))(_raw_source_files)
 
 
-def scan_source(folder: Path) -> tuple[str, int, int]:
-    """(fingerprint, files, bytes) of ``folder``, in one walk. The fingerprint hashes every
-    file's relative path, size and modification time: it changes when a file is added,
-    removed, replaced or rewritten (DVC then compares the contents and decides what to rerun)."""
-    digest, files, size = hashlib.sha256(), 0, 0
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            files, size = files + 1, size + stat.st_size
-    return digest.hexdigest()[:16], files, size
+def scan_source(folder: Path, cache: Path) -> tuple[str, int, int]:
+    """(fingerprint, files, bytes) of ``folder``: the scan of the scan stage (byol_core.scan),
+    with the side cache in ``cache`` (params' paths.cache), so only new or changed files are
+    read. The fingerprint is the md5 of the listing's bytes, what dvc.lock records for
+    paths.listing; the listing itself is not written (it is the scan stage's output)."""
+    try:
+        listing = scan.scan(folder, cache)
+    except ByolError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    return listing.md5, listing.files, listing.bytes
 
 
-def source_fingerprint(folder: Path) -> str:
-    return scan_source(folder)[0]
+def source_fingerprint(folder: Path, cache: Path) -> str:
+    return scan_source(folder, cache)[0]
 
 
-def observe_folder(folder: Path) -> dg.ObserveResult:
-    """The source folder's data version (its fingerprint) and size."""
-    fingerprint, files, size = scan_source(folder)
+def observe_folder(folder: Path, cache: Path) -> dg.ObserveResult:
+    """The source folder's data version (its listing's md5) and size."""
+    fingerprint, files, size = scan_source(folder, cache)
     return dg.ObserveResult(data_version=dg.DataVersion(fingerprint), metadata={
         "folder": dg.MetadataValue.path(str(folder)), "files": dg.MetadataValue.int(files),
         "MiB": dg.MetadataValue.float(round(size / 2**20, 1))})
@@ -125,22 +128,32 @@ def upstream_locks(context: dg.AssetExecutionContext) -> dict[str, dict]:
     return entries
 
 
+def _repro(context: dg.AssetExecutionContext, dvc: DvcProject, stage: str, force: bool,
+           upstream: dict[str, dict] | None = None):
+    """``dvc.repro``, turning a failure that may pass (a held lock, a killed stage) into a retry."""
+    try:
+        return dvc.repro(context, stage, force, upstream)
+    except dg.Failure as failure:
+        if failure.allow_retries and context.retry_number < MAX_RETRIES:
+            raise dg.RetryRequested(max_retries=MAX_RETRIES,
+                                    seconds_to_wait=RETRY_DELAY * 2 ** context.retry_number) from failure
+        raise
+
+
 def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description: str,
                 describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION,
-                op_tags: Mapping[str, object] | None = None) -> dg.AssetsDefinition:
+                op_tags: Mapping[str, object] | None = None, first: str | None = None) -> dg.AssetsDefinition:
     """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``;
-    ``op_tags`` reach the step's executor (its Kubernetes pod, see pipelines/k8s.py)."""
+    ``op_tags`` reach the step's executor (its Kubernetes pod, see pipelines/k8s.py);
+    ``first``: a stage to run before it, in the same step (ingest's scan, whose listing is
+    ingest's input: without it DVC would not see new files)."""
 
     @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps, op_tags=op_tags,
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
-        try:
-            run = dvc.repro(context, stage, config.force, upstream_locks(context) if dvc.remote else None)
-        except dg.Failure as failure:
-            if failure.allow_retries and context.retry_number < MAX_RETRIES:
-                raise dg.RetryRequested(max_retries=MAX_RETRIES,
-                                        seconds_to_wait=RETRY_DELAY * 2 ** context.retry_number) from failure
-            raise
+        upstream = upstream_locks(context) if dvc.remote else None
+        before = _repro(context, dvc, first, config.force) if first else None
+        run = _repro(context, dvc, stage, config.force, upstream)
         # The figures come from the stage's outputs either way: those it just wrote, or, when
         # DVC skipped it, those DVC just found current (dvc.lock's hashes), which are the
         # figures of the run that made them. So every materialization shows them; the
@@ -151,7 +164,10 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
             origin = computed_in(context, run.data_version)
             context.log.info(f"{stage}: figures read from its current outputs, not recomputed: they are those "
                              f"of the run that made them ({origin[COMPUTED_IN].value})")
-        return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata(),
+        # The first stage's outputs (scan's listing) by their DVC hashes: which record of the
+        # source this dataset was checked against.
+        extra = {f"dvc md5 {path}": dg.MetadataValue.text(md5) for path, md5 in before.outs.items()} if before else {}
+        return dg.MaterializeResult(metadata={**describe(dvc.params()), **run.metadata(), **extra,
                                               RECOMPUTED: dg.MetadataValue.bool(run.ran), **origin},
                                     data_version=run.data_version)
 
@@ -161,6 +177,9 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
 def _dataset(params: Params) -> dict:
     prepared = params.paths.prepared
     card = json_file(prepared / "card.json")
+    listing = params.paths.listing
+    listed = {"source files": dg.MetadataValue.int(pq.read_metadata(listing).num_rows),
+              "source listing": dg.MetadataValue.path(str(listing))} if listing.is_file() else {}
     layout = json_file(prepared / "store.json")["splits"]
     shards = [shard for split in layout.values() for shard in split["shards"]]
     pixels = sum(shard["count"] for shard in shards) * card["channels"] * card["height"] * card["width"]
@@ -178,6 +197,7 @@ def _dataset(params: Params) -> dict:
         "image shards": dg.MetadataValue.int(len(shards)),
         "pixels (MiB)": dg.MetadataValue.float(round(pixels / 2**20, 1)),
         "path": dg.MetadataValue.path(str(prepared)),
+        **listed,
     }
 
 
@@ -279,8 +299,9 @@ def _embeddings(params: Params) -> dict:
 
 prepared_dataset = stage_asset(
     "prepared_dataset", "ingest", [RAW_KEY], {"numpy"},
-    "`byol ingest`: the source images as uint8 shards, a manifest and a dataset card (data/prepared/).",
-    _dataset, INGEST_AUTOMATION)
+    "`byol scan`, then `byol ingest`: the source listing (data/source.parquet), then the source images as uint8 "
+    "shards, a manifest and a dataset card (data/prepared/). Ingest reruns only when the listing changed.",
+    _dataset, INGEST_AUTOMATION, first="scan")
 byol_encoder = stage_asset(
     "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},
     "`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.",

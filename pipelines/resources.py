@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TRANSIENT = ("Unable to acquire lock", "is busy", "exited with -9", "exited with -15",
               "exited with 137", "exited with 143")
 TETHER = Path(__file__).with_name("tether.py")
-STATUS_TIMEOUT = 600  # seconds for `dvc status` (it hashes a changed source folder)
+STATUS_TIMEOUT = 600  # seconds for `dvc status` or `dvc checkout` (a large prepared folder to hash or copy)
 REMOTE_ENV = "BYOL_DVC_REMOTE"  # the remote's name; its URL and credentials live in DVC's config, never here
 TRANSFER_TIMEOUT = 3600  # seconds for a `dvc push` of one stage
 _DEFAULTED: set[tuple[str, str]] = set()  # (checkout, remote) made the checkout's default in this process

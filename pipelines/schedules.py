@@ -1,8 +1,10 @@
 """Retraining. On new data, Dagster's own idiom: ``observe_source_data`` gives the raw files
 (the source asset ``raw_source_files``) a new data version when they change, and the
 stages' automation conditions, evaluated by ``retrain_on_new_data``, then ask for one run
-of the chain. On a calendar: the ``retrain`` job and its weekly schedule, which retrains
-whether or not the files changed. All three start stopped; switch them on in the UI
+of the chain. The observation is the scan stage's own scan (byol_core.scan): its fingerprint
+is the md5 of the source listing, so it changes with the contents, not with a touch. On a
+calendar: the ``retrain`` job and its weekly schedule, which retrains whether or not the
+files changed. All three start stopped; switch them on in the UI
 (Automation) or with `dagster schedule start` / `dagster sensor start`. A run whose data
 did not change costs seconds: DVC skips every stage after ingest."""
 
@@ -26,11 +28,13 @@ weekly_retrain = dg.ScheduleDefinition(
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Observe the files in params.yaml's data.source_dir every minute: a new fingerprint "
-                       "becomes a new data version of raw_source_files (no run is launched for it).")
+           description="Observe the files in params.yaml's data.source_dir every minute, as `byol scan` lists them "
+                       "(reading only new or changed files): a new listing md5 becomes a new data version of "
+                       "raw_source_files (no run is launched for it).")
 def observe_source_data(context: dg.SensorEvaluationContext, dvc: DvcProject):
-    folder = dvc.params().data.source_dir
-    fingerprint = source_fingerprint(folder)
+    params = dvc.params()
+    folder = params.data.source_dir
+    fingerprint = source_fingerprint(folder, params.paths.cache)
     if fingerprint == context.cursor:
         return dg.SkipReason(f"no change in {folder}")
     context.update_cursor(fingerprint)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for byol-pipeline; safe to run again (it only redoes what changed).
 #  1. Fashion-MNIST from Debian's package `dataset-fashion-mnist`, where apt-get exists,
-#     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir, a DVC dependency).
+#     copied into data/raw/fashion-mnist/ (params.yaml's data.source_dir; DVC tracks its listing).
 #  2. A virtual environment in .venv with the project installed (editable) and its test tools.
 #  3. dvc in an environment of its own (.venv-dvc), reached through .venv/bin/dvc.
 #  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh);

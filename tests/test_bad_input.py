@@ -185,6 +185,15 @@ def _fashion_variant(root: Path, edit) -> None:
     edit(root / "src2")
 
 
+def _changed_since_scan(root: Path) -> None:
+    """A scan of the source, then one file added and one rewritten before ingest reads them."""
+    make_fashion_files(root / "src2")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["scan", "--params", str(root / "params.yaml")]) == 0
+    (root / "src2" / "extra.gz").write_bytes(b"arrived after the scan")
+    _truncate(root / "src2" / FILES["train"][1])
+
+
 CASES = [
     Case("unknown source name", "ingest", r"data\.source: Input should be 'fashion-mnist', 'cifar10'",
          {"data.source": "mnist"}),
@@ -193,6 +202,11 @@ CASES = [
     Case("empty source folder", "ingest", r"src2 holds no class folders\. Put each class's images in a folder",
          _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}),
          lambda root: (root / "src2").mkdir()),
+    Case("source folder that is a file", "scan", r"data\.source_dir .*src2 is a file, not a folder\. Point it at the folder",
+         _swap_data(None), lambda root: (root / "src2").write_text("not a folder")),
+    Case("source folder changed since the scan", "ingest",
+         r"data\.source_dir .*src2 changed since .*source\.parquet was written: 1 added \(extra\.gz\); 1 changed "
+         r"\(train-labels-idx1-ubyte\.gz\)\. Run `byol scan`", _swap_data(None), _changed_since_scan),
     Case("Fashion-MNIST folder with some files missing", "ingest",
          r"data\.source_dir .*src2 lacks train-labels-idx1-ubyte\.gz for Fashion-MNIST\. `make setup` copies",
          _swap_data(None), lambda root: _fashion_variant(root, lambda d: (d / FILES["train"][1]).unlink())),

@@ -13,8 +13,9 @@ import yaml
 
 from conftest import SOURCE, TINY_DVC, dvc, edit_params, git, make_fashion_files, make_project, rename_param
 
-STAGES = ("ingest", "pretrain", "evaluate", "export", "embed")
-OUTPUTS = {"data/prepared", "models/encoder.pt", "models/checkpoint.pt", "models/encoder.onnx",
+STAGES = ("scan", "ingest", "pretrain", "evaluate", "export", "embed")
+ALWAYS = {"scan"}  # always_changed: it lists the source folder on every repro, DVC never does
+OUTPUTS = {"data/source.parquet", "data/prepared", "models/encoder.pt", "models/checkpoint.pt", "models/encoder.onnx",
            "models/encoder.onnx.json", "metrics/pretrain.json", "metrics/pretrain_curve.csv",
            "metrics/pretrain_steps.csv", "metrics/eval.json", "metrics/eval_predictions.csv",
            "metrics/label_efficiency.png", "metrics/export.json", "data/embeddings", "metrics/embed.json",
@@ -27,6 +28,11 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
 
 def skipped(result: subprocess.CompletedProcess) -> set[str]:
     return {name for name in STAGES if f"Stage '{name}' didn't change, skipping" in result.stdout}
+
+
+def up_to_date(root: Path) -> bool:
+    """`dvc status` has nothing to say but that the scan always runs."""
+    return json.loads(dvc(root, "status", "--json").stdout) == {"scan": ["always changed"]}
 
 
 def lock_outs(root: Path) -> dict[str, str]:
@@ -52,7 +58,7 @@ def project(base, tmp_path):
     return copy
 
 
-def test_repro_runs_the_five_stages_and_caches_every_output(base):
+def test_repro_runs_the_six_stages_and_caches_every_output(base):
     root, first = base
     assert ran(first) == set(STAGES)
     order = [first.stdout.index(f"Running stage '{name}'") for name in STAGES]
@@ -60,8 +66,10 @@ def test_repro_runs_the_five_stages_and_caches_every_output(base):
     outs = lock_outs(root)
     assert set(outs) == OUTPUTS
     assert outs["data/prepared"].endswith(".dir") and outs["data/embeddings"].endswith(".dir")
-    # Nothing is written outside the declared outputs (the resume state is gone once done).
-    known = {".git", ".dvc", "byol_core", "dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", "dagster.yaml", SOURCE}
+    # Nothing is written outside the declared outputs (the resume state is gone once done), but
+    # the scan's side cache of digests by path, size and mtime (paths.cache, no output by design).
+    known = {".git", ".dvc", "byol_core", "dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", "dagster.yaml", SOURCE,
+             ".byol/cache/scan"}
     written = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
@@ -70,7 +78,7 @@ def test_repro_runs_the_five_stages_and_caches_every_output(base):
             written.append(rel)
     assert written == []
     # Every cached output is in the cache, and git ignores it.
-    assert "Data and pipelines are up to date" in dvc(root, "status").stdout
+    assert up_to_date(root)
     ignored = subprocess.run(["git", "check-ignore", *sorted(OUTPUTS)], cwd=root, capture_output=True, text=True)
     assert sorted(ignored.stdout.split()) == sorted(OUTPUTS)
 
@@ -109,20 +117,20 @@ def test_plots_show_renders_the_curves_and_the_confusion_matrix(base, tmp_path):
     assert '"template": "confusion"' in page or "confusion" in page
 
 
-def test_second_repro_skips_every_stage(project):
+def test_second_repro_scans_and_skips_every_other_stage(project):
     again = dvc(project, "repro")
-    assert ran(again) == set() and skipped(again) == set(STAGES)
+    assert ran(again) == ALWAYS and skipped(again) == set(STAGES) - ALWAYS
 
 
 def test_a_param_reruns_exactly_the_stages_that_read_it(project):
     prepared = lock_outs(project)["data/prepared"]
     edit_params(project, "pretrain.tau_base", 0.98)
     result = dvc(project, "repro")
-    assert ran(result) == {"pretrain", "evaluate", "export", "embed"} and skipped(result) == {"ingest"}
+    assert ran(result) == ALWAYS | {"pretrain", "evaluate", "export", "embed"} and skipped(result) == {"ingest"}
     assert lock_outs(project)["data/prepared"] == prepared
     edit_params(project, "evaluate.max_iter", 20)  # read by evaluate alone
     result = dvc(project, "repro")
-    assert ran(result) == {"evaluate"}
+    assert ran(result) == ALWAYS | {"evaluate"}
 
 
 def test_forced_reruns_on_unchanged_inputs_leave_everything_downstream_up_to_date(project):
@@ -131,15 +139,15 @@ def test_forced_reruns_on_unchanged_inputs_leave_everything_downstream_up_to_dat
     assert ran(forced) == {"ingest"}
     for path in (project / SOURCE).iterdir():  # re-written with the same bytes: a new mtime
         path.write_bytes(path.read_bytes())
-    result = dvc(project, "repro")
-    assert ran(result) == set() and skipped(result) == set(STAGES)
+    result = dvc(project, "repro")  # the scan reads them again and lists the same contents
+    assert ran(result) == ALWAYS and skipped(result) == set(STAGES) - ALWAYS
     assert lock_outs(project) == before
     # The same seed gives the same encoder.pt, byte for byte, so what reads it stays up to
     # date (checkpoint.pt and the metrics hold this run's wall times, and nothing reads them).
     forced = dvc(project, "repro", "--force", "--single-item", "pretrain")
     assert ran(forced) == {"pretrain"}
     assert lock_outs(project)["models/encoder.pt"] == before["models/encoder.pt"]
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert up_to_date(project)
 
 
 def test_new_source_data_reruns_everything(project):
@@ -169,7 +177,7 @@ def test_push_then_pull_into_an_empty_workspace_restores_identical_outputs(proje
     assert {rel: _md5(project / rel) for rel in files} == files
     assert {p.name: _md5(p) for p in (project / "data/prepared").iterdir()} == prepared
     assert all(files[rel] == md5 for rel, md5 in lock_outs(project).items() if rel in files)
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert up_to_date(project)
 
 
 def test_exp_run_records_the_override(project):
@@ -194,20 +202,23 @@ def test_exp_run_records_the_override(project):
     assert '"linear_top1"' in text
 
 
-def test_a_typo_stops_the_first_stage_that_reads_it_with_the_key_named(project):
+def test_a_typo_stops_the_first_stage_that_runs_with_the_key_named(project):
+    """Every byol command validates the whole params file, and the scan runs first on every
+    repro: a typo anywhere stops the pipeline there, before any stage could be skipped."""
     rename_param(project, "pretrain.epochs", "epohcs")
     result = dvc(project, "repro", ok=False)
     assert result.returncode != 0
-    assert skipped(result) == {"ingest"} and ran(result) == {"pretrain"}
+    assert skipped(result) == set() and ran(result) == ALWAYS
+    assert (project / "data" / "source.parquet").is_file()  # persist: the last listing stays
     assert "pretrain.epohcs: unknown key (did you mean 'pretrain.epochs'?)" in result.stderr
 
 
 def test_a_failed_stage_leaves_no_partial_output_and_checkout_restores_it(project):
     before = lock_outs(project)
     edit_params(project, "evaluate.max_iter", "many")  # read only by evaluate
-    result = dvc(project, "repro", ok=False)
+    result = dvc(project, "repro", "--single-item", "evaluate", ok=False)  # a whole repro would stop at scan
     assert result.returncode != 0
-    assert skipped(result) == {"ingest", "pretrain"} and ran(result) == {"evaluate"}
+    assert ran(result) == {"evaluate"}
     assert "evaluate.max_iter" in result.stderr and "'many'" in result.stderr
     metrics = sorted(p.name for p in (project / "metrics").iterdir())
     assert "eval.json" not in metrics and not [m for m in metrics if m.startswith(".") and m != ".gitignore"]

@@ -1,5 +1,5 @@
-"""Dagster on top of the real dvc: in-process materialization of the five assets on a
-tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
+"""Dagster on top of the real dvc: in-process materialization of the five assets (the first
+runs the scan and ingest stages) on a tiny scratch project, data versions from dvc.lock, metadata, checks, schedule, sensor."""
 
 import hashlib
 import json
@@ -90,6 +90,9 @@ def test_materialize_runs_each_stage_through_dvc_and_reports_through_pipes(proje
         assert materialization.tags["dagster/data_version"] == _version_of(outs)
     dataset = found["prepared_dataset"].metadata
     assert dataset["train images"].value == 256 and dataset["unlabeled images"].value == 0
+    # The asset ran the scan first: the listing it checked the folder against, by its DVC hash.
+    assert dataset["dvc md5 data/source.parquet"].value == dvc_project.lock_outs("scan")["data/source.parquet"]
+    assert dataset["source files"].value == 4
     assert dataset["exact duplicates"].value == 0 and dataset["skipped files"].value == 0
     assert 0.0 <= found["linear_eval"].metadata["linear top-1"].value <= 1.0
     assert found["linear_eval"].metadata["probe vs baselines"].value.records[0].data["features"] == "BYOL encoder"
@@ -144,7 +147,10 @@ def test_a_second_materialization_is_skipped_by_dvc_and_keeps_the_versions(proje
     lines = _log_lines(root, again.run_id)
     assert sorted(line.split(":")[0] for line in lines if "skipped by DVC" in line) == sorted(STAGE_OF.values())
     assert sorted(line.split(":")[0] for line in lines if "not recomputed" in line) == sorted(STAGE_OF.values())
-    assert not [line for line in lines if "[pipes]" in line or "running `repro" in line]
+    # The one stage that runs, with the one Pipes session: the scan, which lists the source
+    # folder for DVC (ingest is then skipped).
+    assert [line.split(" in ")[0] for line in lines if "running `repro" in line] == ["running `repro --single-item scan`"]
+    assert [line for line in lines if "[pipes]" in line] == ["[pipes] external process successfully opened dagster pipes."]
 
 
 def test_outputs_made_outside_dagster_show_their_figures_on_the_first_materialization(project):
@@ -408,7 +414,8 @@ def test_new_files_are_observed_and_ask_for_exactly_one_run_of_the_chain(tmp_pat
     nothing, cursor = requested(None)
     assert nothing == set()  # nothing observed yet: nothing to do
     first, sensor_cursor = tick(None)
-    assert isinstance(first, dg.SensorResult) and sensor_cursor == source_fingerprint(root / SOURCE)
+    cache = load_params(root / "params.yaml").paths.cache
+    assert isinstance(first, dg.SensorResult) and sensor_cursor == source_fingerprint(root / SOURCE, cache)
     assert first.asset_events[0].tags["dagster/data_version"] == sensor_cursor
     everything, cursor = requested(cursor)
     assert everything == chain  # the five stages and their three checks, in one tick
@@ -421,7 +428,7 @@ def test_new_files_are_observed_and_ask_for_exactly_one_run_of_the_chain(tmp_pat
     assert isinstance(fired, dg.SensorResult) and new_cursor != sensor_cursor
     assert requested(cursor)[0] == chain
     # Observing the asset by hand (the UI's "Observe") gives the same version.
-    observed = observe_folder(root / SOURCE)
+    observed = observe_folder(root / SOURCE, cache)
     assert observed.data_version.value == new_cursor and observed.metadata["files"].value == 4
 
 

@@ -15,8 +15,8 @@ from conftest import CODE_DEPS, ROOT, TINY, make_fashion_files, write_params
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_dvc_yaml_has_the_five_stages_in_order_each_running_its_command():
-    assert list(DVC_STAGES) == list(stages.STAGES) == ["ingest", "pretrain", "evaluate", "export", "embed"]
+def test_dvc_yaml_has_the_six_stages_in_order_each_running_its_command():
+    assert list(DVC_STAGES) == list(stages.STAGES) == ["scan", "ingest", "pretrain", "evaluate", "export", "embed"]
     for name, stage in DVC_STAGES.items():
         assert stage["cmd"] == f"byol {name}"
 
@@ -64,7 +64,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     make_fashion_files(root / "src", n_train=160, n_test=80)
     params = load_params(write_params(root, {**SMALL, "data.source_dir": str(root / "src")}))
-    for name in stages.STAGES:  # every stage runs on exactly its declared keys
+    for name in stages.STAGES:  # every stage runs on exactly its declared keys (scan's listing is ingest's input)
         stages.run(name, params)
     return params
 

@@ -13,7 +13,7 @@ from byol_core.sources import SOURCES
 
 class DataConfig(Section):
     source: Literal[tuple(SOURCES)]  # a reader named in byol_core.sources.SOURCES
-    source_dir: Path  # the folder holding the source files (a DVC dependency of ingest)
+    source_dir: Path  # the folder holding the source files (DVC tracks its listing, paths.listing)
     channels: int_choice(1, 3) | None  # null: the source's own (1 for Fashion-MNIST, else 3)
     image_size: Annotated[Int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop
     test_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)]  # imagefolder without train/ and test/

@@ -14,6 +14,7 @@ class PathsConfig(Section):
     """Where the stages write, and where a warm start reads (``start``, a file). Relative
     paths are taken from the params file's directory."""
 
+    listing: Path  # the source listing (byol_core.scan): what DVC tracks of data.source_dir
     prepared: Path
     models: Path
     start: Path  # the training state a warm start begins from (`byol promote` writes it; DVC tracks it)
@@ -35,7 +36,7 @@ class PathsConfig(Section):
         if root is not None and within(Path(root).resolve(), prepared):
             raise ValueError(f"paths.prepared ({self.prepared}) is the project folder or above it; "
                              "ingest replaces that folder wholesale: use a folder of its own, e.g. data/prepared")
-        for name in ("models", "start", "metrics", "resume", "cache", "embeddings"):
+        for name in ("listing", "models", "start", "metrics", "resume", "cache", "embeddings"):
             if within(getattr(self, name).resolve(), prepared):
                 raise ValueError(f"paths.{name} ({getattr(self, name)}) lies inside paths.prepared "
                                  f"({self.prepared}), which ingest replaces wholesale: move one of them")

@@ -37,7 +37,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from byol_core import progress
-from byol_core.errors import ByolError
+from byol_core.errors import ByolError, printable
 from byol_core.schema.data import DataConfig
 from byol_core.sources import UNLABELED_FOLDER
 from byol_core.sources.common import FileSplit, Listed, SourceData
@@ -116,13 +116,6 @@ def list_images(folder: Path, root: Path, seen: Seen | None = None) -> list[List
             if stat.S_ISREG(info.st_mode):
                 found.append((f"{prefix}/{name}" if prefix else name, info.st_size, info.st_mtime_ns))
     return sorted(found)
-
-
-def printable(relative: str) -> str:
-    """A path as it can be shown and stored: bytes that are not UTF-8 as backslash escapes."""
-    if relative.isascii():  # the common case: the same string, no copy
-        return relative
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _wide_grey(image: Image.Image) -> Image.Image:

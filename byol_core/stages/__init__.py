@@ -1,4 +1,4 @@
-"""The five stage entry points: ingest -> pretrain -> evaluate -> export -> embed.
+"""The stage entry points: scan -> ingest -> pretrain -> evaluate -> export -> embed.
 
 Each stage is a module with ``PARAMS`` (the params keys it reads: exactly what dvc.yaml
 lists for it) and ``run(params) -> (one-line summary, metrics)``. :func:`run` hands a stage
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 StageResult = tuple[str, dict]
 
 STAGES = {
+    "scan": "list the source folder (path, size, digest per file), reading only new or changed files",
     "ingest": "read the source dataset and write the prepared arrays, manifest and card",
     "pretrain": "train the BYOL encoder on the prepared train split",
     "evaluate": "linear probe and kNN on frozen features, with baselines",
@@ -42,8 +43,10 @@ def load(name: str) -> ModuleType:
     return stage
 
 
-def run(name: str, params: Params) -> StageResult:
+def run(name: str, params: Params, **options) -> StageResult:
+    """Run stage ``name`` on its declared keys of ``params``. ``options`` are its command-line
+    switches (scan's ``force``): how it works, never what a correct run writes."""
     from byol_core.schema.base import restrict  # here: the CLI starts without pydantic and yaml
 
     stage = load(name)
-    return stage.run(restrict(params, stage.PARAMS))
+    return stage.run(restrict(params, stage.PARAMS), **options)

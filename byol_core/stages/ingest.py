@@ -1,14 +1,23 @@
-"""ingest: the source dataset -> the prepared folder every later stage reads."""
+"""ingest: the source dataset -> the prepared folder every later stage reads.
+
+Its declared input is the source listing (paths.listing, written by the scan stage): when
+there is one, ingest first checks that data.source_dir is still what it says, and refuses
+to go on, naming what changed, when it is not. A change while ingest reads is not seen
+here; the next scan sees it, so the next `dvc repro` reruns ingest.
+"""
 
 from __future__ import annotations
 
-from byol_core import ingest
+from byol_core import ingest, scan
 from byol_core.schema.base import Params
 
-PARAMS = ("paths.prepared", "paths.cache", "data")
+PARAMS = ("paths.prepared", "paths.cache", "paths.listing", "data")
 
 
 def run(params: Params) -> tuple[str, dict]:
+    listing = params.paths.listing
+    if listing.is_file():  # without one (byol ingest alone, never scanned) there is nothing to hold it to
+        scan.check(listing, params.data.source_dir, params.paths.cache)
     card = ingest.ingest(params.data, params.paths.prepared, params.paths.cache)
     splits = card["splits"]
     counts = " / ".join(f"{n} {split}" for split, n in splits.items())

@@ -1,0 +1,291 @@
+"""The source listing (byol_core.scan): byte-stable, read only where something changed, held
+against the folder by ingest, tracked by DVC in place of the folder, and the same record
+that Dagster's observation versions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from byol_core import scan, stages
+from byol_core.config import load_params
+from byol_core.errors import ByolError
+from conftest import SOURCE, TINY, TINY_DVC, dvc, make_project, write_params
+
+
+def _folder(root: Path, n: int = 12) -> Path:
+    """Two class folders of small PNGs, a nested folder, and what the scan must pass over."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / ("cat" if i % 2 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    (root / "dog" / "deep" / "er").mkdir(parents=True)
+    (root / "dog" / "deep" / "er" / "z.png").write_bytes((root / "dog" / "000.png").read_bytes())
+    (root / ".hidden").write_text("not listed")
+    (root / "cat" / ".DS_Store").write_text("not listed")
+    return root
+
+
+def _listing(folder: Path, cache: Path, **kwargs) -> scan.Listing:
+    return scan.scan(folder, cache, **kwargs)
+
+
+def _bytes(listing: scan.Listing, tmp: Path) -> bytes:
+    listing.write(tmp / "listing.parquet")
+    return (tmp / "listing.parquet").read_bytes()
+
+
+class Counting:
+    """A reader that counts which files it read."""
+
+    def __init__(self):
+        self.paths: list[str] = []
+        self.read = scan.read_digest
+
+    def __call__(self, path: str, size: int, mtime: int):
+        self.paths.append(path)
+        return self.read(path, size, mtime)
+
+
+def test_the_listing_names_every_file_with_its_size_and_digest(tmp_path):
+    folder = _folder(tmp_path / "src")
+    table = _listing(folder, tmp_path / "cache").table
+    rows = table.to_pylist()
+    assert [r["path"] for r in rows] == ["cat/001.png", "cat/003.png", "cat/005.png", "cat/007.png", "cat/009.png",
+                                         "cat/011.png", "dog/000.png", "dog/002.png", "dog/004.png", "dog/006.png",
+                                         "dog/008.png", "dog/010.png", "dog/deep/er/z.png"]
+    for row in rows:
+        data = (folder / row["path"]).read_bytes()
+        assert row["size"] == len(data)
+        assert row["digest"] == hashlib.blake2b(data, digest_size=16).digest()  # b2sum -l 128
+    assert table.schema.names == ["path", "size", "digest"] and "mtime" not in str(table.schema)
+
+
+def test_the_listing_is_byte_stable_across_scans_and_across_a_copy_with_other_mtimes(tmp_path):
+    folder = _folder(tmp_path / "src")
+    first = _listing(folder, tmp_path / "cache")
+    again = _listing(folder, tmp_path / "cache")
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)  # new mtimes, and read afresh (another side cache)
+    for path in copy.rglob("*.png"):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000 + hash(path.name) % 1000))
+    other = _listing(copy, tmp_path / "other-cache")
+    assert other.read == 13 and again.read == 0
+    assert _bytes(first, tmp_path / "a") == _bytes(again, tmp_path / "b") == _bytes(other, tmp_path / "c")
+    assert first.md5 == again.md5 == other.md5 == hashlib.md5(_bytes(first, tmp_path / "d")).hexdigest()
+
+
+def test_an_unchanged_file_is_not_read_again(tmp_path):
+    folder = _folder(tmp_path / "src")
+    reader = Counting()
+    _listing(folder, tmp_path / "cache", reader=reader)
+    assert len(reader.paths) == 13
+    reader.paths.clear()
+    _listing(folder, tmp_path / "cache", reader=reader)
+    assert reader.paths == []
+    (folder / "cat" / "new.png").write_bytes((folder / "cat" / "001.png").read_bytes())
+    os.utime(folder / "dog" / "002.png")  # touched: read again, same digest
+    _listing(folder, tmp_path / "cache", reader=reader)
+    assert sorted(reader.paths) == [str(folder / "cat" / "new.png"), str(folder / "dog" / "002.png")]
+
+
+def test_the_stage_reads_through_the_same_reader_and_force_reads_everything(tmp_path, monkeypatch):
+    folder = _folder(tmp_path / "src")
+    params = load_params(write_params(tmp_path, {**TINY, "data.source": "imagefolder", "data.source_dir": "src",
+                                                 "data.image_size": 16}))
+    reader = Counting()
+    monkeypatch.setattr(scan, "read_digest", reader)
+    line, metrics = stages.run("scan", params)
+    assert line.startswith(f"scan: {folder}: 13 files") and metrics["read"] == 13 and len(reader.paths) == 13
+    assert metrics["md5"] == hashlib.md5(params.paths.listing.read_bytes()).hexdigest()
+    _, metrics = stages.run("scan", params)
+    assert metrics["read"] == 0 and len(reader.paths) == 13
+    _, forced = stages.run("scan", params, force=True)
+    assert forced["read"] == 13 and len(reader.paths) == 26 and forced["md5"] == metrics["md5"]
+
+
+def test_added_removed_and_changed_files_change_the_listing_and_a_touch_does_not(tmp_path):
+    folder = _folder(tmp_path / "src")
+    cache = tmp_path / "cache"
+    base = _listing(folder, cache).md5
+    os.utime(folder / "cat" / "001.png")
+    assert _listing(folder, cache).md5 == base
+    versions = {base}
+    (folder / "cat" / "new.png").write_bytes(b"a new file")
+    versions.add(_listing(folder, cache).md5)
+    (folder / "cat" / "new.png").write_bytes(b"a new filE")  # same size, other contents
+    versions.add(_listing(folder, cache).md5)
+    (folder / "cat" / "new.png").unlink()
+    assert _listing(folder, cache).md5 == base  # back as it was
+    (folder / "dog" / "000.png").unlink()
+    versions.add(_listing(folder, cache).md5)
+    (folder / "cat" / "001.png").rename(folder / "cat" / "001b.png")
+    versions.add(_listing(folder, cache).md5)
+    assert len(versions) == 5
+
+
+def test_a_rewrite_with_the_same_size_and_mtime_is_seen_only_under_force(tmp_path):
+    folder = _folder(tmp_path / "src")
+    cache = tmp_path / "cache"
+    before = _listing(folder, cache).md5
+    path = folder / "cat" / "001.png"
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert _listing(folder, cache).md5 == before  # what the side cache cannot see (README)
+    forced = _listing(folder, cache, force=True)
+    assert forced.md5 != before and forced.read == 13
+    assert _listing(folder, cache).md5 == forced.md5  # the side cache now holds the new digest
+
+
+def test_links_fifos_dot_names_and_names_that_are_not_utf8(tmp_path):
+    folder = _folder(tmp_path / "src", n=2)
+    os.symlink("nowhere.png", folder / "cat" / "dangling.png")
+    os.symlink("001.png", folder / "cat" / "link.png")
+    os.symlink("..", folder / "cat" / "loop")  # a folder link: not followed
+    os.mkfifo(folder / "cat" / "pipe.png")  # opening it would block
+    odd = os.fsencode(folder / "dog") + b"/caf\xe9.png"
+    with open(odd, "wb") as handle:
+        handle.write(b"latin-1 name")
+    rows = {r["path"]: r for r in _listing(folder, tmp_path / "cache").table.to_pylist()}
+    assert set(rows) == {"cat/001.png", "cat/dangling.png", "cat/link.png", "dog/000.png", "dog/caf\\xe9.png",
+                         "dog/deep/er/z.png"}
+    assert rows["cat/dangling.png"]["size"] == -1 and rows["cat/dangling.png"]["digest"] is None
+    assert rows["cat/link.png"]["digest"] == rows["cat/001.png"]["digest"]
+    assert rows["dog/caf\\xe9.png"]["digest"] == hashlib.blake2b(b"latin-1 name", digest_size=16).digest()
+    with open(os.fsencode(folder / "dog") + b"/caf\\xe9.png", "wb") as handle:  # its escape, literally
+        handle.write(b"twin")
+    with pytest.raises(ByolError, match=r"both listed as 'dog/caf\\xe9\.png'.*Rename one of them"):
+        _listing(folder, tmp_path / "cache")
+
+
+def test_a_damaged_side_cache_is_read_past_and_rebuilt(tmp_path):
+    folder = _folder(tmp_path / "src")
+    cache = tmp_path / "cache"
+    first = _listing(folder, cache)
+    kept = scan.side_cache(cache, folder)
+    data = bytearray(kept.read_bytes())
+    at = data.find(first.table["digest"][3].as_py())  # a digest the next scan would take from it
+    data[at] ^= 0xFF
+    kept.write_bytes(bytes(data))
+    again = _listing(folder, cache)
+    assert again.md5 == first.md5 and again.read == 13
+    assert _listing(folder, cache).read == 0
+
+
+def test_a_missing_folder_lists_nothing_and_a_file_is_refused(tmp_path):
+    assert _listing(tmp_path / "nothing", tmp_path / "cache").files == 0
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ByolError, match="data.source_dir .*file is a file, not a folder"):
+        _listing(tmp_path / "file", tmp_path / "cache")
+
+
+def test_the_listing_may_not_lie_inside_the_source(tmp_path):
+    with pytest.raises(ByolError, match=r"paths\.listing \(.*src/listing\.parquet\) lies inside data\.source_dir"):
+        load_params(write_params(tmp_path, {"data.source_dir": "src", "paths.listing": "src/listing.parquet"}))
+    with pytest.raises(ByolError, match=r"paths\.cache \(.*\) lies inside data\.source_dir"):
+        load_params(write_params(tmp_path, {"data.source_dir": ".", "paths.listing": "/tmp/x.parquet"}))
+
+
+def _byol(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "byol_core.cli", *args, "--params", str(root / "params.yaml")],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ingest_refuses_a_folder_that_changed_since_the_scan_and_writes_nothing(tmp_path):
+    folder = _folder(tmp_path / "src")
+    write_params(tmp_path, {**TINY, "data.source": "imagefolder", "data.source_dir": "src", "data.image_size": 16,
+                            "data.test_fraction": 0.25})
+    assert _byol(tmp_path, "scan").returncode == 0
+    (folder / "cat" / "late.png").write_bytes((folder / "cat" / "001.png").read_bytes())
+    (folder / "dog" / "000.png").unlink()
+    done = _byol(tmp_path, "ingest")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"byol ingest: error: data.source_dir {folder} changed since {tmp_path / 'data' / 'source.parquet'} was "
+        "written: 1 added (cat/late.png); 1 removed (dog/000.png). Run `byol scan` to list it as it is now "
+        "(`dvc repro` runs scan before ingest), then ingest again.")
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert _byol(tmp_path, "scan").returncode == 0
+    done = _byol(tmp_path, "ingest")
+    assert done.returncode == 0, done.stderr
+
+
+# --- DVC and Dagster on the listing -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A scratch project after `dvc repro ingest` (scan, then ingest)."""
+    root = make_project(tmp_path_factory.mktemp("scan") / "project", TINY_DVC)
+    result = dvc(root, "repro", "ingest")
+    assert "Running stage 'scan'" in result.stdout and "Running stage 'ingest'" in result.stdout
+    return root
+
+
+def _status(root: Path, *targets: str) -> dict:
+    import json
+
+    return json.loads(dvc(root, "status", "--json", *targets).stdout)
+
+
+def test_dvc_tracks_the_listing_not_the_folder(project):
+    stages_ = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert "${paths.listing}" in stages_["ingest"]["deps"] and "${data.source_dir}" not in stages_["ingest"]["deps"]
+    assert stages_["scan"]["always_changed"] is True
+    assert stages_["scan"]["outs"] == [{"${paths.listing}": {"persist": True}}]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert [d["path"] for d in lock["ingest"]["deps"] if not d["path"].startswith("byol_core/")] == [
+        "data/source.parquet"]
+    assert not any(d["path"].startswith("data/raw") for s in lock.values() for d in s.get("deps", []))
+    assert "/data/raw/" in (project / ".dvcignore").read_text().split()
+
+
+def test_dvc_status_of_ingest_is_clean_after_a_no_op_and_dirty_after_a_new_file(project):
+    assert _status(project, "ingest") == {}
+    again = dvc(project, "repro", "ingest")  # scan runs (always), finds nothing new: ingest skipped
+    assert "Running stage 'scan'" in again.stdout and "Stage 'ingest' didn't change, skipping" in again.stdout
+    assert _status(project, "ingest") == {}
+    assert _status(project, "scan") == {"scan": ["always changed"]}  # what `dvc status` always says of it
+    for path in (project / SOURCE).iterdir():  # rewritten with the same bytes: new mtimes only
+        path.write_bytes(path.read_bytes())
+    dvc(project, "repro", "--single-item", "scan")
+    assert _status(project, "ingest") == {}
+    (project / SOURCE / "notes.txt").write_text("a file the folder did not have")
+    assert _status(project, "ingest") == {}  # DVC does not look into the folder: the scan does
+    dvc(project, "repro", "--single-item", "scan")
+    assert _status(project, "ingest") == {"ingest": [{"changed deps": {"data/source.parquet": "modified"}}]}
+    result = dvc(project, "repro", "ingest")
+    assert "Running stage 'ingest'" in result.stdout
+    assert _status(project, "ingest") == {}
+    (project / SOURCE / "notes.txt").unlink()
+    dvc(project, "repro", "ingest")
+
+
+def test_the_observation_fingerprint_is_the_listing_md5_that_dvc_records(project):
+    from pipelines.assets import observe_folder, source_fingerprint
+
+    params = load_params(project / "params.yaml")
+    dvc(project, "repro", "--single-item", "scan")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    recorded = lock["scan"]["outs"][0]["md5"]
+    assert recorded == hashlib.md5(params.paths.listing.read_bytes()).hexdigest()
+    before = params.paths.listing.read_bytes()
+    assert source_fingerprint(params.data.source_dir, params.paths.cache) == recorded
+    observed = observe_folder(params.data.source_dir, params.paths.cache)
+    assert observed.data_version.value == recorded and observed.metadata["files"].value == 4
+    assert params.paths.listing.read_bytes() == before  # the observation writes no listing
+    assert pq.read_metadata(params.paths.listing).num_rows == 4
