@@ -568,12 +568,16 @@ def _get(record: dict, *keys):
     return record
 
 
+def _print_head(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
 def print_tables(sizes: list[dict]) -> None:
     print("\ningest (wall s / img/s / peak RSS MiB); incremental: +1% files; push: new bytes after it")
     head = (f"{'N':>7} {'fmt':>4} {'px':>3} {'pixels MiB':>10} {'ingest s':>8} {'img/s':>7} {'RSS':>6} "
             f"{'incr s':>7} {'ratio':>6} {'same':>5} {'push MiB':>9} {'of MiB':>8} {'dvc grew':>9}")
-    print(head)
-    print("-" * len(head))
+    _print_head(head)
     for r in sizes:
         same = _get(r, "scratch", "hash_equal")
         same = "-" if same is None else "yes" if same else "NO"
@@ -587,8 +591,7 @@ def print_tables(sizes: list[dict]) -> None:
     print("\npretrain, 1 epoch (wall s / img/s / peak RSS MiB) and evaluate (wall s / peak RSS MiB)")
     head = (f"{'N':>7} {'streamed s':>10} {'img/s':>6} {'RSS':>6} {'resident s':>10} {'img/s':>6} {'RSS':>6} "
             f"{'eval s':>7} {'RSS':>6} {'linear':>6}")
-    print(head)
-    print("-" * len(head))
+    _print_head(head)
     for r in sizes:
         if "pretrain" not in r:
             continue
@@ -609,8 +612,7 @@ def print_scan_table(sizes: list[dict]) -> None:
     print("\nthe source listing, DVC and the observation (wall s / peak RSS MiB of the largest process)")
     head = (f"{'N':>8} {'scan cold':>9} {'warm':>6} {'RSS':>5} {'ingest':>7} {'dvc repro':>9} {'x':>5} "
             f"{'no-op':>6} {'RSS':>5} {'status':>6} {'observe':>7} {'RSS':>5} {'+1%':>6} {'ratio':>6}")
-    print(head)
-    print("-" * len(head))
+    _print_head(head)
     for r in sizes:
         print(f"{r['n']:>8} {_cell(_get(r, 'scan_cold', 'seconds'), '9.1f')} {_cell(_get(r, 'scan_warm', 'seconds'), '6.1f')} "
               f"{_cell(_get(r, 'scan_warm', 'peak_rss_mib'), '5.0f')} {_cell(_get(r, 'ingest', 'seconds'), '7.1f')} "

@@ -148,11 +148,8 @@ class DvcProject(dg.ConfigurableResource):
             raise dg.Failure(description=str(exc), allow_retries=False) from None
 
     def lock_outs(self, stage: str) -> dict[str, str]:
-        lock_path = self.root / "dvc.lock"
-        if not lock_path.is_file():
-            return {}
-        lock = yaml.safe_load(lock_path.read_text()) or {}
-        entry = lock.get("stages", {}).get(stage, {})
+        """dvc.lock's output path -> md5 for ``stage`` ({} when it has no entry)."""
+        entry = self.lock_entry(stage) or {}
         return {out["path"]: out["md5"] for out in entry.get("outs", [])}
 
     def changes(self, stage: str) -> list[str] | None:
@@ -230,6 +227,7 @@ class DvcProject(dg.ConfigurableResource):
         os.replace(temp, path)
 
     def lock_entry(self, stage: str) -> dict | None:
+        """The stage's entry in this checkout's dvc.lock, as DVC wrote it; None when it has none."""
         lock_path = self.root / "dvc.lock"
         lock = (yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else None) or {}
         return lock.get("stages", {}).get(stage)
