@@ -18,6 +18,7 @@ class EncoderSpec:
     width: float  # multiplier on the 64 base channels (1.0 is torchvision's ResNet)
     in_channels: int  # 1 or 3
     small_stem: bool  # 3x3 stride-1 conv and no max-pool (CIFAR-style), for images of ~32 px
+    pool: int = 1  # the last feature map is averaged over pool x pool cells (1: global average pooling)
 
     @property
     def base_channels(self) -> int:
@@ -26,7 +27,7 @@ class EncoderSpec:
     @property
     def feature_dim(self) -> int:
         block, _ = _ARCHS[self.arch]
-        return self.base_channels * 8 * block.expansion
+        return self.base_channels * 8 * block.expansion * self.pool**2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +41,7 @@ class EncoderSpec:
         if missing:
             raise ValueError(f"the spec lacks {', '.join(missing)}")
         arch, width, channels, stem = data["arch"], data["width"], data["in_channels"], data["small_stem"]
+        pool = data.get("pool", 1)  # encoders saved before the grid existed pool globally
         if arch not in _ARCHS:
             raise ValueError(f"unknown arch {str(arch)[:40]!r} (expected one of {sorted(_ARCHS)})")
         if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4 \
@@ -49,12 +51,19 @@ class EncoderSpec:
             raise ValueError(f"in_channels {str(channels)[:40]} is not 1 or 3")
         if not isinstance(stem, bool):
             raise ValueError(f"small_stem {str(stem)[:40]} is not true or false")
-        return cls(arch=arch, width=float(width), in_channels=int(channels), small_stem=stem)
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 8:
+            raise ValueError(f"pool {str(pool)[:40]} is not a whole number from 1 to 8")
+        return cls(arch=arch, width=float(width), in_channels=int(channels), small_stem=stem, pool=pool)
 
 
 class ResNetEncoder(ResNet):
     """torchvision's ResNet with a width multiplier, 1 or 3 input channels, an optional
-    small-image stem, and no classifier: ``forward`` maps (B, C, H, W) to (B, feature_dim)."""
+    small-image stem, and no classifier: ``forward`` maps (B, C, H, W) to (B, feature_dim).
+
+    With ``pool`` > 1 the last feature map is averaged over a pool x pool grid of cells instead
+    of globally, and the cells are concatenated: the feature keeps where in the image a part is.
+    On small, centred images (Fashion-MNIST) that is worth more than any training length within
+    a CPU budget (benchmarks/RESULTS.md, the pooling sweep)."""
 
     def __init__(self, spec: EncoderSpec) -> None:
         if spec.arch not in _ARCHS:
@@ -76,7 +85,7 @@ class ResNetEncoder(ResNet):
         self.layer2 = self._make_layer(block, base * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, base * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, base * 8, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(spec.pool)  # ResNet's forward flattens what it gives
         self.fc = nn.Identity()
         # torchvision's initialisation.
         for module in self.modules():

@@ -28,7 +28,7 @@ from byol_core.schema.pretrain import PretrainConfig, Schedule, derive_schedule
 
 def encoder_spec(params: Params, in_channels: int) -> EncoderSpec:
     m = params.model
-    return EncoderSpec(arch=m.arch, width=m.width, in_channels=in_channels, small_stem=m.small_stem)
+    return EncoderSpec(arch=m.arch, width=m.width, in_channels=in_channels, small_stem=m.small_stem, pool=m.pool)
 
 
 def build_model(params: Params, in_channels: int) -> BYOL:

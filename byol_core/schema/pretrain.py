@@ -20,6 +20,7 @@ class ModelConfig(Section):
     arch: Literal["resnet18", "resnet50"]
     width: Annotated[Float, Field(gt=0.0, le=4.0)]  # multiplier on ResNet's 64 base channels
     small_stem: Bool  # 3x3 stride-1 first conv and no max-pool, for images of ~32 px
+    pool: Annotated[Int, Field(ge=1, le=8)]  # the last feature map averaged over pool x pool cells
     projector_hidden: HeadWidth
     projector_out: HeadWidth
     predictor_hidden: HeadWidth
