@@ -116,3 +116,24 @@ def test_collapse_indicator_extremes():
     collapsed = torch.ones(4096, 64) + 1e-4 * torch.randn(4096, 64)
     assert collapse_std(collapsed).item() < 0.01
     assert math.isfinite(collapse_std(collapsed).item())
+
+
+@pytest.mark.parametrize("pool", [1, 2, 4])
+def test_pool_grid_sets_the_feature_and_the_projector_input(pool):
+    spec = EncoderSpec(arch="resnet18", width=0.125, in_channels=1, small_stem=True, pool=pool)
+    model = BYOL(spec, 32, 16, 32)
+    model.eval()
+    with torch.no_grad():
+        feature = model.encoder(torch.randn(4, 1, 28, 28))
+        projected = model.online["projector"](feature)
+    assert feature.shape == (4, spec.feature_dim) == (4, 64 * pool * pool)
+    assert projected.shape == (4, 16)
+    assert EncoderSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_saved_spec_without_pool_reads_as_global_pooling_and_bad_pool_is_refused():
+    old = {"arch": "resnet18", "width": 0.125, "in_channels": 1, "small_stem": True}
+    assert EncoderSpec.from_dict(old).pool == 1
+    for bad in (0, 9, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="pool"):
+            EncoderSpec.from_dict({**old, "pool": bad})

@@ -77,3 +77,23 @@ def test_knn_votes_survive_a_tiny_temperature():
     for temperature in (0.5, 0.01, 0.001):
         predicted = knn_predict(bank, bank_labels, queries, 4, KnnConfig(k=20, temperature=temperature))
         assert predicted.tolist() == [0, 1, 2, 3], temperature
+
+
+def test_grid_pooled_encoder_exports_with_its_wider_feature(tmp_path):
+    """model.pool > 1: the feature is the channels of every cell, and the ONNX file agrees."""
+    torch.manual_seed(0)
+    spec = EncoderSpec("resnet18", 0.125, 1, True, pool=2)
+    encoder = build_encoder(spec).eval()
+    path = tmp_path / "encoder.onnx"
+    export_onnx(encoder, torch.randn(2, 1, 28, 28), path, opset=20, max_batch=64, metadata={})
+    session, _ = open_session(path)
+    images = torch.randn(5, 1, 28, 28)
+    result = check_parity(session, encoder, images, atol=1e-4, rtol=1e-3)
+    assert result["parity_ok"], result
+    out = session.run(["features"], {"images": images.numpy()})[0]
+    assert out.shape == (5, spec.feature_dim) == (5, 64 * 4)
+    # The cells keep where a part is: shifting the image moves the feature between cells.
+    shifted = torch.roll(images, shifts=14, dims=3)
+    with torch.no_grad():
+        a, b = encoder(images).view(5, 64, 2, 2), encoder(shifted).view(5, 64, 2, 2)
+    assert not torch.allclose(a, b, atol=1e-3)
