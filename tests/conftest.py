@@ -31,9 +31,11 @@ def _script(name: str):
 
 CODE_DEPS = _script("code_deps")  # the import probe and the dvc.yaml rewriter
 
-# A network and data small enough for a CPU test: width 8 ResNet-18, small heads.
+# A network and data small enough for a CPU test: width 8 ResNet-18 with one global average
+# (a 64-wide feature), small heads.
 TINY = {
     "model.width": 0.125,
+    "model.pool": 1,
     "model.projector_hidden": 128,
     "model.projector_out": 32,
     "model.predictor_hidden": 128,

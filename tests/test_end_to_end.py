@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from byol_core.checkpoint import input_normalisation, load_encoder
@@ -181,7 +182,10 @@ def test_embeddings_cover_every_prepared_image_once(run):
     table = pq.read_table(root / "data" / "embeddings" / "embeddings.parquet")
     manifest = pd.read_parquet(root / "data" / "prepared" / "manifest.parquet")
     assert table.num_rows == len(manifest) == 4096 + 1000
-    assert table.schema.field("embedding").type.list_size == 64
+    # One vector per image, as wide as the encoder's feature: 8 x 8 channels per cell of the
+    # model.pool x model.pool grid.
+    pool = yaml.safe_load((root / "params.yaml").read_text())["model"]["pool"]
+    assert table.schema.field("embedding").type.list_size == 64 * pool * pool
     frame = table.drop(["embedding"]).to_pandas()
     merged = frame.merge(manifest, on=["split", "index"], suffixes=("", "_manifest"))
     assert len(merged) == len(frame)

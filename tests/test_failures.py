@@ -123,19 +123,25 @@ def test_a_stop_signal_during_an_import_is_reported_as_the_stop(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)  # the bug's log goes under .byol/logs here
     params = write_params(tmp_path, BASE)
-    monkeypatch.setattr(stages, "run", lambda stage, params: importlib.import_module("slow_extension"))
-    stderr, handlers = io.StringIO(), (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook)
-    with contextlib.redirect_stderr(stderr):
-        assert main(["export", "--params", str(params)]) == code
-    assert stderr.getvalue() == f"byol export: {word}; nothing was changed\n"
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook) == handlers
+    # As in a terminal: a suite started in the background inherits SIGINT ignored, which the CLI
+    # rightly leaves so (Ctrl-C does not stop a background job).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(stages, "run", lambda stage, params: importlib.import_module("slow_extension"))
+        stderr, handlers = io.StringIO(), (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook)
+        with contextlib.redirect_stderr(stderr):
+            assert main(["export", "--params", str(params)]) == code
+        assert stderr.getvalue() == f"byol export: {word}; nothing was changed\n"
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook) == handlers
 
-    def bug(stage, params):
-        raise ImportError("a real one")
+        def bug(stage, params):
+            raise ImportError("a real one")
 
-    monkeypatch.setattr(stages, "run", bug)
-    code, err = _run(["export", "--params", str(params)])
-    assert code == 1 and "internal error (ImportError: a real one)" in err
+        monkeypatch.setattr(stages, "run", bug)
+        code, err = _run(["export", "--params", str(params)])
+        assert code == 1 and "internal error (ImportError: a real one)" in err
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def test_a_second_pretrain_in_the_project_is_refused_with_the_holders_pid(tmp_path):

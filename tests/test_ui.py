@@ -78,7 +78,9 @@ class Ui(Webserver):
     def stop(self, signum: int) -> list[int]:
         """Signal the script; returns what is left of dg dev's process group once it exits."""
         self.process.send_signal(signum)
-        self.process.wait(timeout=60)
+        # ui.sh waits at most 45 s in all (10 for Dagster, 5 for the kernel, 30 for the steps'
+        # tethers); its own ps and /proc scans take longer on a loaded machine.
+        self.process.wait(timeout=120)
         group = int(re.findall(r"\(group (\d+)\)", self.log.read_text())[-1])
         return group_members(group)
 
