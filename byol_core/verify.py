@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.cache import FOLDER, VERSION, readable_rows
-from byol_core.data import LAYOUT_FILE, Prepared, data_hash, labels_name, load_prepared
+from byol_core.card import CARD_FILE, LAYOUT_FILE
+from byol_core.data import Prepared, data_hash, labels_name, load_prepared
 from byol_core.errors import ByolError, brief
 from byol_core.schema.paths import PathsConfig
 from byol_core.store import DIGEST_BYTES, ShardedImages, image_digest
@@ -69,17 +70,17 @@ def _prepared(directory: Path) -> tuple[str, list[str]]:
                             "those recorded in manifest.parquet")
     if any(d is None for d in digests.values()):  # a shard could not be read: no whole to compare
         return "", findings + [f"{s}. {PREPARED_FIX}" for s in suspects]
-    if _data_hash(prepared, digests) == prepared.card["data_hash"]:  # the data is as ingest wrote it
+    if _data_hash(prepared, digests) == prepared.card.data_hash:  # the data is as ingest wrote it
         if suspects:
             findings.append(f"{directory / 'manifest.parquet'}: its content hashes or labels differ from the shards "
-                            f"and label files, which match card.json's data hash. {PREPARED_FIX}")
+                            f"and label files, which match {CARD_FILE}'s data hash. {PREPARED_FIX}")
     elif suspects:
         findings += [f"{s}. {PREPARED_FIX}" for s in suspects]
     elif not findings:  # shards and labels agree with the manifest: the card's hash is what changed
-        findings.append(f"{directory / 'card.json'}: its data hash differs from that of the shards and labels, "
+        findings.append(f"{directory / CARD_FILE}: its data hash differs from that of the shards and labels, "
                         f"which match manifest.parquet. {PREPARED_FIX}")
     else:
-        findings.append(f"{directory}: the shards and labels do not match card.json's data hash. Run `byol ingest` "
+        findings.append(f"{directory}: the shards and labels do not match {CARD_FILE}'s data hash. Run `byol ingest` "
                         "again.")
     if findings:
         return "", findings

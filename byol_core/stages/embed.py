@@ -41,10 +41,10 @@ def _progress(total: int):
 
 def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, bytes]:
     """The neighbour grid (test queries against train) and the 2-D map of test embeddings."""
-    classes = prepared.card["classes"]
+    classes = prepared.card.classes
     n_test, n_train = len(prepared.images["test"]), len(prepared.images["train"])
     if n_test == 0 or n_train == 0:
-        raise ByolError(f"{prepared.card.get('source')}: embed needs train and test images (found {n_train} and "
+        raise ByolError(f"{prepared.card.source}: embed needs train and test images (found {n_train} and "
                         f"{n_test}). Ingest more data.")
     first = {split: start for split, (start, _) in split_ranges(gallery).items()}
     picked = data.spread(n_test, GRID_QUERIES)
@@ -67,9 +67,9 @@ def run(params: Params) -> tuple[str, dict]:
     prepared = data.load_prepared(paths.prepared)
     encoder = Encoder.open(paths.onnx)
     card = prepared.card
-    if (encoder.channels, encoder.size) != (card["channels"], card["height"]) or card["height"] != card["width"]:
+    if (encoder.channels, encoder.size) != (card.channels, card.height) or card.height != card.width:
         raise ByolError(f"{paths.onnx} takes {encoder.channels}x{encoder.size}x{encoder.size} images but the prepared "
-                        f"data is {card['channels']}x{card['height']}x{card['width']}. Run `byol pretrain` and "
+                        f"data is {card.channels}x{card.height}x{card.width}. Run `byol pretrain` and "
                         "`byol export` on this data again.")
     if paths.embeddings.exists() and not (paths.embeddings / CARD).is_file():
         raise ByolError(f"refusing to replace {paths.embeddings}: it exists but has no {CARD}, so it was not "
@@ -96,7 +96,7 @@ def run(params: Params) -> tuple[str, dict]:
         found.update({
             "rows": gallery.rows, "dim": gallery.dim, "splits": counts, "provider": encoder.provider,
             "images_per_sec": total / max(seconds, 1e-9), "embed_seconds": seconds,
-            "data_hash": card["data_hash"], "encoder_data_hash": encoder.data_hash,
+            "data_hash": card.data_hash, "encoder_data_hash": encoder.data_hash,
             "near_duplicates": duplicates, "approximate": approximate,
         })
         # The card alone records the files' digests (`byol verify` checks them); the metrics stay as they were.
