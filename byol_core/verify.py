@@ -30,6 +30,7 @@ from byol_core.card import CARD_FILE, LAYOUT_FILE
 from byol_core.data import Prepared, data_hash, labels_name, load_prepared
 from byol_core.errors import ByolError, brief
 from byol_core.schema.paths import PathsConfig
+from byol_core.search import EMBED_CARD
 from byol_core.store import DIGEST_BYTES, ShardedImages, image_digest
 
 PREPARED_FIX = "Delete it, then restore it with `dvc checkout ingest` or run `byol ingest` again."
@@ -231,7 +232,7 @@ def _check_entries(images: ShardedImages, entries: list[tuple[int, int, bytes | 
 
 
 def _embeddings(folder: Path) -> tuple[str, list[str]]:
-    card = folder / "card.json"
+    card = folder / EMBED_CARD
     if not folder.exists():
         return f"no embeddings at {folder}", []
     try:
@@ -240,7 +241,7 @@ def _embeddings(folder: Path) -> tuple[str, list[str]]:
         return "", [f"{card}: cannot be read ({brief(exc, 120)}). {EMBED_FIX}"]
     recorded = recorded.get("sha256") if isinstance(recorded, dict) else None
     if recorded is None:
-        return f"{folder}: not checked, its card.json records no digests (run `byol embed` again to record them)", []
+        return f"{folder}: not checked, its {EMBED_CARD} records no digests (run `byol embed` again to record them)", []
     if not isinstance(recorded, dict) or not all(isinstance(d, str) and Path(n).name == n for n, d in recorded.items()):
         return "", [f"{card}: its sha256 record is damaged. {EMBED_FIX}"]
     findings = []
