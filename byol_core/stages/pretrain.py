@@ -79,7 +79,8 @@ def run(params: Params) -> tuple[str, dict]:
     # outputs change together (a kill mid-way is completed by the next run).
     resume = params.paths.resume_state
     # Lists, as the encoder file has always held them (its bytes are a DVC output).
-    record = encoder_record(encoder, state.model.spec, {"size": card.height, "mean": list(card.mean), "std": list(card.std)})
+    record = encoder_record(encoder, state.model.spec,
+                            {"size": card.height, "mean": list(card.mean), "std": list(card.std)})
     commit_files([(params.paths.encoder, torch_writer(record)),
                   (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
                   (params.paths.pretrain_metrics, json_writer(metrics)),
