@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol_core import ann  # noqa: E402
-from byol_core.search import VECTORS, Gallery, top_k  # noqa: E402
+from byol_core.search import EMBED_CARD, VECTORS, Gallery, top_k  # noqa: E402
 from record import write_results  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def synthetic_gallery(folder: Path, n: int, dim: int, seed: int = 0) -> tuple[Pa
                 "source": [f"synthetic/{i:07d}.png" for i in range(start, start + m)], "duplicate": np.zeros(m, bool),
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}, schema=schema))
             vectors.write(x.tobytes())
-    (folder / "card.json").write_text(json.dumps({"rows": n, "dim": dim}))
+    (folder / EMBED_CARD).write_text(json.dumps({"rows": n, "dim": dim}))
     return path, draw(200)
 
 
@@ -137,8 +137,8 @@ def search_latency(path: Path, queries: np.ndarray, cli_runs: int, build_index: 
         built = ann.build(gallery, path.with_name(ann.INDEX), seed=0, target=0.99)
         result["index"] = {**built, "build_seconds": round(time.perf_counter() - started, 1),
                            "file_mb": round(path.with_name(ann.INDEX).stat().st_size / 2**20, 1)}
-        card = json.loads(path.with_name("card.json").read_text())
-        path.with_name("card.json").write_text(json.dumps({**card, "approximate": built}))
+        card = json.loads(path.with_name(EMBED_CARD).read_text())
+        path.with_name(EMBED_CARD).write_text(json.dumps({**card, "approximate": built}))
         index = ann.open_index(path.with_name(ann.INDEX))
         times, hits = [], []
         for q, truth in zip(queries, exact):
@@ -198,7 +198,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:  # a copy, so the index never lands in data/
             copy = Path(tmp) / "embeddings"
             copy.mkdir()
-            for name in ("embeddings.parquet", VECTORS, "card.json"):
+            for name in ("embeddings.parquet", VECTORS, EMBED_CARD):
                 (copy / name).write_bytes((real.parent / name).read_bytes())
             galleries["fashion_mnist_70k"] = search_latency(copy / "embeddings.parquet", queries, args.cli_runs, True)
         print(json.dumps(galleries["fashion_mnist_70k"]), flush=True)

@@ -79,7 +79,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
+from byol_core.card import Card, read_card  # noqa: E402
 from record import write_results  # noqa: E402
 from synthetic import make_folder  # noqa: E402
 
@@ -236,8 +238,8 @@ class Project:
                                 f"{self._calls:02d}-{stage}", limit)
         return checked(measured, f"byol {stage} (in {self.root})")
 
-    def card(self) -> dict:
-        return json.loads((self.prepared / "card.json").read_text())
+    def card(self) -> Card:
+        return read_card(self.prepared)
 
     def metric(self, name: str) -> dict:
         return json.loads((self.metrics / name).read_text())
@@ -317,17 +319,17 @@ def rss_text(m: Measured) -> str:
     return f"peak RSS {m.peak_rss_mib:7.0f} MiB"
 
 
-def n_images(card: dict) -> int:
-    return sum(card["splits"].values())
+def n_images(card: Card) -> int:
+    return sum(card.splits.values())
 
 
-def measure_ingest(project: Project, label: str, what: str, images: int | None = None) -> tuple[dict, dict]:
+def measure_ingest(project: Project, label: str, what: str, images: int | None = None) -> tuple[dict, Card]:
     """Run ingest; returns (figures, card). ``images``: what the img/s counts (None: all)."""
     m = project.byol("ingest")
     card = project.card()
     count = n_images(card) if images is None else images
     figures = {"seconds": m.seconds, "images": count, "images_per_sec": count / m.seconds,
-               "peak_rss_mib": m.peak_rss_mib, "data_hash": card["data_hash"], "splits": card["splits"]}
+               "peak_rss_mib": m.peak_rss_mib, "data_hash": card.data_hash, "splits": card.splits}
     say(label, what, f"{m.seconds:8.1f} s  {count / m.seconds:8.0f} img/s  {rss_text(m)}")
     return figures, card
 

@@ -169,16 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
-    import json
-
+    from byol_core.card import read_card
     from byol_core.neighbours import neighbours, render
 
-    try:
-        classes = json.loads((params.paths.prepared / "card.json").read_text()).get("classes", [])
-    except (OSError, ValueError, AttributeError):
+    try:  # class names are a nicety here: without a readable card, hits show no class
+        classes = list(read_card(params.paths.prepared).classes)
+    except ByolError:
         classes = []
-    results = neighbours(params.paths.onnx, params.paths.embeddings_file, classes if isinstance(classes, list) else [],
-                         args.queries, args.index, args.k, args.exact)
+    results = neighbours(params.paths.onnx, params.paths.embeddings_file, classes, args.queries, args.index, args.k,
+                         args.exact)
     return render(results, args.json), {}
 
 

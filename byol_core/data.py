@@ -14,6 +14,7 @@ One directory, written atomically by :mod:`byol_core.ingest`:
                           split sizes, duplicate and skip counts and a hash of all images and
                           labels (``data_hash``)
 
+``store.json`` and ``card.json`` are read and written through :mod:`byol_core.card`.
 Images are read memory-mapped, so no stage needs a whole split in memory. This module
 knows nothing of the sources, so a change to a source reader reruns ingest alone (and
 nothing after it, when the prepared data comes out the same).
@@ -22,21 +23,18 @@ nothing after it, when the prepared data comes out the same).
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from byol_core.card import Card, read_store
 from byol_core.errors import ByolError
 from byol_core.store import ShardedImages
 
 LABELLED = ("train", "test")
 SPLITS = ("train", "test", "unlabeled")
 UNLABELED = -1  # the label of every image in the ``unlabeled`` split
-FORMAT = 2
-LAYOUT_FILE = "store.json"
 
 
 def labels_name(split: str) -> str:
@@ -49,7 +47,7 @@ class Prepared:
 
     images: dict[str, ShardedImages]
     labels: dict[str, np.ndarray]
-    card: dict
+    card: Card
 
     @property
     def pretrain_images(self) -> ShardedImages:
@@ -82,70 +80,18 @@ def data_hash(splits: dict[str, tuple[tuple[int, ...], np.ndarray, bytes]]) -> s
     return digest.hexdigest()[:16]
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ByolError(f"{path}: cannot read the {what} ({exc}). Run `byol ingest` again.") from None
-    if not isinstance(value, dict):
-        raise ByolError(f"{path}: the {what} is not a JSON object. Run `byol ingest` again.")
-    return value
-
-
-def _check_card(card: dict, image_shape: tuple[int, ...], path: Path) -> None:
-    """The card fields later stages use: class names, the image shape (as in the layout),
-    and a finite mean and positive std per channel."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    classes, mean, std = card.get("classes"), card.get("mean"), card.get("std")
-    problem = None
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        problem = "its class names are not a list of names"
-    elif [card.get("channels"), card.get("height"), card.get("width")] != list(image_shape):
-        problem = f"its image shape differs from {LAYOUT_FILE}'s {list(image_shape)}"
-    elif not all(isinstance(v, list) and len(v) == image_shape[0] and all(map(number, v)) for v in (mean, std)) \
-            or min(std) <= 0:
-        problem = "its channel mean and std are not finite numbers (std > 0), one per channel"
-    elif not isinstance(card.get("data_hash"), str):
-        problem = "it has no data hash"
-    if problem:
-        raise ByolError(f"{path}: the dataset card is damaged ({problem}). Run `byol ingest` again.")
-
-
 def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Prepared:
     """Open what :func:`ingest` wrote (only ``splits``, when given): labels in memory, images
     memory-mapped. A missing, old or damaged piece is an error that says to run ingest."""
     directory = Path(directory)
-    card_path, layout_path = directory / "card.json", directory / LAYOUT_FILE
-    if not card_path.is_file():
-        raise ByolError(f"no prepared dataset at {directory} (card.json missing). Run `byol ingest` first.")
-    if not layout_path.is_file():
-        if (directory / "train_images.npy").exists():
-            raise ByolError(f"{directory} holds prepared data in the old single-file format (train_images.npy); "
-                            "this version reads sharded data. Run `byol ingest` again to rewrite it.")
-        raise ByolError(f"{directory}: {LAYOUT_FILE} is missing. Run `byol ingest` again.")
-    card, layout = _read_json(card_path, "dataset card"), _read_json(layout_path, "shard layout")
-    if layout.get("format") != FORMAT:
-        raise ByolError(f"{layout_path}: prepared data of format {layout.get('format')!r}, this version reads "
-                        f"format {FORMAT}. Run `byol ingest` again.")
-    try:
-        image_shape = tuple(int(d) for d in layout["image_shape"])
-        entries = {split: [(str(s["file"]), int(s["count"])) for s in layout["splits"][split]["shards"]]
-                   for split in layout["splits"]}
-        if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError("bad image shape")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ByolError(f"{layout_path}: the shard layout is damaged ({exc}). Run `byol ingest` again.") from None
-    _check_card(card, image_shape, card_path)
+    card, layout = read_store(directory)
     images, labels = {}, {}
-    for split in splits or tuple(entries):
-        if split not in entries:
+    for split in splits or tuple(layout.splits):
+        if split not in layout.splits:
             raise ByolError(f"{directory} has no {split} split. Run `byol ingest` again.")
-        files = [directory / name for name, _ in entries[split]]
-        if any(Path(name).name != name for name, _ in entries[split]):
-            raise ByolError(f"{layout_path}: a shard name leaves the folder. Run `byol ingest` again.")
-        images[split] = ShardedImages(files, [count for _, count in entries[split]], image_shape)
+        shards = layout.splits[split].shards
+        images[split] = ShardedImages([directory / s.file for s in shards], [s.count for s in shards],
+                                      layout.image_shape)
         path = directory / labels_name(split)
         if not path.is_file():
             raise ByolError(f"{path}: missing or not a regular file. Run `byol ingest` again.")
@@ -155,7 +101,7 @@ def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Pre
             raise ByolError(f"{path}: cannot read ({exc}). Run `byol ingest` again.") from None
         if labels[split].dtype != np.int64 or labels[split].ndim != 1 or len(images[split]) != len(labels[split]):
             raise ByolError(f"{directory}: {split} images and labels differ in count or type. Run `byol ingest` again.")
-        classes = len(card["classes"])
+        classes = len(card.classes)
         valid = (labels[split] == UNLABELED) if split == "unlabeled" else \
             ((labels[split] >= 0) & (labels[split] < classes))
         if not valid.all():

@@ -12,7 +12,6 @@ are streamed into the shards, so memory holds a few thousand images at a time, n
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -25,7 +24,8 @@ import pandas as pd
 
 from byol_core import progress, sources
 from byol_core.cache import ConversionCache
-from byol_core.data import FORMAT, LABELLED, LAYOUT_FILE, SPLITS, UNLABELED, data_hash, labels_name
+from byol_core.card import CARD_FILE, FORMAT, Card, Shard, SplitLayout, StoreLayout, write_card, write_layout
+from byol_core.data import LABELLED, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
 from byol_core.filesplit import CHUNK_BYTES, CheckedPixels, Resolved, resolve
 from byol_core.schema.data import DataConfig
@@ -170,7 +170,7 @@ def _channel_stats(writer: ShardWriter, pixels_per_image: int) -> tuple[list[flo
 
 
 def build_card(written: dict[str, _Written], manifest: pd.DataFrame, source: str, classes: list[str],
-               skipped: int) -> dict:
+               skipped: int) -> Card:
     """The dataset card. It holds nothing about where the files were (no absolute paths),
     so the same data gives the same prepared folder, and the same DVC hash, anywhere."""
     train = written["train"].writer
@@ -179,26 +179,43 @@ def build_card(written: dict[str, _Written], manifest: pd.DataFrame, source: str
     kept = manifest[manifest.status == "ok"]
     train_digests = set(written["train"].writer.digests)
     test_in_train = sum(d in train_digests for d in written["test"].writer.digests)
-    return {
-        "source": source,
-        "channels": int(channels),
-        "height": int(height),
-        "width": int(width),
-        "classes": list(classes),
-        "splits": {split: len(w.labels) for split, w in written.items()},
-        "mean": mean,
-        "std": std,
-        "duplicates": int(kept.duplicate.sum()),
-        "test_in_train": int(test_in_train),
-        "skipped": skipped,
-        "data_hash": data_hash({split: ((len(w.labels), *w.writer.image_shape), w.labels, b"".join(w.writer.digests))
-                                for split, w in written.items()}),
-    }
+    return Card(
+        source=source,
+        channels=int(channels),
+        height=int(height),
+        width=int(width),
+        classes=tuple(classes),
+        splits={split: len(w.labels) for split, w in written.items()},
+        mean=tuple(mean),
+        std=tuple(std),
+        duplicates=int(kept.duplicate.sum()),
+        test_in_train=int(test_in_train),
+        skipped=skipped,
+        data_hash=data_hash({split: ((len(w.labels), *w.writer.image_shape), w.labels, b"".join(w.writer.digests))
+                             for split, w in written.items()}),
+    )
 
 
-def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
+def build_layout(written: dict[str, _Written]) -> StoreLayout:
+    """Where each split's shards are, and how many images each holds."""
+    return StoreLayout(format=FORMAT, image_shape=tuple(written["train"].writer.image_shape),
+                       splits={split: SplitLayout(w.layout["count"], tuple(Shard(s["file"], s["count"])
+                                                                            for s in w.layout["shards"]))
+                               for split, w in written.items()})
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What one ingest did: the card it wrote, how long it took, the files it left out."""
+
+    card: Card
+    seconds: float
+    skipped_files: list[dict]  # {"split", "origin", "reason"} per file left out
+
+
+def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> Ingested:
     """Read the configured source and write the prepared directory (converting only the
-    image files ``cache_dir`` does not hold yet). Returns the card."""
+    image files ``cache_dir`` does not hold yet)."""
     started = time.perf_counter()
     data = read_source(cfg)
     staging = staging_dir(out_dir)
@@ -208,12 +225,10 @@ def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
                    for split in SPLITS if split in data.images}
         manifest = build_manifest(written, data.skipped)
         card = build_card(written, manifest, cfg.source, data.classes, len(data.skipped))
-        layout = {"format": FORMAT, "image_shape": list(written["train"].writer.image_shape),
-                  "splits": {split: w.layout for split, w in written.items()}}
-        (staging / LAYOUT_FILE).write_text(json.dumps(layout, indent=1) + "\n")
+        write_layout(staging, build_layout(written))
         manifest.to_parquet(staging / "manifest.parquet", index=False)
-        (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        replace_dir(staging, out_dir, marker="card.json")
+        write_card(staging, card)
+        replace_dir(staging, out_dir, marker=CARD_FILE)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -224,6 +239,4 @@ def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> dict:
             if n:  # said whether or not the ingest then succeeds: those entries are repaired either way
                 progress.report(f"ingest: {n} damaged {'entry' if n == 1 else 'entries'} in {cache.folder} "
                                 f"{'was' if n == 1 else 'were'} converted again")
-    card["seconds"] = time.perf_counter() - started
-    card["skipped_files"] = data.skipped
-    return card
+    return Ingested(card, time.perf_counter() - started, data.skipped)

@@ -75,6 +75,7 @@ def _best(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 VECTORS = "vectors.npy"  # beside the Parquet file: the same embeddings as one float32 (N, D) array
+EMBED_CARD = "card.json"  # beside it too: what the embed stage recorded (its index, digests); not the dataset card
 
 
 class Gallery:
@@ -104,7 +105,7 @@ class Gallery:
         self._starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
         self._offset = _vector_offset(self.vectors_path, self.rows, self.dim, fix)
         try:  # what the embed stage recorded beside it (an approximate index, near-duplicates)
-            self.card = json.loads(self.path.with_name("card.json").read_text())
+            self.card = json.loads(self.path.with_name(EMBED_CARD).read_text())
         except (OSError, ValueError):
             self.card = {}
         if not isinstance(self.card, dict):

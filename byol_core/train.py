@@ -85,7 +85,7 @@ class Monitor:
         bank_idx, query_idx = (spread(len(prepared.labels[s]), n) for s, n in (("train", bank), ("test", queries)))
         return cls(prepared.images["train"].take(bank_idx), prepared.labels["train"][bank_idx],
                    prepared.images["test"].take(query_idx), prepared.labels["test"][query_idx],
-                   len(prepared.card["classes"]))
+                   len(prepared.card.classes))
 
     def knn_top1(self, encoder, mean, std, params: Params, device) -> float:
         batch = params.evaluate.batch_size
@@ -126,14 +126,14 @@ def _set_up(params: Params, prepared: Prepared, device: torch.device, world: dis
     cfg, card = params.pretrain, prepared.card
     source = prepared.pretrain_images
     recipe = Recipe.for_run(cfg, len(source))
-    mean = torch.tensor(card["mean"], device=device)
-    std = torch.tensor(card["std"], device=device)
-    views = Augmenter.for_data(params.augment, card["height"], mean, std, shard=world.shard)
+    mean = torch.tensor(card.mean, device=device)
+    std = torch.tensor(card.std, device=device)
+    views = Augmenter.for_data(params.augment, card.height, mean, std, shard=world.shard)
     monitor = Monitor.from_prepared(prepared, cfg.monitor_bank, cfg.monitor_queries)
     batches = loader.for_data(source, device, cfg.resident_max_mb)
     log(f"pretrain: {len(source)} images ({source.nbytes / 2**20:.0f} MiB), {batches.name} on {device}")
     run = _Run(params, device, world, log, batches, len(source), views, monitor,
-               run_key(params, card["data_hash"], device), params.paths.resume_state, params.paths.start)
+               run_key(params, card.data_hash, device), params.paths.resume_state, params.paths.start)
     return run, recipe
 
 
@@ -301,8 +301,8 @@ def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Call
     cfg = params.pretrain
     exact_kernels(device)
     run, recipe = _set_up(params, prepared, device, world, log if world.is_main else _silent)
-    _check_ranks_agree(run, prepared.card["data_hash"])
-    state = new_state(params, prepared.card["channels"], recipe, device, world)
+    _check_ranks_agree(run, prepared.card.data_hash)
+    state = new_state(params, prepared.card.channels, recipe, device, world)
     if not _resume(state, run) and cfg.warm:
         _warm_start(state, run)
     state.forward = _forward(state.model, device, world, cfg.compile)

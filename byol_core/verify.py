@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.cache import FOLDER, VERSION, readable_rows
-from byol_core.data import LAYOUT_FILE, Prepared, data_hash, labels_name, load_prepared
+from byol_core.card import CARD_FILE, LAYOUT_FILE
+from byol_core.data import Prepared, data_hash, labels_name, load_prepared
 from byol_core.errors import ByolError, brief
 from byol_core.schema.paths import PathsConfig
+from byol_core.search import EMBED_CARD
 from byol_core.store import DIGEST_BYTES, ShardedImages, image_digest
 
 PREPARED_FIX = "Delete it, then restore it with `dvc checkout ingest` or run `byol ingest` again."
@@ -69,17 +71,17 @@ def _prepared(directory: Path) -> tuple[str, list[str]]:
                             "those recorded in manifest.parquet")
     if any(d is None for d in digests.values()):  # a shard could not be read: no whole to compare
         return "", findings + [f"{s}. {PREPARED_FIX}" for s in suspects]
-    if _data_hash(prepared, digests) == prepared.card["data_hash"]:  # the data is as ingest wrote it
+    if _data_hash(prepared, digests) == prepared.card.data_hash:  # the data is as ingest wrote it
         if suspects:
             findings.append(f"{directory / 'manifest.parquet'}: its content hashes or labels differ from the shards "
-                            f"and label files, which match card.json's data hash. {PREPARED_FIX}")
+                            f"and label files, which match {CARD_FILE}'s data hash. {PREPARED_FIX}")
     elif suspects:
         findings += [f"{s}. {PREPARED_FIX}" for s in suspects]
     elif not findings:  # shards and labels agree with the manifest: the card's hash is what changed
-        findings.append(f"{directory / 'card.json'}: its data hash differs from that of the shards and labels, "
+        findings.append(f"{directory / CARD_FILE}: its data hash differs from that of the shards and labels, "
                         f"which match manifest.parquet. {PREPARED_FIX}")
     else:
-        findings.append(f"{directory}: the shards and labels do not match card.json's data hash. Run `byol ingest` "
+        findings.append(f"{directory}: the shards and labels do not match {CARD_FILE}'s data hash. Run `byol ingest` "
                         "again.")
     if findings:
         return "", findings
@@ -230,7 +232,7 @@ def _check_entries(images: ShardedImages, entries: list[tuple[int, int, bytes | 
 
 
 def _embeddings(folder: Path) -> tuple[str, list[str]]:
-    card = folder / "card.json"
+    card = folder / EMBED_CARD
     if not folder.exists():
         return f"no embeddings at {folder}", []
     try:
@@ -239,7 +241,7 @@ def _embeddings(folder: Path) -> tuple[str, list[str]]:
         return "", [f"{card}: cannot be read ({brief(exc, 120)}). {EMBED_FIX}"]
     recorded = recorded.get("sha256") if isinstance(recorded, dict) else None
     if recorded is None:
-        return f"{folder}: not checked, its card.json records no digests (run `byol embed` again to record them)", []
+        return f"{folder}: not checked, its {EMBED_CARD} records no digests (run `byol embed` again to record them)", []
     if not isinstance(recorded, dict) or not all(isinstance(d, str) and Path(n).name == n for n, d in recorded.items()):
         return "", [f"{card}: its sha256 record is damaged. {EMBED_FIX}"]
     findings = []

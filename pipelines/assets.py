@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from byol_core import scan
+from byol_core.card import read_store
 from byol_core.config import Params
 from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
@@ -176,24 +177,26 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
 
 def _dataset(params: Params) -> dict:
     prepared = params.paths.prepared
-    card = json_file(prepared / "card.json")
+    try:
+        card, layout = read_store(prepared)
+    except ByolError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     listing = params.paths.listing
     listed = {"source files": dg.MetadataValue.int(pq.read_metadata(listing).num_rows),
               "source listing": dg.MetadataValue.path(str(listing))} if listing.is_file() else {}
-    layout = json_file(prepared / "store.json")["splits"]
-    shards = [shard for split in layout.values() for shard in split["shards"]]
-    pixels = sum(shard["count"] for shard in shards) * card["channels"] * card["height"] * card["width"]
+    shards = [shard for split in layout.splits.values() for shard in split.shards]
+    pixels = sum(shard.count for shard in shards) * card.channels * card.height * card.width
     return {
-        "source": card["source"],
-        "train images": dg.MetadataValue.int(card["splits"]["train"]),
-        "test images": dg.MetadataValue.int(card["splits"]["test"]),
-        "unlabeled images": dg.MetadataValue.int(card["splits"].get("unlabeled", 0)),
-        "exact duplicates": dg.MetadataValue.int(card.get("duplicates", 0)),
-        "test images also in train": dg.MetadataValue.int(card.get("test_in_train", 0)),
-        "skipped files": dg.MetadataValue.int(card.get("skipped", 0)),
-        "image shape": f"{card['channels']}x{card['height']}x{card['width']}",
-        "classes": dg.MetadataValue.int(len(card["classes"])),
-        "data hash": card["data_hash"],
+        "source": card.source,
+        "train images": dg.MetadataValue.int(card.splits["train"]),
+        "test images": dg.MetadataValue.int(card.splits["test"]),
+        "unlabeled images": dg.MetadataValue.int(card.splits.get("unlabeled", 0)),
+        "exact duplicates": dg.MetadataValue.int(card.duplicates),
+        "test images also in train": dg.MetadataValue.int(card.test_in_train),
+        "skipped files": dg.MetadataValue.int(card.skipped),
+        "image shape": f"{card.channels}x{card.height}x{card.width}",
+        "classes": dg.MetadataValue.int(len(card.classes)),
+        "data hash": card.data_hash,
         "image shards": dg.MetadataValue.int(len(shards)),
         "pixels (MiB)": dg.MetadataValue.float(round(pixels / 2**20, 1)),
         "path": dg.MetadataValue.path(str(prepared)),

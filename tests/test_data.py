@@ -27,7 +27,7 @@ def test_idx_round_trip(tmp_path):
 def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.max_train": 30})
-    card = ingest(params.data, params.paths.prepared, params.paths.cache)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache).card
     prepared = load_prepared(params.paths.prepared)
     assert prepared.images["train"].shape == (30, 1, 28, 28) and prepared.images["train"].dtype == np.uint8
     assert prepared.images["test"].shape == (12, 1, 28, 28)
@@ -43,12 +43,12 @@ def test_ingest_writes_arrays_manifest_and_card(tmp_path):
     train = np.asarray(prepared.images["train"])
     assert on_disk["mean"][0] == pytest.approx(train.mean() / 255, rel=1e-9)
     assert on_disk["std"][0] == pytest.approx((train / 255).std(), rel=1e-9)
-    assert on_disk["data_hash"] == card["data_hash"]
+    assert on_disk["data_hash"] == card.data_hash
     # Same data, same hash; a changed cap, another hash.
-    again = ingest(params.data, params.paths.prepared, params.paths.cache)
-    assert again["data_hash"] == card["data_hash"]
+    again = ingest(params.data, params.paths.prepared, params.paths.cache).card
+    assert again.data_hash == card.data_hash
     other = _params(tmp_path, **{"data.max_train": 20})
-    assert ingest(other.data, other.paths.prepared, other.paths.cache)["data_hash"] != card["data_hash"]
+    assert ingest(other.data, other.paths.prepared, other.paths.cache).card.data_hash != card.data_hash
 
 
 def test_truncated_idx_is_refused_and_nothing_is_written(tmp_path):
@@ -105,11 +105,11 @@ def test_partial_source_dir_names_the_missing_files(tmp_path):
 def test_failed_ingest_keeps_the_previous_prepared_data(tmp_path):
     source = make_fashion_files(tmp_path / "src")
     params = _params(tmp_path)
-    first = ingest(params.data, params.paths.prepared, params.paths.cache)
+    first = ingest(params.data, params.paths.prepared, params.paths.cache).card
     (source / FASHION_MNIST_FILES["test"][1]).write_bytes(b"garbage")
     with pytest.raises(ByolError):
         ingest(params.data, params.paths.prepared, params.paths.cache)
-    assert load_prepared(params.paths.prepared).card["data_hash"] == first["data_hash"]
+    assert load_prepared(params.paths.prepared).card.data_hash == first.data_hash
     leftovers = [p.name for p in params.paths.prepared.parent.iterdir() if p.name != "prepared"]
     assert leftovers == []
 
@@ -142,9 +142,9 @@ def test_exact_duplicates_are_counted_and_test_leaks_named(tmp_path):
         write_idx(source / FASHION_MNIST_FILES[split][0], images)
         write_idx(source / FASHION_MNIST_FILES[split][1], rng.integers(0, 10, len(images)))
     params = _params(tmp_path)
-    card = ingest(params.data, params.paths.prepared, params.paths.cache)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache).card
     manifest = pd.read_parquet(params.paths.prepared / "manifest.parquet")
-    assert card["duplicates"] == 3 and card["test_in_train"] == 2
+    assert card.duplicates == 3 and card.test_in_train == 2
     assert manifest.index[manifest.duplicate].tolist() == [7, 20, 21]
     assert manifest.content_hash[7] == manifest.content_hash[2]
 
@@ -152,9 +152,9 @@ def test_exact_duplicates_are_counted_and_test_leaks_named(tmp_path):
 def test_channels_and_size_are_conformed(tmp_path):
     make_fashion_files(tmp_path / "src")
     params = _params(tmp_path, **{"data.channels": 3, "data.image_size": 16})
-    card = ingest(params.data, params.paths.prepared, params.paths.cache)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache).card
     prepared = load_prepared(params.paths.prepared)
-    assert prepared.images["train"].shape == (40, 3, 16, 16) and card["channels"] == 3
+    assert prepared.images["train"].shape == (40, 3, 16, 16) and card.channels == 3
     x = np.asarray(prepared.images["test"])
     assert np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2])  # grey repeated
     # Square 28 px -> 16 px is a pure antialiased resize: per-image means survive within rounding.
@@ -180,9 +180,9 @@ def test_unlabeled_folder_adds_a_pretraining_split(tmp_path):
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(extra / f"{i}.png")
     params = _params(tmp_path, **{"data.max_unlabeled": 4})
-    card = ingest(params.data, params.paths.prepared, params.paths.cache)
+    card = ingest(params.data, params.paths.prepared, params.paths.cache).card
     prepared = load_prepared(params.paths.prepared)
-    assert card["splits"] == {"train": 40, "test": 12, "unlabeled": 4}
+    assert card.splits == {"train": 40, "test": 12, "unlabeled": 4}
     assert prepared.images["unlabeled"].shape == (4, 1, 28, 28)  # the labelled split's shape
     assert (prepared.labels["unlabeled"] == -1).all()
     assert len(prepared.pretrain_images) == 44

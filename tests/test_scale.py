@@ -95,21 +95,21 @@ def test_reingest_converts_only_new_files_and_equals_a_fresh_ingest(tmp_path, mo
         return real(paths, *args, **kwargs)
 
     monkeypatch.setattr(filesplit.imagefolder, "results", counting)
-    first = ingest(params.data, params.paths.prepared, params.paths.cache)
+    first = ingest(params.data, params.paths.prepared, params.paths.cache).card
     assert len(converted) == 90
     assert len(json.loads((params.paths.prepared / "store.json").read_text())["splits"]["train"]["shards"]) > 3
     written = make_imagefolder(source, classes=("a", "b", "c"), per_class=2, start=30, seed=7)
     converted.clear()
-    again = ingest(params.data, params.paths.prepared, params.paths.cache)
+    again = ingest(params.data, params.paths.prepared, params.paths.cache).card
     assert sorted(c.split("/src/")[1] for c in converted) == sorted(written)  # the 6 new files only
-    assert sum(again["splits"].values()) == 96 and again["data_hash"] != first["data_hash"]
+    assert sum(again.splits.values()) == 96 and again.data_hash != first.data_hash
     incremental = _files(params.paths.prepared)
 
     fresh = _folder_project(tmp_path / "fresh", source)
     converted.clear()
-    scratch = ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache)
+    scratch = ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache).card
     assert len(converted) == 96
-    assert scratch["data_hash"] == again["data_hash"]
+    assert scratch.data_hash == again.data_hash
     assert _files(fresh.paths.prepared) == incremental  # every file, byte for byte
 
 
@@ -117,14 +117,14 @@ def test_a_changed_file_is_converted_again(tmp_path):
     source = tmp_path / "src"
     make_imagefolder(source, classes=("a", "b"), per_class=12)
     params = _folder_project(tmp_path, source)
-    first = ingest(params.data, params.paths.prepared, params.paths.cache)
+    first = ingest(params.data, params.paths.prepared, params.paths.cache).card
     victim = sorted((source / "a").glob("*.png"))[0]
     make_imagefolder(tmp_path / "other", classes=("a",), per_class=1, seed=9)
     victim.write_bytes(next((tmp_path / "other" / "a").glob("*.png")).read_bytes())
-    again = ingest(params.data, params.paths.prepared, params.paths.cache)
+    again = ingest(params.data, params.paths.prepared, params.paths.cache).card
     fresh = _folder_project(tmp_path / "fresh", source)
-    assert again["data_hash"] != first["data_hash"]
-    assert ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache)["data_hash"] == again["data_hash"]
+    assert again.data_hash != first.data_hash
+    assert ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache).card.data_hash == again.data_hash
 
 
 def test_an_old_single_file_store_says_to_ingest_again(tmp_path):
@@ -185,11 +185,11 @@ def test_reingest_links_every_shard_the_new_files_did_not_land_in(tmp_path):
     touched_inode = touched.stat().st_ino
     before.discard(touched_inode)
     make_imagefolder(source, classes=("zz",), per_class=6, seed=3)  # a new folder: sorts last
-    again = ingest(params.data, params.paths.prepared, params.paths.cache)
+    again = ingest(params.data, params.paths.prepared, params.paths.cache).card
     after = _inodes(params.paths.prepared)
     kept = before & after
     assert len(kept) >= len(before) - 2  # all but the shard(s) at the end, where the new files land
     assert touched.stat().st_ino != touched_inode  # rebuilt from the cache, not linked
     fresh = _folder_project(tmp_path / "fresh", source)
-    assert ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache)["data_hash"] == again["data_hash"]
+    assert ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache).card.data_hash == again.data_hash
     assert _files(fresh.paths.prepared) == _files(params.paths.prepared)

@@ -31,12 +31,12 @@ def _ingested(cfg, tmp_path):
     """An image folder through the real ingest (conversion cache and shards), read back:
     classes, skipped, and per split the origins, labels and images as stored (path order)."""
     out = tmp_path / ".out"
-    card = ingest(cfg, out / "prepared", out / "cache")
+    done = ingest(cfg, out / "prepared", out / "cache")
     prepared = load_prepared(out / "prepared")
     manifest = pd.read_parquet(out / "prepared" / "manifest.parquet")
     kept = manifest[manifest.status == "ok"]
     return SimpleNamespace(
-        classes=card["classes"], skipped=card["skipped_files"],
+        classes=list(done.card.classes), skipped=done.skipped_files,
         origins={s: kept.source[kept.split == s].tolist() for s in prepared.images},
         labels=prepared.labels, images={s: np.asarray(x) for s, x in prepared.images.items()})
 

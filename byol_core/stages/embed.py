@@ -12,13 +12,12 @@ from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
 from byol_core.schema.base import Params
-from byol_core.search import Gallery, top_k
+from byol_core.search import EMBED_CARD, Gallery, top_k
 from byol_core.storage import Folder, commit_files, json_writer, recover, write_json
 
 PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "paths.embeddings", "embed")
 GRID_QUERIES = 8  # test queries in the neighbour picture
 MAP_POINTS = 5000  # test images on the 2-D map (evenly spaced)
-CARD = "card.json"
 
 
 def journal(params: Params):
@@ -41,10 +40,10 @@ def _progress(total: int):
 
 def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, bytes]:
     """The neighbour grid (test queries against train) and the 2-D map of test embeddings."""
-    classes = prepared.card["classes"]
+    classes = prepared.card.classes
     n_test, n_train = len(prepared.images["test"]), len(prepared.images["train"])
     if n_test == 0 or n_train == 0:
-        raise ByolError(f"{prepared.card.get('source')}: embed needs train and test images (found {n_train} and "
+        raise ByolError(f"{prepared.card.source}: embed needs train and test images (found {n_train} and "
                         f"{n_test}). Ingest more data.")
     first = {split: start for split, (start, _) in split_ranges(gallery).items()}
     picked = data.spread(n_test, GRID_QUERIES)
@@ -67,12 +66,12 @@ def run(params: Params) -> tuple[str, dict]:
     prepared = data.load_prepared(paths.prepared)
     encoder = Encoder.open(paths.onnx)
     card = prepared.card
-    if (encoder.channels, encoder.size) != (card["channels"], card["height"]) or card["height"] != card["width"]:
+    if (encoder.channels, encoder.size) != (card.channels, card.height) or card.height != card.width:
         raise ByolError(f"{paths.onnx} takes {encoder.channels}x{encoder.size}x{encoder.size} images but the prepared "
-                        f"data is {card['channels']}x{card['height']}x{card['width']}. Run `byol pretrain` and "
+                        f"data is {card.channels}x{card.height}x{card.width}. Run `byol pretrain` and "
                         "`byol export` on this data again.")
-    if paths.embeddings.exists() and not (paths.embeddings / CARD).is_file():
-        raise ByolError(f"refusing to replace {paths.embeddings}: it exists but has no {CARD}, so it was not "
+    if paths.embeddings.exists() and not (paths.embeddings / EMBED_CARD).is_file():
+        raise ByolError(f"refusing to replace {paths.embeddings}: it exists but has no {EMBED_CARD}, so it was not "
                         "written by this stage. Point paths.embeddings at a new folder, or remove that one yourself.")
     total = sum(len(images) for images in prepared.images.values())
     started = time.perf_counter()
@@ -96,12 +95,12 @@ def run(params: Params) -> tuple[str, dict]:
         found.update({
             "rows": gallery.rows, "dim": gallery.dim, "splits": counts, "provider": encoder.provider,
             "images_per_sec": total / max(seconds, 1e-9), "embed_seconds": seconds,
-            "data_hash": card["data_hash"], "encoder_data_hash": encoder.data_hash,
+            "data_hash": card.data_hash, "encoder_data_hash": encoder.data_hash,
             "near_duplicates": duplicates, "approximate": approximate,
         })
         # The card alone records the files' digests (`byol verify` checks them); the metrics stay as they were.
-        write_json(folder / CARD, {**{k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")},
-                                   "sha256": sha256})
+        recorded = {k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")}
+        write_json(folder / EMBED_CARD, {**recorded, "sha256": sha256})
 
     # One commit: the folder is filled first, and the files after it are written from what
     # filling it found. All change together, or none does.

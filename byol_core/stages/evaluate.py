@@ -64,16 +64,16 @@ def run(params: Params) -> tuple[str, dict]:
     recover(journal(params))
     prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
-    if spec.in_channels != prepared.card["channels"]:
+    if spec.in_channels != prepared.card.channels:
         raise ByolError(f"{params.paths.encoder} expects {spec.in_channels}-channel images but the prepared "
-                        f"data has {prepared.card['channels']}. Run `byol pretrain` on this data again.")
+                        f"data has {prepared.card.channels}. Run `byol pretrain` on this data again.")
     device = resolve_device(params.device)
     mean, std = input_normalisation(info)
     cfg = params.evaluate
-    classes = prepared.card["classes"]
+    classes = prepared.card.classes
     # Each probe holds at most evaluate.probe_max_mb of features: a larger split is probed on
     # an evenly spaced subset (every class keeps its share), read from the shards in batches.
-    widest = max(spec.feature_dim, pixel_dim(spec.in_channels, prepared.card["height"]))
+    widest = max(spec.feature_dim, pixel_dim(spec.in_channels, prepared.card.height))
     rows = max(1, int(cfg.probe_max_mb * 2**20) // (4 * widest))
     picked = {split: data.spread(len(prepared.labels[split]), rows) for split in ("train", "test")}
     x_train, y_train = prepared.images["train"].subset(picked["train"]), prepared.labels["train"][picked["train"]]

@@ -35,7 +35,7 @@ def run(params: Params) -> tuple[str, dict]:
     if images.shape[1] != spec.in_channels:
         raise ByolError(f"{paths.encoder} expects {spec.in_channels}-channel images but the prepared test "
                         f"images have {images.shape[1]}. Run `byol pretrain` on this data again.")
-    data_hash = prepared.card["data_hash"]
+    data_hash = prepared.card.data_hash
     preprocess = preprocess_record(spec.in_channels, info["size"], info["mean"], info["std"])
     sidecar = {
         "input_name": "images", "output_name": "features",

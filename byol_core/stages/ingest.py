@@ -18,20 +18,19 @@ def run(params: Params) -> tuple[str, dict]:
     listing = params.paths.listing
     if listing.is_file():  # without one (byol ingest alone, never scanned) there is nothing to hold it to
         scan.check(listing, params.data.source_dir, params.paths.cache)
-    card = ingest.ingest(params.data, params.paths.prepared, params.paths.cache)
-    splits = card["splits"]
-    counts = " / ".join(f"{n} {split}" for split, n in splits.items())
-    notes = [f"{card['duplicates']} exact duplicates"]
-    if card["test_in_train"]:
-        notes.append(f"{card['test_in_train']} test images also in train")
-    if card["skipped"]:
-        shown = "; ".join(f"{s['origin']} ({s['reason']})" for s in card["skipped_files"][:3])
-        more = f"; and {card['skipped'] - 3} more" if card["skipped"] > 3 else ""
-        notes.append(f"skipped {card['skipped']} files: {shown}{more} (listed in manifest.parquet)")
-    line = (f"ingest: {card['source']} {counts}, "
-            f"{card['channels']}x{card['height']}x{card['width']} -> {params.paths.prepared} "
-            f"(data {card['data_hash']}, {card['seconds']:.1f}s; {', '.join(notes)})")
-    metrics = {f"n_{split}": n for split, n in splits.items()}
-    metrics.update(data_hash=card["data_hash"], duplicates=card["duplicates"],
-                   test_in_train=card["test_in_train"], skipped=card["skipped"])
+    done = ingest.ingest(params.data, params.paths.prepared, params.paths.cache)
+    card = done.card
+    counts = " / ".join(f"{n} {split}" for split, n in card.splits.items())
+    notes = [f"{card.duplicates} exact duplicates"]
+    if card.test_in_train:
+        notes.append(f"{card.test_in_train} test images also in train")
+    if card.skipped:
+        shown = "; ".join(f"{s['origin']} ({s['reason']})" for s in done.skipped_files[:3])
+        more = f"; and {card.skipped - 3} more" if card.skipped > 3 else ""
+        notes.append(f"skipped {card.skipped} files: {shown}{more} (listed in manifest.parquet)")
+    line = (f"ingest: {card.source} {counts}, {card.channels}x{card.height}x{card.width} -> {params.paths.prepared} "
+            f"(data {card.data_hash}, {done.seconds:.1f}s; {', '.join(notes)})")
+    metrics = {f"n_{split}": n for split, n in card.splits.items()}
+    metrics.update(data_hash=card.data_hash, duplicates=card.duplicates, test_in_train=card.test_in_train,
+                   skipped=card.skipped)
     return line, metrics

@@ -78,7 +78,9 @@ def run(params: Params) -> tuple[str, dict]:
     # state: publish a copy of it rather than serialising the same state again. The four
     # outputs change together (a kill mid-way is completed by the next run).
     resume = params.paths.resume_state
-    record = encoder_record(encoder, state.model.spec, {"size": card["height"], "mean": card["mean"], "std": card["std"]})
+    # Lists, as the encoder file has always held them (its bytes are a DVC output).
+    record = encoder_record(encoder, state.model.spec,
+                            {"size": card.height, "mean": list(card.mean), "std": list(card.std)})
     commit_files([(params.paths.encoder, torch_writer(record)),
                   (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
                   (params.paths.pretrain_metrics, json_writer(metrics)),
