@@ -54,7 +54,10 @@ RESTORED = ("restored by DVC from its run-cache: these inputs were run before; t
 @contextmanager
 def _interrupts_held():
     """SIGINT and SIGTERM are ignored inside the block (on the main thread, where Python
-    handles signals); the handlers come back after it."""
+    handles signals); the handlers come back after it. A handler that Python did not install
+    (``signal.signal`` returns None for it) cannot be put back from Python: the default action
+    comes back instead, never the ignoring, which every process started later would inherit
+    (an ignored SIGTERM survives exec, so `dvc`, `byol` and `dg dev` could not be stopped)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -63,8 +66,7 @@ def _interrupts_held():
         yield
     finally:
         for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def tethered(command: list[str]) -> list[str]:
