@@ -93,6 +93,35 @@ def readable_rows(folder: Path, row_bytes: int, packs: list[tuple[int, str, int]
     return readable
 
 
+def _place(found: Found, hits: list[tuple], readable: dict[int, int]) -> None:
+    """Fill ``found`` from the index rows (i, pack, row, kind, problem, digest) the listing
+    matched, column by column (a million rows cost a second as Python objects, not ten as
+    numpy items): a row with a kind is BAD; one without a digest (kept before digests were)
+    stays UNKNOWN, to be converted again; one whose pixels its pack still holds is OK; the
+    rest were cut from their pack (``lost``)."""
+    if not hits:
+        return
+    i, pack, row, kind, problem, digest = zip(*hits)
+    for j in (j for j, k in enumerate(kind) if k):
+        found.status[i[j]] = BAD
+        found.problems[i[j]] = (kind[j], problem[j])
+    good = [j for j, (k, d) in enumerate(zip(kind, digest)) if not k and d is not None and len(d) == DIGEST_BYTES]
+    if not good:
+        return
+    at = np.array([i[j] for j in good], dtype=np.int64)
+    packs = np.array([pack[j] for j in good], dtype=np.int64)
+    rows = np.array([row[j] for j in good], dtype=np.int64)
+    limit = np.zeros(max(readable, default=0) + 2, dtype=np.int64)  # by pack id; 0 for a pack not held
+    limit[list(readable)] = list(readable.values())
+    held = rows < limit[np.minimum(packs, len(limit) - 1)]
+    found.lost[at[~held]] = True
+    at, packs, rows = at[held], packs[held], rows[held]
+    found.status[at] = OK
+    found.where[at, 0], found.where[at, 1] = packs, rows
+    kept = np.flatnonzero(held).tolist()
+    found.digests[at] = np.frombuffer(b"".join(digest[good[j]] for j in kept), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+
+
 class ConversionCache:
     def __init__(self, root: Path, channels: int, size: int):
         self.folder = Path(root) / f"images-{channels}x{size}-v{VERSION}"
@@ -133,25 +162,14 @@ class ConversionCache:
             self.db.executemany("INSERT INTO temp.listing VALUES (?, ?, ?, ?)",
                                 ((i, _key(p), s, m) for i, (p, s, m) in enumerate(files)))
             self.db.execute("COMMIT")
-            cursor = self.db.execute(
+            hits = self.db.execute(
                 "SELECT l.i, f.pack, f.row, f.kind, f.problem, f.digest FROM temp.listing l JOIN files f "
-                "ON f.path = l.path AND f.size = l.size AND f.mtime = l.mtime")
-            for i, pack, row, kind, problem, digest in cursor:
-                if kind:
-                    found.status[i] = BAD
-                    found.problems[i] = (kind, problem)
-                elif digest is None or len(digest) != DIGEST_BYTES:
-                    continue  # written before digests were kept: converted again
-                elif row < readable.get(pack, 0):
-                    found.status[i] = OK
-                    found.where[i] = (pack, row)
-                    found.digests[i] = np.frombuffer(digest, dtype=np.uint8)
-                else:
-                    found.lost[i] = True
+                "ON f.path = l.path AND f.size = l.size AND f.mtime = l.mtime").fetchall()
             self.db.execute("DELETE FROM temp.listing")
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
                             "to start the cache afresh.") from None
+        _place(found, hits, readable)
         return found
 
     def _packs(self) -> list[tuple[int, str, int]]:

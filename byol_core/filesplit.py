@@ -65,14 +65,14 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
     pos = usable = 0
     while pos < len(files) and (split.cap is None or usable < split.cap):
         end = len(files) if split.cap is None else min(len(files), pos + split.cap - usable)
-        missing = [i for i in range(pos, end) if status[i] == UNKNOWN]
+        missing = (np.flatnonzero(status[pos:end] == UNKNOWN) + pos).tolist()
         converted += missing
         results = imagefolder.results([str(split.root / files[i][0]) for i in missing], split.channels,
                                       split.size, name, workers)
         pending = []
         with contextlib.closing(results):
             fresh = iter(zip(missing, results))
-            for i in range(pos, end):
+            for i in (np.flatnonzero(status[pos:end] != OK) + pos).tolist():  # OK ones need nothing here
                 if status[i] == UNKNOWN:
                     _, (pixels, kind, problem) = next(fresh)
                     pending.append((files[i], pixels, kind, problem))
@@ -93,10 +93,10 @@ def resolve(split: FileSplit, labels: np.ndarray, cache: ConversionCache, on_cor
         status[converted], where[converted], digests[converted] = again.status, again.where, again.digests
         problems.update({converted[j]: problem for j, problem in again.problems.items()})
         cache.reconverted += int(found.lost[converted].sum())  # entries cut from their pack
-    chosen = [i for i in range(pos) if status[i] == OK]
+    chosen = np.flatnonzero(status[:pos] == OK).tolist()
     chosen.sort(key=lambda i: files[i][0])
     skipped = [{"split": name, "origin": imagefolder.printable(files[i][0]), "reason": problems[i][1]}
-               for i in range(pos) if status[i] == BAD]
+               for i in np.flatnonzero(status[:pos] == BAD).tolist()]
     if status[:pos].min(initial=OK) == UNKNOWN:  # a file changed while it was converted
         raise ByolError(f"{split.root}: files changed while ingest read them. Run `byol ingest` again.")
     picked = np.asarray(chosen, dtype=np.int64)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,18 +35,21 @@ from byol_core.sources.common import FileSplit, SourceData, conform
 from byol_core.storage import replace_dir, staging_dir
 from byol_core.store import ShardWriter
 
+if TYPE_CHECKING:
+    from byol_core.scan import FileIndex
+
 # Every reader, whichever data.source names: all of them are ingest's code (its DVC deps).
 READERS = {name: sources.reader(name) for name in sources.SOURCES}
 
 
-def _add_unlabeled_folder(data: SourceData, cfg: DataConfig) -> None:
+def _add_unlabeled_folder(data: SourceData, cfg: DataConfig, index: FileIndex | None) -> None:
     folder = cfg.source_dir / sources.UNLABELED_FOLDER
     if not folder.is_dir():
         return
     if "unlabeled" in data.images:
         raise ByolError(f"{folder}: {cfg.source} has its own unlabeled split; move this folder out of "
                         "data.source_dir (it would be read as a second one).")
-    files = imagefolder.sample_order(imagefolder.list_images(folder, cfg.source_dir))
+    files = imagefolder.sample_order(imagefolder.list_images(folder, cfg.source_dir, index=index))
     if not files:
         raise ByolError(f"{folder} holds no images. Add images for pretraining or remove the folder.")
     channels, size = _image_shape(data.images["train"])[:2]
@@ -60,17 +64,19 @@ def _image_shape(images: np.ndarray | FileSplit) -> tuple[int, int, int]:
     return tuple(int(d) for d in images.shape[1:])
 
 
-def read_source(cfg: DataConfig) -> SourceData:
+def read_source(cfg: DataConfig, index: FileIndex | None = None) -> SourceData:
     """The configured source, capped to ``data.max_*`` by its reader and converted to
     ``data.channels`` / ``data.image_size``, with its ``unlabeled/`` folder if any (image
-    files are capped as they are converted)."""
-    data = READERS[cfg.source].read(cfg).check(cfg.source_dir)
+    files are capped as they are converted). ``index``: the files a scan of
+    ``data.source_dir`` just found, which the image-folder reader takes instead of walking."""
+    reader = READERS[cfg.source]
+    data = (reader.read(cfg, index) if reader is imagefolder else reader.read(cfg)).check(cfg.source_dir)
     conform(data, cfg.channels, cfg.image_size, f"{cfg.source} in {cfg.source_dir}")
     height, width = _image_shape(data.images["train"])[1:]
     if height != width:
         raise ByolError(f"{cfg.source} in {cfg.source_dir}: images are {height}x{width} px, not square, and every "
                         "later stage takes square images. Set data.image_size to resize and centre-crop them.")
-    _add_unlabeled_folder(data, cfg)
+    _add_unlabeled_folder(data, cfg, index)
     return data
 
 
@@ -213,11 +219,11 @@ class Ingested:
     skipped_files: list[dict]  # {"split", "origin", "reason"} per file left out
 
 
-def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path) -> Ingested:
+def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path, index: FileIndex | None = None) -> Ingested:
     """Read the configured source and write the prepared directory (converting only the
-    image files ``cache_dir`` does not hold yet)."""
+    image files ``cache_dir`` does not hold yet; ``index``: see :func:`read_source`)."""
     started = time.perf_counter()
-    data = read_source(cfg)
+    data = read_source(cfg, index)
     staging = staging_dir(out_dir)
     caches: dict = {}
     try:

@@ -35,6 +35,7 @@ million files scan in about 150 MiB.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import stat
@@ -92,12 +93,14 @@ class Walked:
     sizes: np.ndarray
     mtimes: np.ndarray
     odd: dict[str, str]
+    folder_links: int = 0  # symlinks to folders passed over (the image-folder reader follows them)
 
     def __len__(self) -> int:
         return len(self.sizes)
 
     def keep(self, rows: np.ndarray) -> Walked:
-        return Walked(self.paths.filter(_mask(rows)), self.sizes[rows], self.mtimes[rows], self.odd)
+        return Walked(self.paths.filter(_mask(rows)), self.sizes[rows], self.mtimes[rows], self.odd,
+                      self.folder_links)
 
     def path_buffers(self) -> tuple[np.ndarray, memoryview]:
         """The paths as (int64 offsets from 0, their UTF-8 bytes back to back)."""
@@ -137,7 +140,7 @@ def walk(folder: Path) -> Walked:
     files at its place), each adding bytes to flat buffers: only the names of the folders
     being read are Python objects at any time. One ``lstat`` per entry, relative to its
     folder's fd (a second ``stat`` for a symlink, to follow it)."""
-    odd = {}
+    odd, folder_links = {}, 0
     names, ends, sizes, mtimes = bytearray(), array("q"), array("q"), array("q")
     frames = [(*_open_folder(os.fspath(folder), None, os.fspath(folder)), "")]  # depth first
     try:
@@ -152,6 +155,7 @@ def walk(folder: Path) -> Walked:
                         break
                     if stat.S_ISLNK(info.st_mode):  # a link to a file is followed; to a folder, not
                         info = os.stat(name, dir_fd=fd)
+                        folder_links += stat.S_ISDIR(info.st_mode)
                     if not stat.S_ISREG(info.st_mode):
                         continue  # a FIFO, socket or device, or a link to a folder
                     size, mtime = info.st_size, info.st_mtime_ns
@@ -185,7 +189,7 @@ def walk(folder: Path) -> Walked:
         _refuse_twins(paths, odd)
     empty = np.zeros(0, dtype=np.int64)
     return Walked(paths, np.frombuffer(sizes, dtype=np.int64) if n else empty,
-                  np.frombuffer(mtimes, dtype=np.int64) if n else empty, odd)
+                  np.frombuffer(mtimes, dtype=np.int64) if n else empty, odd, folder_links)
 
 
 def _refuse_twins(paths: pa.Array, odd: dict[str, str]) -> None:
@@ -378,13 +382,49 @@ def write_parquet(table: pa.Table, out: BinaryIO | None = None) -> str:
     return through.md5.hexdigest()
 
 
+class FileIndex:
+    """The files one walk found below ``data.source_dir``, for the image-folder reader to take
+    instead of walking the folder a second time (:func:`byol_core.sources.imagefolder.list_images`):
+    at a million files a walk costs seconds of ``stat`` calls and Python objects. Paths are the
+    real ones (not their printable form), with the size and mtime the scan saw them with."""
+
+    def __init__(self, walked: Walked):
+        names = walked.paths.to_pylist()
+        self.paths = [walked.odd.get(name, name) for name in names] if walked.odd else names
+        self.sizes, self.mtimes = walked.sizes.tolist(), walked.mtimes.tolist()
+
+    def below(self, folder: str) -> list[tuple[str, int, int]]:
+        """(path, size, mtime in ns) of every listed file below ``folder`` (a POSIX path below
+        the walked folder; "" for all of them), sorted by path. The listing order is that of
+        the paths with "/" read as the lowest character, so a folder's files are one run of
+        rows, found by bisection."""
+        lo, hi = 0, len(self.paths)
+        if folder:
+            start = folder.replace("/", "\0")
+            lo = bisect.bisect_left(self.paths, start + "\0", key=_listing_key)
+            hi = bisect.bisect_left(self.paths, start + "\1", lo, key=_listing_key)
+        return sorted(zip(self.paths[lo:hi], self.sizes[lo:hi], self.mtimes[lo:hi]))
+
+
+def _listing_key(path: str) -> str:
+    return path.replace("/", "\0")
+
+
 class Listing:
     """One scan's result: the listing (``path``, ``size``, ``digest`` in listing order), and
     ``md5``, that of its Parquet file (what ``dvc.lock`` records for it)."""
 
-    def __init__(self, table: pa.Table, read: int, seconds: float):
+    def __init__(self, table: pa.Table, read: int, seconds: float, walked: Walked | None = None):
         self.table, self.read, self.seconds = table, read, seconds  # read: files read this time
         self.md5 = write_parquet(table)
+        self._walked = walked
+
+    def file_index(self) -> FileIndex | None:
+        """The walk's files for the image-folder reader; None when the walk passed over a
+        symlinked folder, which the reader follows (it would find more files than listed)."""
+        if self._walked is None or self._walked.folder_links:
+            return None
+        return FileIndex(self._walked)
 
     @property
     def files(self) -> int:
@@ -434,7 +474,7 @@ def scan(folder: Path, cache_dir: Path, force: bool = False, reader: Reader | No
     column = pa.Array.from_buffers(pa.binary(DIGEST_BYTES), len(walked),
                                    [validity, pa.py_buffer(np.ascontiguousarray(digests))])
     table = pa.table([walked.paths.cast(pa.string()), _int64(walked.sizes), column], schema=LISTING)
-    return Listing(table, len(todo), time.perf_counter() - started)
+    return Listing(table, len(todo), time.perf_counter() - started, walked)
 
 
 # --- checking a folder against its listing -----------------------------------------------------

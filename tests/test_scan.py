@@ -172,6 +172,56 @@ def test_links_fifos_dot_names_and_names_that_are_not_utf8(tmp_path):
         _listing(folder, tmp_path / "cache")
 
 
+def _every_folder(root: Path) -> list[Path]:
+    return [root] + sorted(Path(parent) / name for parent, dirs, _ in os.walk(root) for name in dirs
+                           if not name.startswith("."))
+
+
+def test_the_scans_file_index_answers_as_the_image_folder_reader_walks(tmp_path):
+    """Ingest's reader takes its files from the check's walk instead of walking again: for every
+    folder (names that sort around "/", a deep one, links, a FIFO, a name that is not UTF-8),
+    the index gives what list_images finds, in the same order."""
+    from byol_core.sources import imagefolder
+
+    folder = _folder(tmp_path / "src", n=6)
+    for name in ("dog-a", "dog.b", "dog0", "do"):  # beside "dog/": "-" and "." sort below "/", "0" above
+        (folder / name).mkdir()
+        (folder / name / "x.png").write_bytes((folder / "dog" / "000.png").read_bytes())
+    (folder / "dog" / "a-b.png").write_bytes(b"x")
+    (folder / "dog" / "a" / "b").mkdir(parents=True)
+    (folder / "dog" / "a" / "b" / "c.png").write_bytes(b"x")
+    os.symlink("nowhere.png", folder / "cat" / "dangling.png")
+    os.symlink("001.png", folder / "cat" / "link.png")
+    os.mkfifo(folder / "cat" / "pipe.png")
+    with open(os.fsencode(folder / "dog") + b"/caf\xe9.png", "wb") as handle:
+        handle.write(b"latin-1 name")
+    index = _listing(folder, tmp_path / "cache").file_index()
+    assert index is not None
+    for sub in _every_folder(folder):
+        assert index.below(sub.relative_to(folder).as_posix() if sub != folder else "") == \
+            imagefolder.list_images(sub, folder), sub
+    os.symlink(folder / "dog", folder / "dog-linked")  # the reader follows it, the scan does not
+    assert _listing(folder, tmp_path / "cache").file_index() is None
+
+
+def test_an_ingest_through_the_scans_index_equals_one_that_walks(tmp_path):
+    from byol_core import ingest
+    from byol_core.config import load_params
+
+    folder = _folder(tmp_path / "src", n=16)
+    (folder / "unlabeled" / "more").mkdir(parents=True)
+    (folder / "unlabeled" / "more" / "u.png").write_bytes((folder / "cat" / "001.png").read_bytes())
+    write_params(tmp_path, {**TINY, "data.source": "imagefolder", "data.source_dir": "src", "data.image_size": 16,
+                            "data.test_fraction": 0.25})
+    cfg = load_params(tmp_path / "params.yaml").data
+    index = _listing(folder, tmp_path / "cache").file_index()
+    walked = ingest.ingest(cfg, tmp_path / "walked", tmp_path / "cache1").card
+    indexed = ingest.ingest(cfg, tmp_path / "indexed", tmp_path / "cache2", index).card
+    assert indexed == walked and walked.splits["unlabeled"] == 1
+    for name in ("manifest.parquet", "store.json"):
+        assert (tmp_path / "walked" / name).read_bytes() == (tmp_path / "indexed" / name).read_bytes()
+
+
 def test_a_damaged_side_cache_is_read_past_and_rebuilt(tmp_path):
     folder = _folder(tmp_path / "src")
     cache = tmp_path / "cache"

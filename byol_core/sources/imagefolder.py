@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -41,6 +42,9 @@ from byol_core.errors import ByolError, printable
 from byol_core.schema.data import DataConfig
 from byol_core.sources import UNLABELED_FOLDER
 from byol_core.sources.common import FileSplit, Listed, SourceData
+
+if TYPE_CHECKING:
+    from byol_core.scan import FileIndex
 
 BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
 PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more
@@ -88,15 +92,18 @@ def enter(folder: Path, seen: Seen) -> None:
                     "be read twice. Remove the link, or copy the folder if you mean it twice.")
 
 
-def list_images(folder: Path, root: Path, seen: Seen | None = None) -> list[Listed]:
+def list_images(folder: Path, root: Path, seen: Seen | None = None, index: FileIndex | None = None) -> list[Listed]:
     """Every regular file below ``folder`` except dotfiles and anything in a dot-folder, as
     (POSIX path relative to ``root``, size, mtime in ns), sorted by that path. FIFOs,
     sockets and devices are passed over (opening one can block forever); symlinked folders
     are followed, each real folder once (:func:`enter`; ``seen`` carries the folders read
     across calls). Files of other types are kept, so they can be reported rather than
-    silently passed over."""
+    silently passed over. ``index``: the files a scan of ``root`` just found by the same
+    rules (ingest's check of the folder against its listing), taken instead of a second walk."""
     seen = {} if seen is None else seen
     enter(folder, seen)
+    if index is not None:
+        return index.below(folder.relative_to(root).as_posix() if folder != root else "")
     found = []
     base = folder.relative_to(root).as_posix() if folder != root else ""
     for parent, dirs, names in os.walk(folder, followlinks=True):
@@ -208,7 +215,8 @@ def results(paths: list[str], channels: int, size: int, split: str, workers: int
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _class_files(folder: Path, root: Path, seen: Seen, reserved: tuple[str, ...] = ()) -> dict[str, list[Listed]]:
+def _class_files(folder: Path, root: Path, seen: Seen, reserved: tuple[str, ...] = (),
+                 index: FileIndex | None = None) -> dict[str, list[Listed]]:
     """Class name -> its files, for each (non-dot) folder in ``folder``, symlinked ones too."""
     entries = [d for d in folder.iterdir() if not d.name.startswith(".") and d.name not in reserved]
     for link in entries:
@@ -219,7 +227,7 @@ def _class_files(folder: Path, root: Path, seen: Seen, reserved: tuple[str, ...]
     classes = sorted(d.name for d in entries if d.is_dir())
     found = {}
     for name in classes:
-        files = list_images(folder / name, root, seen)
+        files = list_images(folder / name, root, seen, index)
         if not any(is_image_name(Path(f[0])) for f in files):
             raise ByolError(f"{folder}: class folder '{printable(name)}' holds no images. Add images or remove the "
                             "folder.")
@@ -252,32 +260,37 @@ def _split_layout(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _split_files(cfg: DataConfig) -> tuple[list[str], dict[str, list[Listed]], dict[str, int]]:
+def _split_files(cfg: DataConfig, index: FileIndex | None) -> tuple[list[str], dict[str, list[Listed]], dict[str, int]]:
     """Class names, each split's files in sample order, and each file's label by its path."""
     root = cfg.source_dir
     layout = _split_layout(root)
     seen: Seen = {}
     enter(root, seen)
     if layout is not None:
-        train, test = (_class_files(folder, root, seen) for folder in layout)
+        train, test = (_class_files(folder, root, seen, index=index) for folder in layout)
         stray = sorted(set(test) - set(train))
         if stray:
             raise ByolError(f"{layout[1]}: class folder(s) {', '.join(map(printable, stray))} have no match in "
                             f"{layout[0]}. Every test class must be a train class: rename or remove them.")
         classes = sorted(train)
         groups = {"train": train, "test": test}
+        shares = None
     else:
-        by_class = _class_files(root, root, seen, reserved=(UNLABELED_FOLDER,))
+        by_class = _class_files(root, root, seen, reserved=(UNLABELED_FOLDER,), index=index)
         classes = sorted(by_class)
-        groups = {"train": {}, "test": {}}
+        groups, shares = {"train": {}, "test": {}}, {"train": {}, "test": {}}  # shares: each file's split_share
         for name, files in by_class.items():
-            in_test = [split_share(f[0]) < cfg.test_fraction for f in files]
-            groups["train"][name] = [f for f, test in zip(files, in_test) if not test]
-            groups["test"][name] = [f for f, test in zip(files, in_test) if test]
+            share = [split_share(f[0]) for f in files]
+            for split, test in (("train", False), ("test", True)):
+                picked = [j for j, x in enumerate(share) if (x < cfg.test_fraction) == test]
+                groups[split][name] = [files[j] for j in picked]
+                shares[split][name] = [share[j] for j in picked]
     _note_links(root, seen)
-    index = {name: i for i, name in enumerate(classes)}
-    label = {f[0]: index[name] for group in groups.values() for name, files in group.items() for f in files}
-    splits = {s: sample_order([f for files in g.values() for f in files]) for s, g in groups.items()}
+    number = {name: i for i, name in enumerate(classes)}
+    label = {f[0]: number[name] for group in groups.values() for name, files in group.items() for f in files}
+    splits = {s: sample_order([f for files in g.values() for f in files],
+                              None if shares is None else [x for part in shares[s].values() for x in part])
+              for s, g in groups.items()}
     for split, files in splits.items():
         if not files:  # only a hash split can leave one empty: every class folder holds an image
             raise ByolError(f"{root}: none of its {len(label)} files fell in the {split} split at data.test_fraction "
@@ -297,19 +310,23 @@ def _note_links(root: Path, seen: Seen) -> None:
                         "(or `byol ingest`) after changing them.")
 
 
-def sample_order(files: list[Listed]) -> list[Listed]:
+def sample_order(files: list[Listed], shares: list[float] | None = None) -> list[Listed]:
     """``files`` in the order of their path hash: stable, and mixed across classes, so the
-    first N (a ``data.max_*`` cap) is a fair sample rather than the first class or two."""
-    return sorted(files, key=lambda f: (split_share(f[0]), f[0]))
+    first N (a ``data.max_*`` cap) is a fair sample rather than the first class or two.
+    ``shares``: each file's :func:`split_share`, when the caller has them already."""
+    if shares is None:
+        shares = [split_share(f[0]) for f in files]
+    return [files[j] for j in sorted(range(len(files)), key=lambda j: (shares[j], files[j][0]))]
 
 
-def read(cfg: DataConfig) -> SourceData:
-    """The two splits as files still to convert (:class:`FileSplit`), in sample order."""
+def read(cfg: DataConfig, index: FileIndex | None = None) -> SourceData:
+    """The two splits as files still to convert (:class:`FileSplit`), in sample order
+    (``index``: the files below ``data.source_dir``, if a scan just listed them)."""
     root = cfg.source_dir
     if not root.is_dir():
         raise ByolError(f"data.source_dir {root} does not exist. Point it at a folder of class folders "
                         "(or train/ and test/ of them).")
-    classes, splits, label = _split_files(cfg)
+    classes, splits, label = _split_files(cfg, index)
     images, labels, origins = {}, {}, {}
     for split in ("train", "test"):
         files = splits[split]

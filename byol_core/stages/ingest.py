@@ -15,10 +15,11 @@ PARAMS = ("paths.prepared", "paths.cache", "paths.listing", "data")
 
 
 def run(params: Params) -> tuple[str, dict]:
-    listing = params.paths.listing
+    listing, index = params.paths.listing, None
     if listing.is_file():  # without one (byol ingest alone, never scanned) there is nothing to hold it to
-        scan.check(listing, params.data.source_dir, params.paths.cache)
-    done = ingest.ingest(params.data, params.paths.prepared, params.paths.cache)
+        # the check's walk is the reader's too: one walk of the folder, not two
+        index = scan.check(listing, params.data.source_dir, params.paths.cache).file_index()
+    done = ingest.ingest(params.data, params.paths.prepared, params.paths.cache, index)
     card = done.card
     counts = " / ".join(f"{n} {split}" for split, n in card.splits.items())
     notes = [f"{card.duplicates} exact duplicates"]
