@@ -1,4 +1,4 @@
-# The two front-door commands (see README.md):
+# The two front-door commands (see README.md and docs/getting-started.md):
 #   make run   set up, then `dvc repro`: scan the source, then the five stages on params.yaml (Fashion-MNIST by default)
 #   make test  set up, then run the test suite
 # and one for the speed comparison:
@@ -8,10 +8,12 @@
 #              Ctrl-C stops it and every process it started (scripts/ui.sh)
 #   make serve PostgreSQL, dagster-daemon and dagster-webserver on 127.0.0.1 (scripts/serve.sh)
 #   make stop  stop what `make serve` started
-# and for a warm start (README: "Warm start from the last run"):
+# and for a warm start (docs/pipeline.md, "Warm start"):
 #   make promote  `byol promote` (the last pretrain's state -> paths.start, its sha256 -> params.yaml),
 #              then `dvc add` that file; commit the .dvc file and params.yaml after it
-.PHONY: setup run test bench ui serve stop promote
+# and the documentation:
+#   make docs  build the site from docs/ into site/ (mkdocs.yml; open site/index.html)
+.PHONY: setup run test bench ui serve stop promote docs
 
 setup:
 	@scripts/setup.sh
@@ -41,3 +43,6 @@ stop:
 promote: setup
 	.venv/bin/byol promote
 	.venv/bin/dvc add "$$(.venv/bin/python -c 'import os; from byol_core.config import load_params; print(os.path.relpath(load_params().paths.start))')"
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict

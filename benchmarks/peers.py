@@ -39,7 +39,7 @@ from byol_core.nets import EncoderSpec, build_encoder
 from byol_core.optim import LARS
 from byol_core.step import Recipe, build_optimizer, encoder_spec, new_state, train_step
 
-INSTALL_HINT = "pip install -e '.[bench]' (see the README's benchmark section)"
+INSTALL_HINT = "pip install -e '.[bench]' (see docs/benchmarks.md)"
 PEERS = {"lightly": "lightly", "byol-pytorch": "byol_pytorch"}  # distribution -> module
 
 

@@ -13,7 +13,7 @@ A round in which other processes took more than --max-others of the CPU is "dist
 and replaced (up to --retries times); img/s = median over the --repeats clean rounds.
 Also: our augmentation share of the step, a per-phase breakdown of our step, and each
 framework's peak memory. Prints a Markdown table and writes a JSON record to --out.
-Peers: pip install -e '.[bench]' (see the README).
+Peers: pip install -e '.[bench]' (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Warm start against scratch, as DVC experiments (pretrain.init: previous, README "Warm start"):
+# Warm start against scratch, as DVC experiments (pretrain.init: previous, docs/pipeline.md, "Warm start"):
 #   1. `base`: the default run on the first 90% of the train split (data.max_train), pretrain only;
 #   2. its full state becomes the start (as `byol promote` would: a copy at paths.start, its
 #      sha256 as pretrain.init_sha256), and `warm-N`: all 100%, init previous, warm_epochs N;

@@ -1,4 +1,5 @@
 """The ``byol`` command: ``byol scan|ingest|pretrain|evaluate|export|embed [--params PATH]``
+(``byol --help`` lists what each reads and writes, ``byol --version`` the installed version)
 (``byol scan --force`` reads every source file again, not only new or changed ones),
 ``byol neighbours QUERY... [--index N] [--k K] [--json]``, ``byol promote [--params PATH]``
 (the last pretrain's state becomes the start of a warm-started one: byol_core.promote), and
@@ -34,18 +35,71 @@ from contextlib import contextmanager
 from byol_core import locks, progress, stages
 from byol_core.errors import ByolError, brief
 
+# What each command reads and writes, at the default paths (params.yaml's `paths` moves them),
+# and the page of docs/ that tells more. tests/test_docs.py holds the files against dvc.yaml.
+FILES = {
+    "scan": ("data.source_dir (data/raw/fashion-mnist/): only files new or changed since the last scan",
+             "data/source.parquet (path, size and digest of every file) and its side cache in .byol/cache/",
+             "data.md#the-source-listing"),
+    "ingest": ("the source in data.source_dir, held to data/source.parquet",
+               "data/prepared/: image shards, labels, manifest.parquet, card.json", "data.md"),
+    "pretrain": ("data/prepared/; models/start/checkpoint.pt with pretrain.init: previous",
+                 "models/encoder.pt, models/checkpoint.pt, metrics/pretrain.json, metrics/pretrain_curve.csv, "
+                 "metrics/pretrain_steps.csv", "pipeline.md#the-stages"),
+    "evaluate": ("data/prepared/, models/encoder.pt",
+                 "metrics/eval.json, metrics/eval_predictions.csv, metrics/label_efficiency.png",
+                 "encoder.md#what-evaluate-measures"),
+    "export": ("models/encoder.pt, test images from data/prepared/",
+               "models/encoder.onnx, models/encoder.onnx.json, metrics/export.json", "encoder.md#the-onnx-file-alone"),
+    "embed": ("data/prepared/, models/encoder.onnx",
+              "data/embeddings/ (embeddings.parquet, vectors.npy, near_duplicates.csv, card.json), "
+              "metrics/embed.json, metrics/neighbours.png, metrics/embedding_map.png", "encoder.md"),
+    "neighbours": ("the query files or prepared images, models/encoder.onnx, data/embeddings/",
+                   "nothing: prints each query's nearest images", "encoder.md#nearest-neighbours"),
+    "promote": ("models/checkpoint.pt, params.yaml",
+                "models/start/checkpoint.pt and params.yaml's pretrain.init_sha256 line", "pipeline.md#warm-start"),
+    "verify": ("data/prepared/, the cache in .byol/cache/, data/embeddings/",
+               "nothing: a summary line, or one error line per damaged file (exit 1)", "reliability.md#byol-verify"),
+}
+DOCS = "docs/"  # the documentation's Markdown, in the repository; `make docs` builds it into site/
+
+
+def _about(name: str, summary: str) -> dict:
+    """The help of command ``name``: what it does, reads and writes, and where to read more."""
+    reads, writes, page = FILES[name]
+    epilog = f"reads:  {reads}\nwrites: {writes}\ndocs:   {DOCS}{page}"
+    return {"help": summary, "description": summary, "epilog": epilog,
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"byol {version('byol-pipeline')}"
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "byol (byol-pipeline, not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL pipeline stages: scan -> ingest -> pretrain -> evaluate -> export -> embed; neighbours; promote; and verify.")
+    flow = "\n".join(f"  {name:<11}{FILES[name][0]}\n  {'':<11}-> {FILES[name][1]}" for name in stages.STAGES)
+    parser = argparse.ArgumentParser(
+        prog="byol", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="BYOL pipeline stages: scan -> ingest -> pretrain -> evaluate -> export -> embed; "
+                    "neighbours; promote; and verify. `dvc repro` runs the stages in order.",
+        epilog=f"what each stage reads -> writes (default paths):\n{flow}\n\n"
+               f"`byol STAGE --help` says more. Documentation: {DOCS}index.md (`make docs` builds the site).")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in stages.STAGES.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, **_about(name, help_text))
         sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
         if name == "scan":
             sub.add_argument("--force", action="store_true", help="read every file again, also those whose size "
                              "and mtime did not change (after a file was rewritten with the same size and mtime)")
     about = ("the prepared images most like each query, by cosine similarity of the shipped ONNX encoder's "
              "embeddings (run after `byol embed`)")
-    sub = commands.add_parser("neighbours", help=about, description=about)
+    sub = commands.add_parser("neighbours", **_about("neighbours", about))
     sub.add_argument("queries", nargs="*", metavar="QUERY", help="image files (any format PIL reads) or .npy "
                      "uint8 arrays (C, H, W)")
     sub.add_argument("--index", action="append", default=[], metavar="[SPLIT:]N",
@@ -57,11 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     about = ("copy the last pretrain's full training state to paths.start and write its sha256 into the params "
              "file's pretrain.init_sha256, for a warm start (pretrain.init: previous)")
-    sub = commands.add_parser("promote", help=about, description=about)
+    sub = commands.add_parser("promote", **_about("promote", about))
     sub.add_argument("--params", default="params.yaml", help="params file, rewritten in place (default: ./params.yaml)")
     about = ("check the prepared data, the conversion cache and the embeddings against the digests recorded when "
              "they were written; name each damaged file and how to repair it (exit 1), or print a summary")
-    sub = commands.add_parser("verify", help=about, description=about)
+    sub = commands.add_parser("verify", **_about("verify", about))
     sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     return parser
 

@@ -19,6 +19,19 @@ scripts/serve.sh start
 import sys, time
 from dagster_graphql import DagsterGraphQLClient
 
+import requests
+
+# `serve.sh start` returns once the webserver is launched, before it answers: wait for it.
+deadline = time.monotonic() + 300
+while True:
+    try:
+        if requests.get(f"http://127.0.0.1:{sys.argv[1]}/server_info", timeout=5).ok:
+            break
+    except requests.ConnectionError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("screenshots: error: the webserver did not answer within 300 s (see its log under $BYOL_SERVE_STATE)")
+    time.sleep(2)
 client = DagsterGraphQLClient("127.0.0.1", port_number=int(sys.argv[1]))
 run = client.submit_job_execution("retrain", repository_location_name="pipelines.definitions",
                                   repository_name="__repository__")

@@ -145,7 +145,7 @@ def test_a_rewrite_with_the_same_size_and_mtime_is_seen_only_under_force(tmp_pat
     data[-1] ^= 1
     path.write_bytes(bytes(data))
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert _listing(folder, cache).md5 == before  # what the side cache cannot see (README)
+    assert _listing(folder, cache).md5 == before  # what the side cache cannot see (docs/data.md)
     forced = _listing(folder, cache, force=True)
     assert forced.md5 != before and forced.read == 13
     assert _listing(folder, cache).md5 == forced.md5  # the side cache now holds the new digest
