@@ -235,7 +235,7 @@ def _match(walked: Walked, kept: Path) -> tuple[np.ndarray, np.ndarray, int]:
                 offsets, data = side["path_offsets"], side["path_data"]
                 seen = pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
                                              [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-                where = pc.fill_null(pc.index_in(walked.paths, value_set=seen), -1).to_numpy()
+                where = _rows_in(walked.paths, seen)
                 del seen, offsets, data
             sizes, mtimes, seen_digests = side["size"], side["mtime_ns"], side["digest"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, pa.ArrowException) as exc:
@@ -255,6 +255,47 @@ def _match(walked: Walked, kept: Path) -> tuple[np.ndarray, np.ndarray, int]:
     digests[hit[same]] = seen_digests[at[same]]
     known[hit[same]] = True
     return digests, known, len(sizes)
+
+
+def _listing_key(path: str) -> str:
+    """Sorts as the listing does: a folder's files at its place (by name), as if "/" were
+    the lowest character."""
+    return path.replace("/", "\0")
+
+
+LOOKUP_ROWS = 1 << 16  # walked paths looked up at a time in the side cache's
+
+
+class _Keys:
+    """The listing-order keys of an Arrow array of paths, as a sequence to bisect."""
+
+    def __init__(self, paths: pa.Array):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        return _listing_key(self.paths[i].as_py())
+
+
+def _rows_in(paths: pa.Array, seen: pa.Array) -> np.ndarray:
+    """Each of ``paths``' row in ``seen``, or -1. Both are in listing order, so the rows of
+    ``seen`` that can hold a run of ``paths`` lie between two bisections: each run of
+    LOOKUP_ROWS is looked up in a hash table over those rows only. One table over a million
+    paths cost about 90 MiB; these cost a run's worth. (A name that is not UTF-8 is listed
+    by its escape, which may sort elsewhere: a bound that misses it only means that file is
+    read again.)"""
+    where = np.full(len(paths), -1, dtype=np.int64)
+    keys = _Keys(seen)
+    for start in range(0, len(paths), LOOKUP_ROWS):
+        run = paths.slice(start, LOOKUP_ROWS)
+        lo = bisect.bisect_left(keys, _listing_key(run[0].as_py()))
+        hi = bisect.bisect_right(keys, _listing_key(run[-1].as_py()), lo)
+        if hi > lo:
+            found = pc.fill_null(pc.index_in(run, value_set=seen.slice(lo, hi - lo)), -1).to_numpy()
+            where[start:start + len(run)] = np.where(found >= 0, found + lo, -1)
+    return where
 
 
 def _save_seen(kept: Path, walked: Walked, digests: np.ndarray, known: np.ndarray) -> None:
@@ -404,10 +445,6 @@ class FileIndex:
             lo = bisect.bisect_left(self.paths, start + "\0", key=_listing_key)
             hi = bisect.bisect_left(self.paths, start + "\1", lo, key=_listing_key)
         return sorted(zip(self.paths[lo:hi], self.sizes[lo:hi], self.mtimes[lo:hi]))
-
-
-def _listing_key(path: str) -> str:
-    return path.replace("/", "\0")
 
 
 class Listing:

@@ -222,6 +222,28 @@ def test_an_ingest_through_the_scans_index_equals_one_that_walks(tmp_path):
         assert (tmp_path / "walked" / name).read_bytes() == (tmp_path / "indexed" / name).read_bytes()
 
 
+@pytest.mark.parametrize("run", [1, 2, 3, 1 << 16])
+def test_the_side_cache_is_matched_run_by_run_in_listing_order(tmp_path, monkeypatch, run):
+    """When files were added and removed, the side cache's rows are found a run of walked paths
+    at a time, between bisections: only the new files are read, whatever the run length, and
+    names that sort around "/" ("dog-a", "dog/...", "dog0") are matched."""
+    monkeypatch.setattr(scan, "LOOKUP_ROWS", run)
+    folder = _folder(tmp_path / "src", n=12)
+    for name in ("dog-a", "dog0", "a", "zz"):
+        (folder / name).mkdir()
+        (folder / name / "x.png").write_bytes(b"x" * len(name))
+    _listing(folder, tmp_path / "cache")
+    for name in ("cat/000b.png", "dog-a/y.png", "dog/deep/a.png", "zz/0.png", "0.png"):
+        (folder / name).write_bytes(name.encode())
+    (folder / "dog" / "004.png").unlink()
+    (folder / "a" / "x.png").unlink()
+    counting = Counting()
+    listing = _listing(folder, tmp_path / "cache", reader=counting)
+    assert sorted(Path(p).relative_to(folder).as_posix() for p in counting.paths) == \
+        ["0.png", "cat/000b.png", "dog-a/y.png", "dog/deep/a.png", "zz/0.png"]
+    assert _bytes(listing, tmp_path) == _bytes(_listing(folder, tmp_path / "fresh", force=True), tmp_path)
+
+
 def test_a_damaged_side_cache_is_read_past_and_rebuilt(tmp_path):
     folder = _folder(tmp_path / "src")
     cache = tmp_path / "cache"
