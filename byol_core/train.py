@@ -31,13 +31,12 @@ from byol_core.data import Prepared, spread
 from byol_core.device import exact_kernels, synchronize
 from byol_core.errors import ByolError, brief
 from byol_core.features import extract_features, knn_top1
-from byol_core.schema.base import Params
-from byol_core.schema.pretrain import Schedule
+from byol_core.schema.pretrain import PretrainParams, Schedule
 from byol_core.step import Recipe, StepMetrics, TrainState, new_state, train_step
 from byol_core.storage import remove_stale_temps
 
 
-def run_key(params: Params, data_hash: str, device: torch.device) -> str:
+def run_key(params: PretrainParams, data_hash: str, device: torch.device) -> str:
     """A hash of everything that shapes the trained weights (params, data, device type):
     a resume state is only ever continued under the same key, so a stale state never
     leaks into another run. Knobs that only change logging or monitoring are left out, so
@@ -87,7 +86,7 @@ class Monitor:
                    prepared.images["test"].take(query_idx), prepared.labels["test"][query_idx],
                    len(prepared.card.classes))
 
-    def knn_top1(self, encoder, mean, std, params: Params, device) -> float:
+    def knn_top1(self, encoder, mean, std, params: PretrainParams, device) -> float:
         batch = params.evaluate.batch_size
         bank = extract_features(encoder, self.bank, mean, std, batch, device)
         queries = extract_features(encoder, self.queries, mean, std, batch, device)
@@ -106,7 +105,7 @@ def _silent(line: str) -> None:
 class _Run:
     """What stays fixed while a pretraining run goes through its epochs."""
 
-    params: Params
+    params: PretrainParams
     device: torch.device
     world: distributed.World
     log: Callable[[str], None]
@@ -119,7 +118,7 @@ class _Run:
     start: Path  # where a warm start (pretrain.init: previous) begins from
 
 
-def _set_up(params: Params, prepared: Prepared, device: torch.device, world: distributed.World,
+def _set_up(params: PretrainParams, prepared: Prepared, device: torch.device, world: distributed.World,
             log: Callable[[str], None]) -> tuple[_Run, Recipe]:
     """The run's fixed parts, and its recipe: steps and peak LR follow from the number of
     pretraining images, so an impossible batch size is refused before anything is built."""
@@ -291,7 +290,7 @@ def _checkpoint(state: TrainState, run: _Run) -> None:
     distributed.barrier()  # no rank runs ahead of the state it would resume from
 
 
-def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
+def pretrain(params: PretrainParams, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
              world: distributed.World = distributed.World()) -> tuple[TrainState, Schedule]:
     """Train BYOL on the prepared pretraining images, resuming from ``paths.resume_state``
     when it was made under the same params and data, else beginning from ``paths.start``

@@ -1,5 +1,6 @@
-"""``model``, ``augment`` and ``pretrain``: what the pretrain stage alone reads, and the
-training length derived from them (:func:`derive_schedule`), never written down."""
+"""``model``, ``augment`` and ``pretrain``: what the pretrain stage alone reads, the training
+length derived from them (:func:`derive_schedule`), never written down, and the stage's
+params view (:class:`PretrainParams`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from byol_core.errors import ByolError
-from byol_core.schema.base import Bool, Float, Int, PositiveInt, Probability, Section, ordered_pair
+from byol_core.schema.base import Bool, Float, Int, Only, PositiveInt, Probability, Section, View, ordered_pair
+from byol_core.schema.paths import PathsConfig
+from byol_core.schema.probe import EvaluateConfig, KnnConfig
+from byol_core.schema.run import Device, Seed
 
 HeadWidth = Annotated[Int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a file's digest, lower-case hex
@@ -121,6 +125,20 @@ class PretrainConfig(Section):
             raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must split into equal "
                              f"shards of at least 2 over devices x nodes = {self.processes} processes")
         return self
+
+
+class PretrainParams(View):
+    """What the pretrain stage reads: the training recipe, and the kNN monitor's settings
+    (knn, and evaluate's feature batch) for its per-epoch check."""
+
+    seed: Seed
+    device: Device
+    paths: Annotated[PathsConfig, Only("prepared", "models", "start", "metrics", "resume")]
+    model: ModelConfig
+    augment: AugmentConfig
+    pretrain: PretrainConfig
+    knn: KnnConfig
+    evaluate: Annotated[EvaluateConfig, Only("batch_size")]
 
 
 @dataclass(frozen=True)

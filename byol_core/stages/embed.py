@@ -11,16 +11,16 @@ from byol_core.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
-from byol_core.schema.base import Params
+from byol_core.schema.embed import EmbedParams
 from byol_core.search import EMBED_CARD, Gallery, top_k
 from byol_core.storage import Folder, commit_files, json_writer, recover, write_json
 
-PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "paths.embeddings", "embed")
+VIEW = EmbedParams  # the params keys this stage reads (dvc.yaml's params: list)
 GRID_QUERIES = 8  # test queries in the neighbour picture
 MAP_POINTS = 5000  # test images on the 2-D map (evenly spaced)
 
 
-def journal(params: Params):
+def journal(params: EmbedParams):
     """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
     return params.paths.metrics / ".embed.commit"
 
@@ -60,7 +60,7 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
     return {"neighbours": grid, "map": embedding_map(points, prepared.labels["test"][shown], classes)}
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: EmbedParams) -> tuple[str, dict]:
     recover(journal(params))
     paths, cfg = params.paths, params.embed
     prepared = data.load_prepared(paths.prepared)

@@ -16,11 +16,11 @@ from byol_core.features import extract_features, knn_top1
 from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics, spread_metrics
-from byol_core.schema.base import Params
+from byol_core.schema.probe import EvaluateParams
 from byol_core.storage import commit_files, json_writer, recover, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
-PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "knn", "evaluate")
+VIEW = EvaluateParams  # the params keys this stage reads (dvc.yaml's params: list)
 REPORT_EVERY = 10.0  # seconds: within a long step (a split's features), at most one line this often
 
 
@@ -44,7 +44,7 @@ class _Lines:
             self.say(text)
 
 
-def journal(params: Params):
+def journal(params: EvaluateParams):
     """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
     return params.paths.metrics / ".evaluate.commit"
 
@@ -59,7 +59,7 @@ def _predictions_csv(classes: list[str], actual, predicted) -> str:
     return out.getvalue()
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: EvaluateParams) -> tuple[str, dict]:
     lines = _Lines()
     recover(journal(params))
     prepared = data.load_prepared(params.paths.prepared, ("train", "test"))

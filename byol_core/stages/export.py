@@ -13,18 +13,18 @@ from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency
 from byol_core.inputs import to_input
 from byol_core.onnxmodel import PREPROCESS_KEY, RESIZE, open_session, preprocess_record
-from byol_core.schema.base import Params
+from byol_core.schema.export import ExportParams
 from byol_core.storage import commit_files, json_writer, recover
 
-PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")
+VIEW = ExportParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
-def journal(params: Params):
+def journal(params: ExportParams):
     """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
     return params.paths.models / ".export.commit"
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: ExportParams) -> tuple[str, dict]:
     recover(journal(params))
     cfg = params.export
     paths = params.paths

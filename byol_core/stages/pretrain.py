@@ -10,12 +10,11 @@ from byol_core import csvfile, data, distributed, progress
 from byol_core.checkpoint import encoder_record
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
-from byol_core.schema.base import Params
+from byol_core.schema.pretrain import PretrainParams
 from byol_core.storage import commit_files, json_writer, recover, text_writer, torch_writer
 from byol_core.train import pretrain
 
-PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.start", "paths.metrics", "paths.resume",
-          "model", "augment", "pretrain", "knn", "evaluate.batch_size")
+VIEW = PretrainParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
 def _curve_csv(history: list[dict]) -> str:
@@ -27,12 +26,12 @@ def _curve_csv(history: list[dict]) -> str:
     return out.getvalue()
 
 
-def journal(params: Params):
+def journal(params: PretrainParams):
     """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
     return params.paths.models / ".pretrain.commit"
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: PretrainParams) -> tuple[str, dict]:
     """Under torchrun every rank runs this; rank 0 alone writes the outputs."""
     if distributed.current().is_main:
         recover(journal(params))
