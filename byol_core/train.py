@@ -31,6 +31,7 @@ from byol_core.data import Prepared, spread
 from byol_core.device import exact_kernels, synchronize
 from byol_core.errors import ByolError, brief
 from byol_core.features import extract_features, knn_top1
+from byol_core.schema.base import same_weights
 from byol_core.schema.pretrain import PretrainParams, Schedule
 from byol_core.step import Recipe, StepMetrics, TrainState, new_state, train_step
 from byol_core.storage import remove_stale_temps
@@ -39,16 +40,15 @@ from byol_core.storage import remove_stale_temps
 def run_key(params: PretrainParams, data_hash: str, device: torch.device) -> str:
     """A hash of everything that shapes the trained weights (params, data, device type):
     a resume state is only ever continued under the same key, so a stale state never
-    leaks into another run. Knobs that only change logging or monitoring are left out, so
-    changing them does not throw away a half-finished run; so are the process count, since
-    the global batch and each sample's augmentation do not depend on it, and whether the
-    data is resident or streamed, since both give the same batches. A warm start's
-    init, init_sha256 and warm_epochs are pretrain keys, so a state is only continued from
-    the start it began from."""
-    shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
-    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes",
-                 "resident_max_mb"):
-        shaping["pretrain"].pop(knob)
+    leaks into another run. The fields the schema marks SAME_WEIGHTS (logging, monitoring,
+    the process count, resident or streamed data) are left out, so changing them does not
+    throw away a half-finished run. A warm start's init, init_sha256 and warm_epochs are
+    pretrain keys, so a state is only continued from the start it began from."""
+    sections = ("model", "augment", "pretrain")
+    shaping = params.model_dump(mode="json", include={"seed", *sections})
+    for name in sections:
+        for knob in same_weights(type(getattr(params, name))):
+            shaping[name].pop(knob)
     blob = json.dumps({"params": shaping, "data": data_hash, "device": device.type}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

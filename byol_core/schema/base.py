@@ -41,6 +41,23 @@ def int_choice(*values: int) -> object:
     return Annotated[Literal[values], BeforeValidator(_an_int)]
 
 
+class _SameWeights:
+    def __repr__(self) -> str:
+        return "SAME_WEIGHTS"
+
+
+# Marks a field that does not change the trained weights (logging, monitoring, how the work
+# is spread over processes, where the data is held): ``Annotated[PositiveInt, SAME_WEIGHTS]``.
+# A pretrain resume state is keyed by every other field (byol_core.train.run_key), so changing
+# a marked one goes on with an unfinished run instead of starting over.
+SAME_WEIGHTS = _SameWeights()
+
+
+def same_weights(section: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``section`` marked :data:`SAME_WEIGHTS`."""
+    return tuple(name for name, field in section.model_fields.items() if SAME_WEIGHTS in field.metadata)
+
+
 class Section(BaseModel):
     # No NaN or infinity anywhere: every number in params.yaml must be finite.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
