@@ -111,6 +111,21 @@ def commit_files(outputs: list[tuple[Path, Callable[[Path], None] | Folder]], jo
     _apply(journal)
 
 
+class StageCommit:
+    """A stage's outputs, which change together: at its start :meth:`recover` finishes a
+    commit that a killed run left half done, and at its end :meth:`write` commits the new set
+    (:func:`commit_files`). The journal is ``folder/.{stage}.commit``."""
+
+    def __init__(self, stage: str, folder: Path) -> None:
+        self.journal = Path(folder) / f".{stage}.commit"
+
+    def recover(self) -> bool:
+        return recover(self.journal)
+
+    def write(self, outputs: list[tuple[Path, Callable[[Path], None] | Folder]]) -> None:
+        commit_files(outputs, self.journal)
+
+
 def recover(journal: Path) -> bool:
     """Finish a commit that a killed run left half done (see :func:`commit_files`)."""
     journal = Path(journal)
