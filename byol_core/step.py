@@ -84,7 +84,8 @@ class Recipe:
 
 @dataclass
 class TrainState:
-    """Everything that changes during training, in one place, and the recipe it changes by."""
+    """Everything that changes during training, in one place, and the recipe it changes by.
+    Saved and restored for a resume by :mod:`byol_core.resume`."""
 
     model: BYOL
     optimizer: LARS
@@ -94,23 +95,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one row per epoch
     steps: list[dict] = field(default_factory=list)  # one row per log interval (pretrain.log_every)
     forward: nn.Module | None = None  # what the step calls instead of ``model``: DDP's or torch.compile's wrapper
-
-    def to_checkpoint(self, key: str, params: PretrainParams) -> dict:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"run_key": key, "step": self.step, "epoch": self.epoch, "history": self.history, "steps": self.steps,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng, "params": params.model_dump(mode="json")}
-
-    def restore(self, blob: dict) -> None:
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.step, self.epoch, self.history = int(blob["step"]), int(blob["epoch"]), list(blob["history"])
-        self.steps = list(blob.get("steps", []))
-        torch.set_rng_state(blob["rng"]["cpu"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
 
 
 def new_state(params: PretrainParams, in_channels: int, recipe: Recipe, device: torch.device,

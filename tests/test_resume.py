@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import byol_core.train as train
+from byol_core import resume
 from byol_core.config import load_params
 from byol_core.data import load_prepared
 from byol_core.ingest import ingest
@@ -130,7 +131,7 @@ def test_two_pretrains_with_the_same_seed_write_the_same_bytes(tmp_path, monkeyp
 def _key_with(params, knob: str, value) -> str:
     """run_key of ``params`` with pretrain.``knob`` set to ``value``."""
     changed = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={knob: value})})
-    return train.run_key(changed, "a" * 16, torch.device("cpu"))
+    return resume.run_key(changed, "a" * 16, torch.device("cpu"))
 
 
 def test_the_run_key_leaves_out_exactly_the_fields_the_schema_marks():
@@ -139,9 +140,9 @@ def test_the_run_key_leaves_out_exactly_the_fields_the_schema_marks():
     params = load_params(ROOT / "params.yaml")
     assert same_weights(PretrainConfig) == ("checkpoint_every", "log_every", "monitor_bank", "monitor_queries",
                                             "devices", "nodes", "resident_max_mb")
-    assert train.run_key(params, "a" * 16, torch.device("cpu")) == "b778e30dcfebea6b"
-    assert train.run_key(params, "a" * 16, torch.device("cuda")) == "a0c76a96398f83d8"
-    key = train.run_key(params, "a" * 16, torch.device("cpu"))
+    assert resume.run_key(params, "a" * 16, torch.device("cpu")) == "b778e30dcfebea6b"
+    assert resume.run_key(params, "a" * 16, torch.device("cuda")) == "a0c76a96398f83d8"
+    key = resume.run_key(params, "a" * 16, torch.device("cpu"))
     assert _key_with(params, "log_every", 7) == _key_with(params, "resident_max_mb", 0.0) == key
     assert _key_with(params, "epochs", 7) != key and _key_with(params, "compile", True) != key
 
@@ -157,7 +158,7 @@ def test_marking_a_field_takes_it_out_of_the_run_key_and_unmarking_puts_it_back(
 
     def key(section: type[PretrainConfig], **update) -> str:
         pretrain = section.model_construct(**{**params.pretrain.__dict__, **update})
-        return train.run_key(params.model_copy(update={"pretrain": pretrain}), "a" * 16, torch.device("cpu"))
+        return resume.run_key(params.model_copy(update={"pretrain": pretrain}), "a" * 16, torch.device("cpu"))
 
     assert "log_every" not in same_weights(Unmarked) and "epochs" in same_weights(Marked)
     assert key(PretrainConfig, log_every=7) == key(PretrainConfig)
