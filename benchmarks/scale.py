@@ -16,7 +16,7 @@ and runs each stage as its own `byol` process, measuring:
                update, and the remote's growth in bytes. (Shards end on average every
                data.shard_mb / 2: below that a split is one shard, rewritten by any new file;
                --shard-mb sets a smaller size to see the behaviour of large data on small.)
-  pretrain     N <= --pretrain-max: one epoch, twice: streamed from the memory-mapped shards
+  pretrain     N <= --pretrain-max: one epoch, twice: streamed from the shards
                (pretrain.resident_max_mb 0) and resident in memory (a huge resident_max_mb):
                wall time, images/s (metrics/pretrain.json), peak RSS. Larger N, with
                --pretrain-seconds S: streamed, killed after S seconds; its peak RSS is that

@@ -1,5 +1,5 @@
 """Pretraining throughput with the data resident on the device against streamed from the
-memory-mapped shards, through the real loader (byol_core.loader) and training step.
+shards (read with pread), through the real loader (byol_core.loader) and training step.
 
     python benchmarks/stream_vs_resident.py [--n 20000] [--px 32] [--width 0.125] [--batch 256]
                                             [--steps 20] [--rounds 3] [--precision auto]

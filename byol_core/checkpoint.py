@@ -1,6 +1,7 @@
-"""What pretrain saves and later stages load: the encoder file and the full training state.
+"""The encoder file: what pretrain saves and later stages load (the full training state is
+:mod:`byol_core.resume`'s).
 
-Both are plain dicts of tensors, numbers, strings and lists, so they load with
+It is a plain dict of tensors, numbers, strings and lists, so it loads with
 ``torch.load(..., weights_only=True)``, which refuses anything that would run code.
 """
 
@@ -16,7 +17,6 @@ from byol_core.nets import EncoderSpec, ResNetEncoder, build_encoder
 from byol_core.storage import load_torch, save_torch
 
 ENCODER_FORMAT = 1
-STATE_FORMAT = 1
 
 
 def encoder_record(encoder: torch.nn.Module, spec: EncoderSpec, input_info: dict) -> dict:
@@ -77,27 +77,6 @@ def _input_info(info: object, channels: int) -> dict:
     if min(std) <= 0:
         raise ValueError("input std is not positive")
     return {"size": size, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-
-
-def save_state(path: Path, state: dict) -> None:
-    save_torch(path, {"format": STATE_FORMAT, **state})
-
-
-def load_state(path: Path, fix: str = "Delete it to start pretraining afresh.") -> dict:
-    """The full training state at ``path`` (a resume state, or pretrain's checkpoint and a
-    promoted copy of it), refused with ``fix`` unless it is one of this version."""
-    blob = load_torch(path, "training checkpoint", fix)
-    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT or not _state_shape_ok(blob):
-        raise ByolError(f"{path} is not a training checkpoint of this version. {fix}")
-    return blob
-
-
-def _state_shape_ok(blob: dict) -> bool:
-    """The keys and types :meth:`TrainState.restore` relies on."""
-    kinds = {"run_key": str, "step": int, "epoch": int, "history": list, "model": dict, "optimizer": dict,
-             "rng": dict}
-    return all(isinstance(blob.get(key), kind) and not isinstance(blob.get(key), bool) for key, kind in kinds.items()) \
-        and isinstance(blob["rng"].get("cpu"), torch.Tensor) and blob["step"] >= 0 and blob["epoch"] >= 0
 
 
 def input_normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,9 +15,9 @@ One directory, written atomically by :mod:`byol_core.ingest`:
                           labels (``data_hash``)
 
 ``store.json`` and ``card.json`` are read and written through :mod:`byol_core.card`.
-Images are read memory-mapped, so no stage needs a whole split in memory. This module
-knows nothing of the sources, so a change to a source reader reruns ingest alone (and
-nothing after it, when the prepared data comes out the same).
+Images are read a few rows at a time (``pread``, :mod:`byol_core.store`), so no stage needs a
+whole split in memory. This module knows nothing of the sources, so a change to a source
+reader reruns ingest alone (and nothing after it, when the prepared data comes out the same).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def labels_name(split: str) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The prepared dataset: memory-mapped uint8 images (N, C, H, W) and int64 labels per split."""
+    """The prepared dataset: uint8 images (N, C, H, W), read from their shards as indexed, and
+    int64 labels per split."""
 
     images: dict[str, ShardedImages]
     labels: dict[str, np.ndarray]
@@ -82,7 +83,7 @@ def data_hash(splits: dict[str, tuple[tuple[int, ...], np.ndarray, bytes]]) -> s
 
 def load_prepared(directory: Path, splits: tuple[str, ...] | None = None) -> Prepared:
     """Open what :func:`ingest` wrote (only ``splits``, when given): labels in memory, images
-    memory-mapped. A missing, old or damaged piece is an error that says to run ingest."""
+    read from the shards as indexed. A missing, old or damaged piece is an error that says to run ingest."""
     directory = Path(directory)
     card, layout = read_store(directory)
     images, labels = {}, {}

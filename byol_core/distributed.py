@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -49,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from byol_core import proc
 from byol_core.errors import ByolError, brief
 
 T = TypeVar("T")
@@ -86,15 +88,8 @@ def die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this process when its parent dies. torchrun starts
     each worker in a session of its own, so without this a ``kill -9`` of ``byol pretrain``
     would leave the ranks training on, unseen, and racing the next run for the same files."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took hold
-        os._exit(1)
+    if sys.platform.startswith("linux") and not proc.die_with_parent(signal.SIGKILL, os.getppid()):
+        os._exit(1)  # the parent died before the request took hold
 
 
 def node_rank(nodes: int) -> int | None:

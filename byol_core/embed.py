@@ -31,7 +31,7 @@ from byol_core import csvfile
 from byol_core.data import Prepared
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
-from byol_core.search import VECTORS, Gallery, top_k
+from byol_core.search import VECTORS, Gallery
 
 GROUP_ROWS = 65536
 QUERY_ROWS = 4096  # queries compared with the gallery at once in the near-duplicate scan
@@ -145,14 +145,9 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
         for start in range(lo, hi, QUERY_ROWS):
             stop = min(hi, start + QUERY_ROWS)
             queries = next(gallery.blocks(stop - start, start, stop))
-            exclude = np.arange(start, stop) - train[0] if split == "train" else None
-            if index is None:
-                sims, rows = top_k(queries, gallery.blocks(first=train[0], stop=train[1]), 1, exclude)
-            else:
-                from byol_core import ann
-
-                sims, rows = ann.search(index, nprobe, queries, 1, None if exclude is None else exclude + train[0], train)
-                rows = rows - train[0]
+            exclude = np.arange(start, stop) if split == "train" else None
+            sims, rows = gallery.nearest(queries, 1, exclude, train, index, nprobe)
+            rows = rows - train[0]
             hit = np.flatnonzero(sims[:, 0] >= threshold) if sims.size else np.zeros(0, dtype=np.int64)
             if split == "test" and sims.size:
                 nearest.append(sims[:, 0])

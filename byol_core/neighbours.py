@@ -19,7 +19,7 @@ import numpy as np
 from byol_core import ann
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
-from byol_core.search import Gallery, top_k
+from byol_core.search import Gallery
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,13 @@ def search(gallery: Gallery, queries: list[Query], k: int, exact: bool = False) 
     exclude = np.array([q.row for q in queries], dtype=np.int64)
     approximate = gallery.card.get("approximate")
     index_path = gallery.path.with_name(ann.INDEX)
+    index, nprobe = None, 0
     if approximate and index_path.is_file() and not exact:
         print(f"searching {gallery.rows} embeddings approximately ({approximate['kind']}, nprobe "
               f"{approximate['nprobe']}, measured recall@10 {approximate['recall_at_10']:.4f}); --exact searches "
               "them all", file=sys.stderr)
-        sims, rows = ann.search(ann.open_index(index_path), approximate["nprobe"], vectors, k, exclude)
-    else:
-        sims, rows = top_k(vectors, gallery.blocks(), k, exclude if (exclude >= 0).any() else None)
+        index, nprobe = ann.open_index(index_path), approximate["nprobe"]
+    sims, rows = gallery.nearest(vectors, k, exclude, index=index, nprobe=nprobe)
     described = gallery.describe(rows)
     results, it = [], iter(described)
     for q in range(len(queries)):

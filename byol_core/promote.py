@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from byol_core.checkpoint import load_state
+from byol_core.resume import load_state
 from byol_core.config import Params, parse_params
 from byol_core.errors import ByolError
 from byol_core.schema.base import read_params_file

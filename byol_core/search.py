@@ -123,6 +123,23 @@ class Gallery:
                     raise ByolError(f"{self.vectors_path}: shorter than its header says. Run `byol embed` again.")
                 yield block
 
+    def nearest(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                rows: tuple[int, int] | None = None, index=None, nprobe: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar gallery rows per query, best first, among rows [first, stop)
+        (``rows``; all by default), leaving out ``exclude`` (one gallery row per query, -1 for
+        none): through the approximate ``index`` searching ``nprobe`` lists when one is given
+        (:mod:`byol_core.ann`), else exactly (:func:`top_k`). Returns similarities and gallery rows."""
+        if index is not None:
+            from byol_core import ann
+
+            return ann.search(index, nprobe, queries, k, exclude, rows)
+        first, stop = rows if rows is not None else (0, self.rows)
+        if exclude is not None and not (exclude >= 0).any():
+            exclude = None
+        local = None if exclude is None else exclude - first
+        sims, found = top_k(queries, self.blocks(first=first, stop=stop), k, local)
+        return sims, found + first
+
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The embeddings of gallery rows ``rows`` (in that order)."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -22,22 +22,21 @@ from byol_core.device import autocast, free_memory, memory_format
 from byol_core.errors import ByolError
 from byol_core.nets import EncoderSpec
 from byol_core.optim import LARS, lr_at, param_groups
-from byol_core.schema.base import Params
-from byol_core.schema.pretrain import PretrainConfig, Schedule, derive_schedule
+from byol_core.schema.pretrain import PretrainConfig, PretrainParams, Schedule, derive_schedule
 
 
-def encoder_spec(params: Params, in_channels: int) -> EncoderSpec:
+def encoder_spec(params: PretrainParams, in_channels: int) -> EncoderSpec:
     m = params.model
     return EncoderSpec(arch=m.arch, width=m.width, in_channels=in_channels, small_stem=m.small_stem, pool=m.pool)
 
 
-def build_model(params: Params, in_channels: int) -> BYOL:
+def build_model(params: PretrainParams, in_channels: int) -> BYOL:
     torch.manual_seed(params.seed)
     m = params.model
     return BYOL(encoder_spec(params, in_channels), m.projector_hidden, m.projector_out, m.predictor_hidden)
 
 
-def check_model_fits(params: Params, in_channels: int, device: torch.device) -> None:
+def check_model_fits(params: PretrainParams, in_channels: int, device: torch.device) -> None:
     """Refuse, before allocating anything, a model whose weights, gradients, LARS momentum
     and target copy would not fit the device's free memory (built on the meta device to
     count its parameters)."""
@@ -85,7 +84,8 @@ class Recipe:
 
 @dataclass
 class TrainState:
-    """Everything that changes during training, in one place, and the recipe it changes by."""
+    """Everything that changes during training, in one place, and the recipe it changes by.
+    Saved and restored for a resume by :mod:`byol_core.resume`."""
 
     model: BYOL
     optimizer: LARS
@@ -96,25 +96,8 @@ class TrainState:
     steps: list[dict] = field(default_factory=list)  # one row per log interval (pretrain.log_every)
     forward: nn.Module | None = None  # what the step calls instead of ``model``: DDP's or torch.compile's wrapper
 
-    def to_checkpoint(self, key: str, params: Params) -> dict:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"run_key": key, "step": self.step, "epoch": self.epoch, "history": self.history, "steps": self.steps,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng, "params": params.model_dump(mode="json")}
 
-    def restore(self, blob: dict) -> None:
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.step, self.epoch, self.history = int(blob["step"]), int(blob["epoch"]), list(blob["history"])
-        self.steps = list(blob.get("steps", []))
-        torch.set_rng_state(blob["rng"]["cpu"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
-
-
-def new_state(params: Params, in_channels: int, recipe: Recipe, device: torch.device,
+def new_state(params: PretrainParams, in_channels: int, recipe: Recipe, device: torch.device,
               world: distributed.World = distributed.World()) -> TrainState:
     """A fresh model (seeded: every run and every rank starts from the same weights) in the
     device's memory layout, with SyncBatchNorm across processes, and LARS over its

@@ -111,6 +111,21 @@ def commit_files(outputs: list[tuple[Path, Callable[[Path], None] | Folder]], jo
     _apply(journal)
 
 
+class StageCommit:
+    """A stage's outputs, which change together: at its start :meth:`recover` finishes a
+    commit that a killed run left half done, and at its end :meth:`write` commits the new set
+    (:func:`commit_files`). The journal is ``folder/.{stage}.commit``."""
+
+    def __init__(self, stage: str, folder: Path) -> None:
+        self.journal = Path(folder) / f".{stage}.commit"
+
+    def recover(self) -> bool:
+        return recover(self.journal)
+
+    def write(self, outputs: list[tuple[Path, Callable[[Path], None] | Folder]]) -> None:
+        commit_files(outputs, self.journal)
+
+
 def recover(journal: Path) -> bool:
     """Finish a commit that a killed run left half done (see :func:`commit_files`)."""
     journal = Path(journal)
@@ -129,16 +144,12 @@ def _apply(journal: Path) -> None:
         except (OSError, ValueError):
             plan = []  # atomic_write never leaves a cut journal; an unreadable one holds nothing to do
         for tmp, final in plan:
-            if Path(tmp).is_dir():  # a folder: the old one goes aside, then away
-                old_dir = Path(final).with_name(f".{Path(final).name}.old")
-                if Path(final).exists():
-                    shutil.rmtree(old_dir, ignore_errors=True)
-                    os.replace(final, old_dir)
-                os.replace(tmp, final)
+            if Path(tmp).is_dir():  # a folder: the old one goes aside, and away once all are in place
+                _swap_dir(Path(tmp), Path(final))
             elif Path(tmp).exists():
                 os.replace(tmp, final)
         for _, final in plan:
-            shutil.rmtree(Path(final).with_name(f".{Path(final).name}.old"), ignore_errors=True)
+            shutil.rmtree(_aside(Path(final)), ignore_errors=True)
         for folder in {Path(final).parent for _, final in plan}:
             _fsync_dir(folder)
         journal.unlink(missing_ok=True)
@@ -245,14 +256,24 @@ def replace_dir(staging: Path, final: Path, marker: str) -> None:
     if final.exists() and not (final / marker).exists():
         raise ByolError(f"refusing to replace {final}: it exists but has no {marker}, so it was not written "
                         "by this stage. Point the path at a new folder, or remove that folder yourself.")
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
+    _swap_dir(Path(staging), final)
+    shutil.rmtree(_aside(final), ignore_errors=True)
+
+
+def _aside(final: Path) -> Path:
+    """Where :func:`_swap_dir` puts the old ``final`` until the new one is in place."""
+    return final.with_name(f".{final.name}.old")
+
+
+def _swap_dir(new: Path, final: Path) -> None:
+    """Rename the folder ``new`` to ``final``, the old ``final`` first renamed aside (to
+    :func:`_aside`, where the caller removes it), so that ``final`` is at every moment the
+    complete old or the complete new tree."""
+    old = _aside(final)
+    shutil.rmtree(old, ignore_errors=True)  # left by a swap that was killed before it removed it
     if final.exists():
         os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
+    os.replace(new, final)
 
 
 def staging_dir(final: Path) -> Path:

@@ -10,8 +10,6 @@ ends, so the device is synced only then.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -26,32 +24,13 @@ from tqdm import tqdm
 from byol_core import distributed, graphed, loader, warmstart
 from byol_core.augment import Augmenter
 from byol_core.byol import BYOL
-from byol_core.checkpoint import load_state, save_state
 from byol_core.data import Prepared, spread
 from byol_core.device import exact_kernels, synchronize
-from byol_core.errors import ByolError, brief
+from byol_core.errors import ByolError
 from byol_core.features import extract_features, knn_top1
-from byol_core.schema.base import Params
-from byol_core.schema.pretrain import Schedule
+from byol_core.resume import restore, run_key, save_state, saved_state, state_record
+from byol_core.schema.pretrain import PretrainParams, Schedule
 from byol_core.step import Recipe, StepMetrics, TrainState, new_state, train_step
-from byol_core.storage import remove_stale_temps
-
-
-def run_key(params: Params, data_hash: str, device: torch.device) -> str:
-    """A hash of everything that shapes the trained weights (params, data, device type):
-    a resume state is only ever continued under the same key, so a stale state never
-    leaks into another run. Knobs that only change logging or monitoring are left out, so
-    changing them does not throw away a half-finished run; so are the process count, since
-    the global batch and each sample's augmentation do not depend on it, and whether the
-    data is resident or streamed, since both give the same batches. A warm start's
-    init, init_sha256 and warm_epochs are pretrain keys, so a state is only continued from
-    the start it began from."""
-    shaping = params.model_dump(mode="json", include={"seed", "model", "augment", "pretrain"})
-    for knob in ("log_every", "checkpoint_every", "monitor_bank", "monitor_queries", "devices", "nodes",
-                 "resident_max_mb"):
-        shaping["pretrain"].pop(knob)
-    blob = json.dumps({"params": shaping, "data": data_hash, "device": device.type}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
@@ -87,7 +66,7 @@ class Monitor:
                    prepared.images["test"].take(query_idx), prepared.labels["test"][query_idx],
                    len(prepared.card.classes))
 
-    def knn_top1(self, encoder, mean, std, params: Params, device) -> float:
+    def knn_top1(self, encoder, mean, std, params: PretrainParams, device) -> float:
         batch = params.evaluate.batch_size
         bank = extract_features(encoder, self.bank, mean, std, batch, device)
         queries = extract_features(encoder, self.queries, mean, std, batch, device)
@@ -106,7 +85,7 @@ def _silent(line: str) -> None:
 class _Run:
     """What stays fixed while a pretraining run goes through its epochs."""
 
-    params: Params
+    params: PretrainParams
     device: torch.device
     world: distributed.World
     log: Callable[[str], None]
@@ -114,12 +93,12 @@ class _Run:
     n_images: int
     views: Augmenter  # without a generator: each epoch brings its own
     monitor: Monitor
-    key: str  # run_key: which saved state this run may continue
+    key: str  # resume.run_key: which saved state this run may continue
     resume_path: Path
     start: Path  # where a warm start (pretrain.init: previous) begins from
 
 
-def _set_up(params: Params, prepared: Prepared, device: torch.device, world: distributed.World,
+def _set_up(params: PretrainParams, prepared: Prepared, device: torch.device, world: distributed.World,
             log: Callable[[str], None]) -> tuple[_Run, Recipe]:
     """The run's fixed parts, and its recipe: steps and peak LR follow from the number of
     pretraining images, so an impossible batch size is refused before anything is built."""
@@ -137,34 +116,15 @@ def _set_up(params: Params, prepared: Prepared, device: torch.device, world: dis
     return run, recipe
 
 
-def _saved_state(run: _Run) -> dict | None:
-    """The saved state when it was made under this run's key; otherwise None, and say why."""
-    path = run.resume_path
-    for stale in remove_stale_temps(path):
-        run.log(f"pretrain: removed {stale.name}, a checkpoint cut short by a killed run")
-    if not path.is_file():
-        return None
-    blob = load_state(path)
-    if blob.get("run_key") != run.key:
-        run.log(f"pretrain: ignoring {path}: it was made under other params or data "
-                f"(key {blob.get('run_key')} != {run.key}); starting fresh")
-        return None
-    return blob
-
-
 def _resume(state: TrainState, run: _Run) -> bool:
     """Continue from the saved state when it was made under this run's key (True); otherwise
     start afresh, and say why. Rank 0 wrote the state, so rank 0 reads it and sends it to every
     rank: on several nodes the others have no copy (or an old one), and every rank must resume
     from the same epoch or their collectives no longer pair up."""
-    blob = distributed.from_rank0(lambda: _saved_state(run))
+    blob = distributed.from_rank0(lambda: saved_state(run.resume_path, run.key, run.log))
     if blob is None:
         return False
-    try:
-        state.restore(blob)
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ByolError(f"{run.resume_path}: the saved training state does not fit this model "
-                        f"({brief(exc, 200)}). Delete it to start afresh.") from None
+    restore(state, blob, run.resume_path)
     run.log(f"pretrain: resuming from {run.resume_path} after epoch {state.epoch} (step {state.step})")
     return True
 
@@ -287,11 +247,11 @@ def _checkpoint(state: TrainState, run: _Run) -> None:
     weight_norm = torch.stack(torch._foreach_norm(list(state.model.parameters()))).sum()
     _check_finite(weight_norm, state, run.resume_path, "the weight norm")
     if run.world.is_main:
-        save_state(run.resume_path, state.to_checkpoint(run.key, run.params))
+        save_state(run.resume_path, state_record(state, run.key, run.params))
     distributed.barrier()  # no rank runs ahead of the state it would resume from
 
 
-def pretrain(params: Params, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
+def pretrain(params: PretrainParams, prepared: Prepared, device: torch.device, log: Callable[[str], None] = _stderr,
              world: distributed.World = distributed.World()) -> tuple[TrainState, Schedule]:
     """Train BYOL on the prepared pretraining images, resuming from ``paths.resume_state``
     when it was made under the same params and data, else beginning from ``paths.start``

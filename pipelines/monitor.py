@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.tether import proc_stat
+from byol_core.proc import alive
 
 # Run workers that are processes on this machine: the default launcher's, and the in-process
 # one of `dagster dev`'s tests (not exported by dagster, so named).
@@ -31,13 +31,6 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return found
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with that pid runs (a zombie does not). A reused pid errs on the
-    safe side: the run is left alone."""
-    found = proc_stat(pid)
-    return found is not None and found[0] != "Z"
-
-
 @dg.sensor(minimum_interval_seconds=20, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Mark failed every started run whose worker process is gone (killed or crashed).")
 def fail_dead_runs(context: dg.SensorEvaluationContext):
@@ -47,7 +40,7 @@ def fail_dead_runs(context: dg.SensorEvaluationContext):
     failed = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         pid = worker_pid(instance, run.run_id)
-        if pid is None or process_alive(pid):
+        if pid is None or alive(pid):  # a reused pid errs on the safe side: the run is left alone
             continue
         instance.report_run_failed(run, message=(
             f"The run worker (pid {pid}) is gone: killed or crashed, so the run cannot finish. Run it again: "

@@ -21,7 +21,6 @@ The tether:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -29,26 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+if __package__ in (None, ""):  # run as a script: the project beside it, not another install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def die_with_parent(parent: int) -> bool:
-    """SIGTERM to this process when ``parent`` dies; False if it is gone already."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the step's own handler still stops the group
-        pass
-    return os.getppid() == parent
-
-
-def proc_stat(pid: int | str) -> tuple[str, int] | None:
-    """A process's state letter ("Z": a zombie) and process group, from /proc; None when it
-    is gone. The name in parentheses may hold spaces or parentheses, so split after the last one."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
-        return fields[0], int(fields[2])
-    except (OSError, IndexError, ValueError):
-        return None
+from byol_core.proc import die_with_parent, proc_stat  # noqa: E402 - the standard library alone
 
 
 def group_members(group: int) -> list[int]:
@@ -96,7 +79,8 @@ def main(argv: list[str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    if not die_with_parent(parent):
+    # Not Linux: no such request, and the step's own handler still stops the group.
+    if not die_with_parent(signal.SIGTERM, parent):
         return 128 + signal.SIGTERM
     try:
         child = subprocess.Popen(command)

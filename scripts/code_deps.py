@@ -1,10 +1,13 @@
-"""Rewrite each dvc.yaml stage's ``byol_core/`` deps to the files the stage really imports.
+"""Rewrite each dvc.yaml stage's ``byol_core/`` deps to the files the stage really imports,
+and its ``params:`` to the keys its view declares.
 
     .venv/bin/python scripts/code_deps.py          # rewrite dvc.yaml in place
     .venv/bin/python scripts/code_deps.py --check  # exit 1 if any stage's list is out of date
 
 A stage imports ``byol_core.cli`` and its stage module (byol_core/stages/<name>.py); the
-files in ``sys.modules`` afterwards are its code. tests/test_stages.py checks the same.
+files in ``sys.modules`` afterwards are its code. Its params keys are its ``VIEW``'s
+(:class:`byol_core.schema.base.View`), which also makes the schema of each section it names
+part of that code. tests/test_stages.py checks both.
 """
 
 from __future__ import annotations
@@ -52,11 +55,23 @@ def imported_files(names: list[str]) -> dict[str, list[str]]:
     return found
 
 
+def _stage_list(text: str, stage: str, name: str) -> re.Match:
+    """The lines of ``stage:``'s list ``name`` (``deps``, ``params``) in dvc.yaml's ``text``: group 1."""
+    block = re.search(rf"^  {stage}:\n(?:    .*\n|\n)*?    {name}:\n((?:      - .*\n)+)", text, re.M)
+    if block is None:
+        raise SystemExit(f"dvc.yaml: no {name} list for stage {stage!r}")
+    return block
+
+
+def rewrite_params(text: str, stage: str, keys: tuple[str, ...]) -> str:
+    """Replace ``stage:``'s params list with ``keys``."""
+    block = _stage_list(text, stage, "params")
+    return text[:block.start(1)] + "".join(f"      - {key}\n" for key in keys) + text[block.end(1):]
+
+
 def rewrite(text: str, stage: str, files: list[str]) -> str:
     """Replace the run of ``- byol_core/...`` lines under ``stage:``'s deps."""
-    block = re.search(rf"^  {stage}:\n(?:    .*\n|\n)*?    deps:\n((?:      - .*\n)+)", text, re.M)
-    if block is None:
-        raise SystemExit(f"dvc.yaml: no deps list for stage {stage!r}")
+    block = _stage_list(text, stage, "deps")
     lines = block.group(1).splitlines(keepends=True)
     kept = [line for line in lines if not line.strip().startswith("- byol_core/")]
     first = next(i for i, line in enumerate(lines) if line.strip().startswith("- byol_core/"))
@@ -72,10 +87,11 @@ def main() -> int:
     text = path.read_text()
     new = text
     for stage, files in imported_files(list(stages.STAGES)).items():
-        new = rewrite(new, stage, files)
+        new = rewrite_params(rewrite(new, stage, files), stage, stages.load(stage).VIEW.keys())
     if "--check" in sys.argv[1:]:
         if new != text:
-            print("dvc.yaml's code deps are out of date: run .venv/bin/python scripts/code_deps.py", file=sys.stderr)
+            print("dvc.yaml's code deps or params are out of date: run .venv/bin/python scripts/code_deps.py",
+                  file=sys.stderr)
             return 1
         return 0
     path.write_text(new)

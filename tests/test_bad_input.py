@@ -133,7 +133,7 @@ def _old_store(root: Path) -> None:
 def _start(root: Path, named: bool = False, **model) -> None:
     """A promoted training state of the tiny model (``model``: other model keys) at paths.start;
     ``named``: params.yaml's init_sha256 set to its digest."""
-    from byol_core.checkpoint import save_state
+    from byol_core.resume import save_state, state_record
     from byol_core.config import parse_params
     from byol_core.step import Recipe, new_state
     from conftest import params_dict
@@ -141,7 +141,7 @@ def _start(root: Path, named: bool = False, **model) -> None:
     params = parse_params(params_dict(**{**BASE, **model}))
     state = new_state(params, 1, Recipe.for_run(params.pretrain, 40), torch.device("cpu"))
     start = root / "models" / "start" / "checkpoint.pt"
-    save_state(start, state.to_checkpoint("key", params))
+    save_state(start, state_record(state, "key", params))
     if named:
         text = (root / "params.yaml").read_text()
         (root / "params.yaml").write_text(with_digest(text, hashlib.sha256(start.read_bytes()).hexdigest()))

@@ -3,10 +3,11 @@ import pickle
 import pytest
 import torch
 
-from byol_core.checkpoint import load_encoder, load_state, save_encoder, save_state
+from byol_core.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
 from byol_core.errors import ByolError
 from byol_core.nets import EncoderSpec
+from byol_core.resume import load_state, restore, save_state, state_record
 from byol_core.step import Recipe, new_state, train_step
 from byol_core.augment import Augmenter
 
@@ -27,10 +28,10 @@ def _trained_state(params_file):
 def test_state_round_trip_is_exact(tiny_params_file, tmp_path):
     params, state = _trained_state(tiny_params_file)
     path = tmp_path / "state.pt"
-    save_state(path, state.to_checkpoint("key", params))
+    save_state(path, state_record(state, "key", params))
     blob = load_state(path)
     restored = new_state(params, 1, state.recipe, CPU)
-    restored.restore(blob)
+    restore(restored, blob, path)
     assert restored.step == state.step == 2
     for (name, a), (_, b) in zip(state.model.state_dict().items(), restored.model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -91,7 +92,7 @@ def test_a_pickled_payload_is_refused(tmp_path):
 def test_truncated_checkpoint_is_refused_with_a_fix(tiny_params_file, tmp_path):
     params, state = _trained_state(tiny_params_file)
     path = tmp_path / "state.pt"
-    save_state(path, state.to_checkpoint("key", params))
+    save_state(path, state_record(state, "key", params))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ByolError, match="Delete it to start pretraining afresh"):
         load_state(path)

@@ -97,11 +97,16 @@ def test_the_probe_and_the_unread_schema_rerun_no_stage_that_does_not_run_them(e
 
 
 def test_each_stage_holds_the_schema_of_the_sections_it_reads_and_no_other(edited):
+    """What a stage reads is its view (dvc.yaml's params: test_stages.py): the view's module
+    is the stage's code, and so is the schema of each section the view names, and no other."""
     _, _, imported = edited
-    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]  # = each stage's PARAMS (test_stages.py)
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, files in imported.items():
+        view = stages.load(name).VIEW
+        assert declared[name]["params"] == list(view.keys()), name
+        assert view.__module__.replace(".", "/") + ".py" in files, name
         held = {f.removeprefix("byol_core/schema/").removesuffix(".py") for f in files if f.startswith("byol_core/schema/")}
-        read = {schema.SECTIONS[key.partition(".")[0]].partition(".")[0] for key in declared[name]["params"]}
+        read = {schema.SECTIONS[key].partition(".")[0] for key in view.model_fields}
         assert held == read | {"__init__", "base"}, name
 
 

@@ -190,3 +190,28 @@ def test_near_duplicates_through_the_index_match_the_exact_scan(tmp_path):
                              found["nprobe"])
     assert exact == approx and exact["test_with_train_near_duplicate"] >= 2 and exact["train_pairs"] >= 1
     assert (tmp_path / "exact.csv").read_text() == (tmp_path / "approx.csv").read_text()
+
+
+def test_the_gallery_searches_exactly_or_through_the_index_it_is_given(tmp_path):
+    """Gallery.nearest, the one search behind near-duplicates and `byol neighbours`: exact
+    over a row range gives gallery rows, and an index is searched when one is given."""
+    from byol_core import ann
+
+    vectors = _clustered(3000, 16, seed=3)
+    gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors[:2400], "test": vectors[2400:]})
+    found = ann.build(gallery, tmp_path / ann.INDEX, seed=0, target=0.99)
+    index = ann.open_index(tmp_path / ann.INDEX)
+    queries, own = vectors[2400:2420], np.arange(2400, 2420)
+    for got, want in [
+        (gallery.nearest(queries, 5, own), top_k(queries, gallery.blocks(), 5, own)),
+        (gallery.nearest(queries, 5, np.full(20, -1)), top_k(queries, gallery.blocks(), 5)),
+        (gallery.nearest(queries, 5, index=index, nprobe=found["nprobe"]),
+         ann.search(index, found["nprobe"], queries, 5)),
+        (gallery.nearest(queries, 5, own, (0, 2400), index, found["nprobe"]),
+         ann.search(index, found["nprobe"], queries, 5, own, (0, 2400))),
+    ]:
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    sims, rows = gallery.nearest(vectors[100:120], 3, np.arange(100, 120), rows=(50, 2400))
+    local_sims, local_rows = top_k(vectors[100:120], gallery.blocks(first=50, stop=2400), 3, np.arange(50, 70))
+    assert np.array_equal(sims, local_sims) and np.array_equal(rows, local_rows + 50)
+    assert not (rows == np.arange(100, 120)[:, None]).any() and (rows >= 50).all()

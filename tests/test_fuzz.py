@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from byol_core.checkpoint import save_encoder, save_state
+from byol_core.checkpoint import save_encoder
 from byol_core.config import load_params
 from byol_core.export import export_onnx
 from byol_core.ingest import ingest
 from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.resume import run_key, save_state, state_record
 from byol_core.step import Recipe, new_state
-from byol_core.train import run_key
 from conftest import TINY, make_fashion_files, write_params
 from fuzz_cases import build_cases, worker
 from sourcefiles import image_of, make_cifar10, make_stl10
@@ -41,7 +41,7 @@ def cases(tmp_path_factory):
     encoder = build_encoder(spec)
     save_encoder(root / "encoder.pt", encoder, spec, {"size": 28, "mean": [0.5], "std": [0.25]})
     state = new_state(params, 1, Recipe.for_run(params.pretrain, 40), torch.device("cpu"))
-    save_state(root / "pretrain-state.pt", state.to_checkpoint(run_key(params, "0" * 16, torch.device("cpu")), params))
+    save_state(root / "pretrain-state.pt", state_record(state, run_key(params, "0" * 16, torch.device("cpu")), params))
     export_onnx(encoder, torch.zeros(2, 1, 28, 28), root / "encoder.onnx", 20, 16, {})
     files = {"idx": src / "train-images-idx3-ubyte.gz", "cifar": root / "cifar" / "cifar-10-batches-py" / "data_batch_1",
              "stl": root / "stl", "png": root / "image.png", "jpeg": root / "image.jpg",

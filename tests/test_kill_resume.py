@@ -176,7 +176,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_pa
 
 
 def test_kill_on_the_streamed_path_resumes_to_the_resident_runs_weights(tmp_path, source, uninterrupted):
-    """Data streamed from the memory-mapped shards (``resident_max_mb: 0``): killed mid-epoch,
+    """Data streamed from the shards (``resident_max_mb: 0``): killed mid-epoch,
     resumed, and bitwise equal to the uninterrupted run that kept its data resident."""
     params = _project(tmp_path, source, **{"pretrain.resident_max_mb": 0})
     killed = _pretrain(params, "step", 8 + 3)  # 3 steps into epoch 2

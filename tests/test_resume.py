@@ -2,17 +2,21 @@
 resumed run ends with exactly the weights of an uninterrupted one."""
 
 from dataclasses import replace
+from typing import Annotated
 
 import pytest
 import torch
 
 import byol_core.train as train
+from byol_core import resume
 from byol_core.config import load_params
 from byol_core.data import load_prepared
 from byol_core.ingest import ingest
 from byol_core.errors import ByolError
+from byol_core.schema.base import SAME_WEIGHTS, PositiveInt, same_weights
+from byol_core.schema.pretrain import PretrainConfig
 from byol_core.stages.pretrain import run as run_pretrain
-from conftest import TINY, write_params
+from conftest import ROOT, TINY, write_params
 from test_data import make_fashion_files
 
 SMALL = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": 3,
@@ -122,3 +126,42 @@ def test_two_pretrains_with_the_same_seed_write_the_same_bytes(tmp_path, monkeyp
     real = [md5s(False), md5s(False)]
     assert real[0][0] == real[1][0]  # encoder.pt
     assert md5s(True) == md5s(True)  # every file, once the wall times agree
+
+
+def _key_with(params, knob: str, value) -> str:
+    """run_key of ``params`` with pretrain.``knob`` set to ``value``."""
+    changed = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={knob: value})})
+    return resume.run_key(changed, "a" * 16, torch.device("cpu"))
+
+
+def test_the_run_key_leaves_out_exactly_the_fields_the_schema_marks():
+    """A state saved before the marks were read from the schema is still resumed: the key of
+    the shipped params is the one the hand list gave, and the marked fields are those it named."""
+    params = load_params(ROOT / "params.yaml")
+    assert same_weights(PretrainConfig) == ("checkpoint_every", "log_every", "monitor_bank", "monitor_queries",
+                                            "devices", "nodes", "resident_max_mb")
+    assert resume.run_key(params, "a" * 16, torch.device("cpu")) == "b778e30dcfebea6b"
+    assert resume.run_key(params, "a" * 16, torch.device("cuda")) == "a0c76a96398f83d8"
+    key = resume.run_key(params, "a" * 16, torch.device("cpu"))
+    assert _key_with(params, "log_every", 7) == _key_with(params, "resident_max_mb", 0.0) == key
+    assert _key_with(params, "epochs", 7) != key and _key_with(params, "compile", True) != key
+
+
+def test_marking_a_field_takes_it_out_of_the_run_key_and_unmarking_puts_it_back():
+    params = load_params(ROOT / "params.yaml")
+
+    class Unmarked(PretrainConfig):  # log_every without its mark
+        log_every: PositiveInt
+
+    class Marked(PretrainConfig):  # epochs marked
+        epochs: Annotated[PositiveInt, SAME_WEIGHTS]
+
+    def key(section: type[PretrainConfig], **update) -> str:
+        pretrain = section.model_construct(**{**params.pretrain.__dict__, **update})
+        return resume.run_key(params.model_copy(update={"pretrain": pretrain}), "a" * 16, torch.device("cpu"))
+
+    assert "log_every" not in same_weights(Unmarked) and "epochs" in same_weights(Marked)
+    assert key(PretrainConfig, log_every=7) == key(PretrainConfig)
+    assert key(Unmarked, log_every=7) != key(Unmarked)
+    assert key(PretrainConfig, epochs=7) != key(PretrainConfig)
+    assert key(Marked, epochs=7) == key(Marked)

@@ -14,12 +14,13 @@ import torch
 import yaml
 
 import byol_core.train as train
-from byol_core.checkpoint import save_state
+from byol_core import resume
 from byol_core.cli import main
 from byol_core.config import load_params, parse_params
 from byol_core.errors import ByolError
 from byol_core.ingest import ingest
 from byol_core.promote import promote, with_digest
+from byol_core.resume import save_state, state_record
 from byol_core.schema.pretrain import derive_schedule
 from byol_core.stages.pretrain import run as run_pretrain
 from byol_core.step import Recipe, build_model, new_state
@@ -67,7 +68,7 @@ def _state_file(path, **overrides) -> str:
     channels = overrides.pop("channels", 1)
     params = parse_params(params_dict(**{**SMALL, **overrides}))
     state = new_state(params, channels, Recipe.for_run(params.pretrain, 64), CPU)
-    save_state(path, state.to_checkpoint("key", params))
+    save_state(path, state_record(state, "key", params))
     return _sha256(path)
 
 
@@ -181,7 +182,7 @@ def test_run_key_covers_the_start():
     def key(**overrides):
         params = parse_params(params_dict(**{"pretrain.init": "previous", "pretrain.init_sha256": "a" * 64,
                                              **overrides}))
-        return train.run_key(params, "data", CPU)
+        return resume.run_key(params, "data", CPU)
 
     assert key() != key(**{"pretrain.init_sha256": "b" * 64})
     assert key() != key(**{"pretrain.warm_epochs": 3})

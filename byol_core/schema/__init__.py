@@ -2,18 +2,21 @@
 
 DVC reruns a stage when a file it imports changes. So a stage imports the schema of the
 sections it reads and no other: an edit to the export section's schema reruns export
-alone, and one to ``checks`` (read by no stage) reruns nothing. The groups follow who
-reads them:
+alone, and one to ``checks`` (read by no stage) reruns nothing. Each stage's params view
+(a :class:`~byol_core.schema.base.View`: the keys it reads) lives beside the schema of the
+sections that stage alone reads, and imports the schema of the others. The groups follow
+who reads them:
 
   base      what every section shares: the frozen model, anchored paths, reading the
-            YAML file, :func:`~byol_core.schema.base.restrict`          (every stage)
+            YAML file, :class:`~byol_core.schema.base.View`             (every stage)
   paths     paths, and the file names inside those folders              (every stage)
   run       seed, device                                                (pretrain, evaluate)
-  data      data                                                        (ingest)
-  pretrain  model, augment, pretrain, and the schedule derived from them (pretrain)
-  probe     knn, evaluate                                               (pretrain, evaluate)
-  export    export                                                      (export)
-  embed     embed                                                       (embed)
+  data      data; the views ScanParams, IngestParams                    (scan, ingest)
+  pretrain  model, augment, pretrain, and the schedule derived from them;
+            the view PretrainParams                                     (pretrain)
+  probe     knn, evaluate; the view EvaluateParams                      (pretrain, evaluate)
+  export    export; the view ExportParams                               (export)
+  embed     embed; the view EmbedParams                                 (embed)
   checks    checks                                                      (no stage: the asset checks)
 
 The whole file, with the checks that span sections, is validated by :mod:`byol_core.config`.
@@ -24,8 +27,8 @@ from __future__ import annotations
 import importlib
 
 # params.yaml's top-level keys, in the file's order -> "module.Name" of the type that
-# validates each. byol_core.config builds the whole file's model from this, and
-# byol_core.stages.load imports the schema of each section a stage reads.
+# validates each. byol_core.config builds the whole file's model from this; a stage's view
+# names its keys (and imports their types) itself.
 SECTIONS = {
     "seed": "run.Seed",
     "device": "run.Device",

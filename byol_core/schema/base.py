@@ -1,5 +1,5 @@
 """What every params section shares: the frozen model, paths anchored at the params file,
-reading params.yaml, and :func:`restrict`, which hands a stage only its declared keys.
+reading params.yaml, and :class:`View`, the class in which a stage declares the keys it reads.
 
 Every stage imports this module, so only what changes the values a stage is handed lives
 here. How a bad file is reported as a whole (and the checks that span sections) is in
@@ -8,15 +8,15 @@ here. How a bad file is reported as a whole (and the checks that span sections) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from byol_core.errors import ByolError, brief
+from byol_core.schema import SECTIONS
 
 # Strict numbers and booleans. YAML reads a bare `true` as a bool, and pydantic's lax mode
 # takes a bool as 1 for an int (and 1.0 for a float), so `epochs: true` would train one
@@ -41,15 +41,97 @@ def int_choice(*values: int) -> object:
     return Annotated[Literal[values], BeforeValidator(_an_int)]
 
 
+class _SameWeights:
+    def __repr__(self) -> str:
+        return "SAME_WEIGHTS"
+
+
+# Marks a field that does not change the trained weights (logging, monitoring, how the work
+# is spread over processes, where the data is held): ``Annotated[PositiveInt, SAME_WEIGHTS]``.
+# A pretrain resume state is keyed by every other field (byol_core.resume.run_key), so changing
+# a marked one goes on with an unfinished run instead of starting over.
+SAME_WEIGHTS = _SameWeights()
+
+
+def same_weights(section: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``section`` marked :data:`SAME_WEIGHTS`."""
+    return tuple(name for name, field in section.model_fields.items() if SAME_WEIGHTS in field.metadata)
+
+
 class Section(BaseModel):
     # No NaN or infinity anywhere: every number in params.yaml must be finite.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Params(Section):
-    """params.yaml's top-level keys as attributes: all of them (:class:`byol_core.config.Params`,
-    a subclass), or the share :func:`restrict` hands a stage. Stages take this type, so
-    their code does not import the schema of sections they never read."""
+    """params.yaml's top-level keys as attributes, all of them: :class:`byol_core.config.Params`,
+    a subclass. A stage is handed its :class:`View` instead."""
+
+
+class Only:
+    """In a :class:`View`, the keys of a section that the stage reads when it reads only some:
+    ``paths: Annotated[PathsConfig, Only("prepared", "models")]``."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
+
+
+class View(Section):
+    """The params keys one stage reads, as a class: a field per params.yaml top-level key,
+    typed by that key's schema (so go-to-definition leads to it), with :class:`Only` where
+    the stage reads some keys of a section. Three things follow from it:
+
+    - :meth:`of`: the params the stage is handed. Reading a key the view leaves out raises
+      AttributeError, so a stage cannot read a key that DVC does not track for it;
+    - :meth:`keys`: the stage's ``params:`` list in dvc.yaml (scripts/code_deps.py writes it);
+    - its code deps: the view's module imports the schema of every section it names, and so
+      does the stage that imports the view.
+
+    Fields follow params.yaml's order (``SECTIONS``), as the whole file's do: the view's
+    ``model_dump`` is what a checkpoint records as its params."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        names = list(cls.model_fields)
+        for name in names:
+            if name not in SECTIONS:
+                raise KeyError(f"no params key {name!r}")
+            section = cls.model_fields[name].annotation
+            unknown = [leaf for leaf in cls._only(name) or () if leaf not in section.model_fields]
+            if unknown:
+                raise KeyError(f"no params key '{name}.{unknown[0]}'")
+        if names != sorted(names, key=list(SECTIONS).index):
+            raise TypeError(f"{cls.__name__}: declare the keys in params.yaml's order ({', '.join(SECTIONS)})")
+
+    @classmethod
+    def _only(cls, name: str) -> tuple[str, ...] | None:
+        """The keys of section ``name`` the view reads, or None for the whole of it."""
+        marks = [mark for mark in cls.model_fields[name].metadata if isinstance(mark, Only)]
+        return marks[0].keys if marks else None
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The dotted keys the view reads: a whole section (``"knn"``), a top-level value
+        (``"seed"``) or one value of a section (``"paths.models"``)."""
+        keys: list[str] = []
+        for name in cls.model_fields:
+            only = cls._only(name)
+            keys += [name] if only is None else [f"{name}.{leaf}" for leaf in only]
+        return tuple(keys)
+
+    @classmethod
+    def of(cls, params: BaseModel) -> Self:
+        """The share of ``params`` (validated: the whole file, or a wider view) this view reads.
+        A section read in part keeps its derived values (``paths.encoder`` from ``paths.models``)."""
+        values = {}
+        for name in cls.model_fields:
+            value = getattr(params, name)
+            only = cls._only(name)
+            if only is not None:
+                value = type(value).model_construct(**{leaf: getattr(value, leaf) for leaf in only})
+            values[name] = value
+        return cls.model_construct(**values)
 
 
 def within(path: Path, folder: Path) -> bool:
@@ -136,30 +218,3 @@ def read_params_file(path: Path) -> tuple[dict, Path]:
     if not isinstance(raw, dict):
         raise ByolError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}.")
     return raw, path.resolve().parent
-
-
-def restrict(params: Params, keys: Iterable[str]) -> Params:
-    """A copy of ``params`` that holds only ``keys``: a whole section (``"knn"``), a
-    top-level value (``"seed"``) or one value of a section (``"paths.models"``). Reading
-    anything else raises AttributeError, so a stage run on it can read no key that its
-    declared list (and so dvc.yaml's ``params``) leaves out."""
-    fields = type(params).model_fields
-    picked: dict[str, set[str] | None] = {}
-    for key in keys:
-        head, _, leaf = key.partition(".")
-        if head not in fields:
-            raise KeyError(f"no params key {key!r}")
-        if not leaf:
-            picked[head] = None
-        elif picked.get(head, set()) is not None:
-            picked.setdefault(head, set()).add(leaf)
-    values = {}
-    for head, leaves in picked.items():
-        value = getattr(params, head)
-        if leaves is not None:
-            unknown = leaves - set(type(value).model_fields)
-            if unknown:
-                raise KeyError(f"no params key '{head}.{sorted(unknown)[0]}'")
-            value = type(value).model_construct(**{leaf: getattr(value, leaf) for leaf in leaves})
-        values[head] = value
-    return type(params).model_construct(**values)

@@ -1,4 +1,5 @@
-"""``data``: which source ingest reads and how it is converted (the ingest stage alone)."""
+"""``data``: which source the scan lists and ingest reads, and how it is converted; and the
+params view of each of those two stages."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from byol_core.schema.base import Float, Int, PositiveInt, Section, anchored, int_choice
+from byol_core.schema.base import Float, Int, Only, PositiveInt, Section, View, anchored, int_choice
+from byol_core.schema.paths import PathsConfig
 from byol_core.sources import SOURCES
 
 
@@ -39,3 +41,17 @@ class DataConfig(Section):
     def caps(self) -> dict[str, int | None]:
         """Split -> the most images it keeps (None: all). The reader of the split applies it."""
         return {"train": self.max_train, "test": self.max_test, "unlabeled": self.max_unlabeled}
+
+
+class ScanParams(View):
+    """What the scan stage reads: the folder it lists, where the listing goes, and its cache."""
+
+    paths: Annotated[PathsConfig, Only("listing", "cache")]
+    data: Annotated[DataConfig, Only("source_dir")]
+
+
+class IngestParams(View):
+    """What the ingest stage reads: the listing it holds the folder to, and the whole data section."""
+
+    paths: Annotated[PathsConfig, Only("prepared", "cache", "listing")]
+    data: DataConfig

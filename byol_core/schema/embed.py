@@ -1,5 +1,5 @@
-"""``embed``: embedding every prepared image with the ONNX encoder, and searching them (the
-embed stage)."""
+"""``embed``: embedding every prepared image with the ONNX encoder, and searching them, and
+the embed stage's params view."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from byol_core.schema.base import Float, Int, PositiveInt, Section
+from byol_core.schema.base import Float, Int, Only, PositiveInt, Section, View
+from byol_core.schema.paths import PathsConfig
 
 
 class EmbedConfig(Section):
@@ -16,3 +17,10 @@ class EmbedConfig(Section):
     neighbours: Annotated[Int, Field(ge=1, le=64)]  # training neighbours per query in the picture
     approximate_from: PositiveInt  # gallery rows from which an approximate index is built and searched
     approximate_recall: Annotated[Float, Field(gt=0.0, le=1.0)]  # its recall@10 against exact search, at least
+
+
+class EmbedParams(View):
+    """What the embed stage reads."""
+
+    paths: Annotated[PathsConfig, Only("prepared", "models", "metrics", "embeddings")]
+    embed: EmbedConfig

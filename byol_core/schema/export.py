@@ -1,4 +1,5 @@
-"""``export``: the ONNX export and its parity check against PyTorch (the export stage)."""
+"""``export``: the ONNX export and its parity check against PyTorch, and the export stage's
+params view."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from byol_core.schema.base import Float, Int, PositiveInt, Section
+from byol_core.schema.base import Float, Int, Only, PositiveInt, Section, View
+from byol_core.schema.paths import PathsConfig
 
 
 class ExportConfig(Section):
@@ -22,3 +24,10 @@ class ExportConfig(Section):
             raise ValueError(f"parity_images ({self.parity_images}) exceeds max_batch ({self.max_batch}): "
                              "the parity check runs them as one batch")
         return self
+
+
+class ExportParams(View):
+    """What the export stage reads."""
+
+    paths: Annotated[PathsConfig, Only("prepared", "models", "metrics")]
+    export: ExportConfig

@@ -1,5 +1,6 @@
-"""``model``, ``augment`` and ``pretrain``: what the pretrain stage alone reads, and the
-training length derived from them (:func:`derive_schedule`), never written down."""
+"""``model``, ``augment`` and ``pretrain``: what the pretrain stage alone reads, the training
+length derived from them (:func:`derive_schedule`), never written down, and the stage's
+params view (:class:`PretrainParams`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from byol_core.errors import ByolError
-from byol_core.schema.base import Bool, Float, Int, PositiveInt, Probability, Section, ordered_pair
+from byol_core.schema.base import (SAME_WEIGHTS, Bool, Float, Int, Only, PositiveInt, Probability, Section, View,
+                                   ordered_pair)
+from byol_core.schema.paths import PathsConfig
+from byol_core.schema.probe import EvaluateConfig, KnnConfig
+from byol_core.schema.run import Device, Seed
 
 HeadWidth = Annotated[Int, Field(ge=1, le=65536)]  # an MLP layer; the paper's largest is 4096
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a file's digest, lower-case hex
@@ -67,15 +72,17 @@ class PretrainConfig(Section):
     trust_coefficient: Annotated[Float, Field(gt=0.0)]
     tau_base: Probability
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
-    checkpoint_every: PositiveInt  # epochs between resume checkpoints
-    log_every: PositiveInt  # steps between progress updates (each one syncs with the device)
-    monitor_bank: PositiveInt  # labelled train images for the per-epoch kNN monitor
-    monitor_queries: PositiveInt  # test images it classifies
-    devices: PositiveInt  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
-    nodes: PositiveInt  # machines; > 1 needs torchrun's rendezvous settings on each
+    checkpoint_every: Annotated[PositiveInt, SAME_WEIGHTS]  # epochs between resume checkpoints
+    log_every: Annotated[PositiveInt, SAME_WEIGHTS]  # steps between progress updates (each one syncs with the device)
+    monitor_bank: Annotated[PositiveInt, SAME_WEIGHTS]  # labelled train images for the per-epoch kNN monitor
+    monitor_queries: Annotated[PositiveInt, SAME_WEIGHTS]  # test images it classifies
+    # The global batch and each sample's views do not depend on the process count: the same weights.
+    devices: Annotated[PositiveInt, SAME_WEIGHTS]  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
+    nodes: Annotated[PositiveInt, SAME_WEIGHTS]  # machines; > 1 needs torchrun's rendezvous settings on each
     compile: Bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
     cuda_graph: Bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.graphed)
-    resident_max_mb: Literal["auto"] | Annotated[Float, Field(ge=0.0)]  # data up to this stays on the device
+    # Resident or streamed, the batches are the same.
+    resident_max_mb: Annotated[Literal["auto"] | Annotated[Float, Field(ge=0.0)], SAME_WEIGHTS]  # data up to this stays on the device
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> PretrainConfig:
@@ -121,6 +128,20 @@ class PretrainConfig(Section):
             raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must split into equal "
                              f"shards of at least 2 over devices x nodes = {self.processes} processes")
         return self
+
+
+class PretrainParams(View):
+    """What the pretrain stage reads: the training recipe, and the kNN monitor's settings
+    (knn, and evaluate's feature batch) for its per-epoch check."""
+
+    seed: Seed
+    device: Device
+    paths: Annotated[PathsConfig, Only("prepared", "models", "start", "metrics", "resume")]
+    model: ModelConfig
+    augment: AugmentConfig
+    pretrain: PretrainConfig
+    knn: KnnConfig
+    evaluate: Annotated[EvaluateConfig, Only("batch_size")]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""``knn`` and ``evaluate``: how frozen features are judged. The evaluate stage reads both;
-pretrain reads them too, for its per-epoch kNN monitor (and evaluate.batch_size)."""
+"""``knn`` and ``evaluate``: how frozen features are judged. The evaluate stage reads both
+(its params view is :class:`EvaluateParams`); pretrain reads them too, for its per-epoch
+kNN monitor (and evaluate.batch_size)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from byol_core.schema.base import Float, PositiveInt, Section
+from byol_core.schema.base import Float, Only, PositiveInt, Section, View
+from byol_core.schema.paths import PathsConfig
+from byol_core.schema.run import Device, Seed
 
 
 class KnnConfig(Section):
@@ -23,3 +26,13 @@ class EvaluateConfig(Section):
     batch_size: PositiveInt  # feature-extraction batch
     probe_max_mb: Annotated[Float, Field(gt=0.0)]  # features one probe holds; larger splits: an even subset
     label_fractions: tuple[Annotated[Float, Field(gt=0.0, lt=1.0)], ...]  # shares of train labels probed too
+
+
+class EvaluateParams(View):
+    """What the evaluate stage reads."""
+
+    seed: Seed
+    device: Device
+    paths: Annotated[PathsConfig, Only("prepared", "models", "metrics")]
+    knn: KnnConfig
+    evaluate: EvaluateConfig

@@ -11,18 +11,13 @@ from byol_core.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
-from byol_core.schema.base import Params
+from byol_core.schema.embed import EmbedParams
 from byol_core.search import EMBED_CARD, Gallery, top_k
-from byol_core.storage import Folder, commit_files, json_writer, recover, write_json
+from byol_core.storage import Folder, StageCommit, json_writer, write_json
 
-PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "paths.embeddings", "embed")
+VIEW = EmbedParams  # the params keys this stage reads (dvc.yaml's params: list)
 GRID_QUERIES = 8  # test queries in the neighbour picture
 MAP_POINTS = 5000  # test images on the 2-D map (evenly spaced)
-
-
-def journal(params: Params):
-    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
-    return params.paths.metrics / ".embed.commit"
 
 
 def _progress(total: int):
@@ -60,8 +55,9 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
     return {"neighbours": grid, "map": embedding_map(points, prepared.labels["test"][shown], classes)}
 
 
-def run(params: Params) -> tuple[str, dict]:
-    recover(journal(params))
+def run(params: EmbedParams) -> tuple[str, dict]:
+    outputs = StageCommit("embed", params.paths.metrics)
+    outputs.recover()
     paths, cfg = params.paths, params.embed
     prepared = data.load_prepared(paths.prepared)
     encoder = Encoder.open(paths.onnx)
@@ -104,10 +100,10 @@ def run(params: Params) -> tuple[str, dict]:
 
     # One commit: the folder is filled first, and the files after it are written from what
     # filling it found. All change together, or none does.
-    commit_files([(paths.embeddings, Folder(fill)),
-                  (paths.embed_metrics, lambda tmp: json_writer(found)(tmp)),
-                  (paths.neighbours_png, lambda tmp: tmp.write_bytes(pictures["neighbours"])),
-                  (paths.embedding_map_png, lambda tmp: tmp.write_bytes(pictures["map"]))], journal(params))
+    outputs.write([(paths.embeddings, Folder(fill)),
+                   (paths.embed_metrics, lambda tmp: json_writer(found)(tmp)),
+                   (paths.neighbours_png, lambda tmp: tmp.write_bytes(pictures["neighbours"])),
+                   (paths.embedding_map_png, lambda tmp: tmp.write_bytes(pictures["map"]))])
     dup = found["near_duplicates"]
     line = (f"embed: {found['rows']} images -> {paths.embeddings_file} ({found['dim']}-d, {encoder.provider}, "
             f"{found['images_per_sec']:.0f} img/s); near-duplicates at cosine >= {dup['threshold']}: "

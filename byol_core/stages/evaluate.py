@@ -16,11 +16,11 @@ from byol_core.features import extract_features, knn_top1
 from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics, spread_metrics
-from byol_core.schema.base import Params
-from byol_core.storage import commit_files, json_writer, recover, text_writer
+from byol_core.schema.probe import EvaluateParams
+from byol_core.storage import StageCommit, json_writer, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
-PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.metrics", "knn", "evaluate")
+VIEW = EvaluateParams  # the params keys this stage reads (dvc.yaml's params: list)
 REPORT_EVERY = 10.0  # seconds: within a long step (a split's features), at most one line this often
 
 
@@ -44,11 +44,6 @@ class _Lines:
             self.say(text)
 
 
-def journal(params: Params):
-    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
-    return params.paths.metrics / ".evaluate.commit"
-
-
 def _predictions_csv(classes: list[str], actual, predicted) -> str:
     """The confusion-matrix rows; the csv module quotes class names with commas or quotes, and
     :mod:`byol_core.csvfile` keeps one that begins like a formula from running as one."""
@@ -59,9 +54,10 @@ def _predictions_csv(classes: list[str], actual, predicted) -> str:
     return out.getvalue()
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: EvaluateParams) -> tuple[str, dict]:
     lines = _Lines()
-    recover(journal(params))
+    outputs = StageCommit("evaluate", params.paths.metrics)
+    outputs.recover()
     prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
     if spec.in_channels != prepared.card.channels:
@@ -148,10 +144,9 @@ def run(params: Params) -> tuple[str, dict]:
         "spread": spread,
     }
     curves = {LABELS[name]: points for name, points in efficiency.items()}
-    commit_files([(params.paths.eval_metrics, json_writer(metrics)),
-                  (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions))),
-                  (params.paths.eval_label_efficiency, lambda tmp: tmp.write_bytes(label_efficiency(curves)))],
-                 journal(params))
+    outputs.write([(params.paths.eval_metrics, json_writer(metrics)),
+                   (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions))),
+                   (params.paths.eval_label_efficiency, lambda tmp: tmp.write_bytes(label_efficiency(curves)))])
     line = (f"evaluate: linear {metrics['linear_top1']:.4f} (top5 {metrics['linear_top5']:.4f}), "
             f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
             f"pixels {metrics['pixels_linear_top1']:.4f} (knn {knns['pixels']:.4f}) on {metrics['n_test']} test images; "

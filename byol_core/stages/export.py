@@ -13,19 +13,15 @@ from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency
 from byol_core.inputs import to_input
 from byol_core.onnxmodel import PREPROCESS_KEY, RESIZE, open_session, preprocess_record
-from byol_core.schema.base import Params
-from byol_core.storage import commit_files, json_writer, recover
+from byol_core.schema.export import ExportParams
+from byol_core.storage import StageCommit, json_writer
 
-PARAMS = ("paths.prepared", "paths.models", "paths.metrics", "export")
-
-
-def journal(params: Params):
-    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
-    return params.paths.models / ".export.commit"
+VIEW = ExportParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
-def run(params: Params) -> tuple[str, dict]:
-    recover(journal(params))
+def run(params: ExportParams) -> tuple[str, dict]:
+    outputs = StageCommit("export", params.paths.models)
+    outputs.recover()
     cfg = params.export
     paths = params.paths
     encoder, spec, info = load_encoder(paths.encoder)
@@ -67,8 +63,8 @@ def run(params: Params) -> tuple[str, dict]:
                             f"{paths.onnx} is from an earlier run.")
         metrics = {**parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
                    **measure_latency(session, images.numpy())}
-        commit_files([(paths.onnx_meta, json_writer(sidecar)), (paths.export_metrics, json_writer(metrics)),
-                      (paths.onnx, lambda tmp: shutil.copyfile(candidate, tmp))], journal(params))
+        outputs.write([(paths.onnx_meta, json_writer(sidecar)), (paths.export_metrics, json_writer(metrics)),
+                       (paths.onnx, lambda tmp: shutil.copyfile(candidate, tmp))])
     finally:
         candidate.unlink(missing_ok=True)
     line = (f"export: {paths.onnx} (opset {cfg.opset}, dynamic batch), parity max abs diff "

@@ -9,12 +9,12 @@ here; the next scan sees it, so the next `dvc repro` reruns ingest.
 from __future__ import annotations
 
 from byol_core import ingest, scan
-from byol_core.schema.base import Params
+from byol_core.schema.data import IngestParams
 
-PARAMS = ("paths.prepared", "paths.cache", "paths.listing", "data")
+VIEW = IngestParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
-def run(params: Params) -> tuple[str, dict]:
+def run(params: IngestParams) -> tuple[str, dict]:
     listing, index = params.paths.listing, None
     if listing.is_file():  # without one (byol ingest alone, never scanned) there is nothing to hold it to
         # the check's walk is the reader's too: one walk of the folder, not two

@@ -10,12 +10,11 @@ from byol_core import csvfile, data, distributed, progress
 from byol_core.checkpoint import encoder_record
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
-from byol_core.schema.base import Params
-from byol_core.storage import commit_files, json_writer, recover, text_writer, torch_writer
+from byol_core.schema.pretrain import PretrainParams
+from byol_core.storage import StageCommit, json_writer, text_writer, torch_writer
 from byol_core.train import pretrain
 
-PARAMS = ("seed", "device", "paths.prepared", "paths.models", "paths.start", "paths.metrics", "paths.resume",
-          "model", "augment", "pretrain", "knn", "evaluate.batch_size")
+VIEW = PretrainParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
 def _curve_csv(history: list[dict]) -> str:
@@ -27,15 +26,11 @@ def _curve_csv(history: list[dict]) -> str:
     return out.getvalue()
 
 
-def journal(params: Params):
-    """Where a half-done commit of this stage's outputs is recorded (see storage.commit_files)."""
-    return params.paths.models / ".pretrain.commit"
-
-
-def run(params: Params) -> tuple[str, dict]:
+def run(params: PretrainParams) -> tuple[str, dict]:
     """Under torchrun every rank runs this; rank 0 alone writes the outputs."""
+    outputs = StageCommit("pretrain", params.paths.models)
     if distributed.current().is_main:
-        recover(journal(params))
+        outputs.recover()
     prepared = data.load_prepared(params.paths.prepared)
     device = resolve_device(params.device)
     world = distributed.current()
@@ -81,11 +76,11 @@ def run(params: Params) -> tuple[str, dict]:
     # Lists, as the encoder file has always held them (its bytes are a DVC output).
     record = encoder_record(encoder, state.model.spec,
                             {"size": card.height, "mean": list(card.mean), "std": list(card.std)})
-    commit_files([(params.paths.encoder, torch_writer(record)),
-                  (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
-                  (params.paths.pretrain_metrics, json_writer(metrics)),
-                  (params.paths.pretrain_curve, text_writer(_curve_csv(history))),
-                  (params.paths.pretrain_steps, text_writer(_curve_csv(state.steps)))], journal(params))
+    outputs.write([(params.paths.encoder, torch_writer(record)),
+                   (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
+                   (params.paths.pretrain_metrics, json_writer(metrics)),
+                   (params.paths.pretrain_curve, text_writer(_curve_csv(history))),
+                   (params.paths.pretrain_steps, text_writer(_curve_csv(state.steps)))])
     resume.unlink()  # finished: nothing left to resume
     begun = " from the promoted state" if cfg.warm else ""
     line = (f"pretrain: {metrics['epochs']} epochs{begun}, {state.step} steps on {device} in "

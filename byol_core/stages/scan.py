@@ -7,12 +7,12 @@ Reads only new or changed files (see byol_core.scan); under DVC the stage runs o
 from __future__ import annotations
 
 from byol_core import scan
-from byol_core.schema.base import Params
+from byol_core.schema.data import ScanParams
 
-PARAMS = ("data.source_dir", "paths.listing", "paths.cache")
+VIEW = ScanParams  # the params keys this stage reads (dvc.yaml's params: list)
 
 
-def run(params: Params, force: bool = False) -> tuple[str, dict]:
+def run(params: ScanParams, force: bool = False) -> tuple[str, dict]:
     """``force``: read every file again, not only those whose size or mtime changed."""
     folder, listing_path, cache = params.data.source_dir, params.paths.listing, params.paths.cache
     listing = scan.scan(folder, cache, force=force)
