@@ -127,7 +127,7 @@ class WatchedResult:
         return self.result.get()
 
     def revoke(self):
-        return self.result.revoke(terminate=True)
+        return self.result.revoke()
 
 
 class WorkerLost(Exception):
