@@ -22,6 +22,7 @@ from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
 from pipelines.plots import curves_markdown, picture
 from pipelines.resources import LOCK_ENTRY, DvcProject, json_file
+from pipelines.workers import CPU_QUEUE, GPU_QUEUE, QUEUE_TAG
 
 GROUP = "byol"
 POOL = "dvc"  # DVC locks the whole repository: every asset that runs it shares this pool (limit 1)
@@ -120,9 +121,15 @@ def computed_in(context: dg.AssetExecutionContext, version: dg.DataVersion) -> d
 def upstream_locks(context: dg.AssetExecutionContext) -> dict[str, dict]:
     """The dvc.lock entries of the stages upstream, as their latest materializations recorded
     them (on whichever machine ran them): what this stage's inputs are."""
+    return lock_entries(context.instance, context.assets_def.dependency_keys)
+
+
+def lock_entries(instance: dg.DagsterInstance, keys) -> dict[str, dict]:
+    """Stage name -> dvc.lock entry, as the latest materialization of each asset in ``keys``
+    recorded it (assets never materialized with a shared remote have none)."""
     entries = {}
-    for key in context.assets_def.dependency_keys:
-        event = context.instance.get_latest_materialization_event(key)
+    for key in keys:
+        event = instance.get_latest_materialization_event(key)
         found = event.asset_materialization.metadata.get(LOCK_ENTRY) if event and event.asset_materialization else None
         if found is not None and isinstance(found.value, dict) and "stage" in found.value:
             entries[found.value["stage"]] = found.value["entry"]
@@ -145,11 +152,12 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
                 describe: Callable[[Params], dict], automation: dg.AutomationCondition = AUTOMATION,
                 op_tags: Mapping[str, object] | None = None, first: str | None = None) -> dg.AssetsDefinition:
     """An asset that runs DVC stage ``stage`` and describes its outputs with ``describe``;
-    ``op_tags`` reach the step's executor (its Kubernetes pod, see pipelines/k8s.py);
+    ``op_tags`` reach the step's executor (its Kubernetes pod, see pipelines/k8s.py; its Celery
+    queue, see pipelines/workers.py: cpu unless they name another);
     ``first``: a stage to run before it, in the same step (ingest's scan, whose listing is
     ingest's input: without it DVC would not see new files)."""
 
-    @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps, op_tags=op_tags,
+    @dg.asset(name=name, group_name=GROUP, pool=POOL, deps=deps, op_tags={QUEUE_TAG: CPU_QUEUE, **(op_tags or {})},
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
         upstream = upstream_locks(context) if dvc.remote else None
@@ -308,7 +316,7 @@ prepared_dataset = stage_asset(
 byol_encoder = stage_asset(
     "byol_encoder", "pretrain", [prepared_dataset], {"pytorch"},
     "`byol pretrain`: the BYOL-trained encoder (models/encoder.pt) and full checkpoint.",
-    _encoder, op_tags=PRETRAIN_POD)  # on Kubernetes, a pod with one GPU
+    _encoder, op_tags={**PRETRAIN_POD, QUEUE_TAG: GPU_QUEUE})  # on Kubernetes a pod with one GPU; on Celery a gpu worker
 linear_eval = stage_asset(
     "linear_eval", "evaluate", [prepared_dataset, byol_encoder], {"pytorch"},
     "`byol evaluate`: linear probe and kNN on frozen features, against a random-init encoder and raw "

@@ -1,17 +1,27 @@
 """Asset checks. All are blocking: a failure stops the assets after it in the same run,
-and says why with the numbers. Thresholds come from params.yaml's ``checks`` section."""
+and says why with the numbers. Thresholds come from params.yaml's ``checks`` section.
+
+A check may run on another machine than the stage it checks (a Celery worker of its own):
+with a shared DVC remote it first pulls the outputs it reads, as their stages recorded them."""
 
 import dagster as dg
 
-from pipelines.assets import byol_encoder, linear_eval, onnx_encoder
+from pipelines.assets import byol_encoder, linear_eval, lock_entries, onnx_encoder, prepared_dataset
 from pipelines.resources import DvcProject, json_file
+
+
+def _bring(context: dg.AssetCheckExecutionContext, dvc: DvcProject, *assets: dg.AssetsDefinition) -> None:
+    """The outputs of ``assets`` in this checkout (pulled from the shared remote, if any)."""
+    if dvc.remote:
+        dvc.fetch(lock_entries(context.instance, [asset.key for asset in assets]))
 
 
 @dg.asset_check(asset=byol_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The encoder has not collapsed: its features of test images still spread out.")
-def encoder_not_collapsed(dvc: DvcProject) -> dg.AssetCheckResult:
+def encoder_not_collapsed(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
     from byol_core.checks import feature_spread
 
+    _bring(context, dvc, prepared_dataset, byol_encoder)
     params = dvc.params()
     floor = params.checks.min_feature_spread
     found = feature_spread(params.paths.encoder, params.paths.prepared, params.checks.images)
@@ -26,7 +36,8 @@ def encoder_not_collapsed(dvc: DvcProject) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=linear_eval, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The linear probe on BYOL features beats the same probe on a random-init encoder.")
-def probe_beats_random_init(dvc: DvcProject) -> dg.AssetCheckResult:
+def probe_beats_random_init(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
+    _bring(context, dvc, linear_eval)
     params = dvc.params()
     metrics = json_file(params.paths.eval_metrics)
     margin = metrics["linear_top1"] - metrics["random_init_linear_top1"]
@@ -44,9 +55,10 @@ def probe_beats_random_init(dvc: DvcProject) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=onnx_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="onnxruntime on the shipped ONNX file matches the PyTorch encoder on test images.")
-def onnx_matches_pytorch(dvc: DvcProject) -> dg.AssetCheckResult:
+def onnx_matches_pytorch(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
     from byol_core.checks import onnx_parity
 
+    _bring(context, dvc, prepared_dataset, byol_encoder, onnx_encoder)
     params = dvc.params()
     tol = params.export
     found = onnx_parity(params.paths.onnx, params.paths.encoder, params.paths.prepared,

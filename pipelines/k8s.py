@@ -1,6 +1,7 @@
 """How the steps run on Kubernetes (deploy/k8s/): the executor, and the pretrain step's pod.
 
-On one machine a run is one process (the in-process executor). Deployed with Dagster's Helm
+On one machine a run is one process (the in-process executor); ``BYOL_EXECUTOR=celery`` sends
+the steps to Celery workers instead (pipelines/workers.py). Deployed with Dagster's Helm
 chart and deploy/k8s/values.yaml, ``BYOL_EXECUTOR=k8s`` makes every step a Kubernetes Job
 of its own (dagster-k8s's ``k8s_job_executor``), so that pretraining alone holds a GPU: the
 ``dagster-k8s/config`` op tag below reaches the pretrain step's pod and no other. The
@@ -14,7 +15,7 @@ import os
 import dagster as dg
 
 EXECUTOR_VARIABLE = "BYOL_EXECUTOR"
-EXECUTORS = ("in_process", "k8s")
+EXECUTORS = ("in_process", "k8s", "celery")
 
 # Where the project lies inside the image: deploy/k8s/Dockerfile's WORKDIR.
 IMAGE_PROJECT_DIR = "/opt/byol"
@@ -57,6 +58,11 @@ def executor(name: str | None = None) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor  # imported only here: it loads the kubernetes client
 
         return k8s_job_executor
+    if name == "celery":
+        from pipelines import workers  # imported only here: it loads celery
+
+        return workers.executor()
     raise dg.DagsterInvariantViolationError(
         f"{EXECUTOR_VARIABLE}={name!r} is not an executor of this project: set it to one of {', '.join(EXECUTORS)} "
-        "(k8s only inside the Kubernetes deployment, deploy/k8s/README.md)")
+        "(k8s only inside the Kubernetes deployment, deploy/k8s/README.md; celery with a broker and workers, "
+        "deploy/README-workers.md)")

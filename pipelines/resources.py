@@ -198,6 +198,27 @@ class DvcProject(dg.ConfigurableResource):
         return {"dvc pushed files": dg.MetadataValue.int(files),
                 "dvc push seconds": dg.MetadataValue.float(round(seconds, 2))}
 
+    def fetch(self, entries: dict[str, dict]) -> None:
+        """With a shared remote: the outputs of these stages (name -> dvc.lock entry, as the
+        machines that ran them recorded it) pulled into this checkout, for a step that reads
+        them without running a stage (an asset check on another worker). Without one: nothing."""
+        if not self.remote or not entries:
+            return
+        self.use_remote()
+        self.adopt(entries)
+        command = [self.dvc, "pull", *entries]
+        try:
+            done = subprocess.run(tethered(command), cwd=self.root, capture_output=True, text=True,
+                                  timeout=TRANSFER_TIMEOUT, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise dg.Failure(description=f"`dvc pull {' '.join(entries)}` took more than {TRANSFER_TIMEOUT}s",
+                             allow_retries=True) from None
+        if done.returncode != 0:
+            last = " ".join([line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()][-2:])
+            raise dg.Failure(description=f"`dvc pull {' '.join(entries)}` from remote '{self.remote}' failed (exit "
+                                         f"{done.returncode}): {last}. Check that the remote is reachable and holds "
+                                         "those outputs (they are pushed when their stage runs).", allow_retries=True)
+
     def use_remote(self) -> None:
         """Make the shared remote this checkout's default (in .dvc/config.local, this machine's
         own file): `dvc repro --pull` pulls from the default remote and has no option to name one."""

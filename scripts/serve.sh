@@ -12,6 +12,18 @@
 #   dagster-webserver  the UI on http://127.0.0.1:$BYOL_UI_PORT
 # DAGSTER_HOME is $STATE/home; its dagster.yaml is written from scripts/serve-dagster.yaml.
 #
+# With BYOL_WORKERS=N (N >= 1) the steps run on Celery workers instead of inside the run's
+# process (BYOL_EXECUTOR=celery, pipelines/workers.py), and this script also starts:
+#   Redis       the broker, on 127.0.0.1:$BYOL_REDIS_PORT (default 6379), unless
+#               BYOL_CELERY_BROKER names an existing one
+#   N workers   each in a clone of its own ($STATE/workers/worker-K: `git clone` of this
+#               repository's committed code, with this checkout's .dvc/config.local), sharing
+#               nothing but the DVC remote that BYOL_DVC_REMOTE names (required) and the resume
+#               store (paths.resume); worker-1 takes the gpu queue (pretraining), the others the
+#               cpu queue (N=1: one worker takes both). The cpu workers' clones link the source
+#               files (data.source_dir) from this checkout: ingest reads them.
+# deploy/README-workers.md says how to run workers on other machines instead.
+#
 #   scripts/serve.sh start   (make serve)   start what is not running; idempotent
 #   scripts/serve.sh stop    (make stop)    stop the webserver, the daemon (each with every process
 #                                           below it) and the local PostgreSQL
@@ -31,7 +43,16 @@ UI_PORT=${BYOL_UI_PORT:-3000}
 CODE_PORT=${BYOL_CODE_PORT:-4266}
 FIGURE_PORT=${BYOL_FIGURE_PORT:-3001}
 BIN=$ROOT/.venv/bin
+WORKERS=${BYOL_WORKERS:-0}
+REDIS_PORT=${BYOL_REDIS_PORT:-6379}
 mkdir -p "$STATE/home" "$STATE/logs"
+case "$WORKERS" in
+  ''|*[!0-9]*) echo "serve: error: BYOL_WORKERS=$WORKERS is not a number of workers: set it to 0 (steps run in the run's process) or more" >&2; exit 2 ;;
+esac
+if [ "$WORKERS" -gt 0 ] && [ "${1:-start}" = start ] && [ -z "${BYOL_DVC_REMOTE:-}" ]; then
+  echo "serve: error: BYOL_WORKERS=$WORKERS needs BYOL_DVC_REMOTE, the DVC remote the workers share: add one with \`dvc remote add --local NAME URL\` and set BYOL_DVC_REMOTE=NAME (deploy/README-workers.md)" >&2
+  exit 1
+fi
 
 say() { echo "serve: $*"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -131,6 +152,51 @@ load_from:
 YAML
 }
 
+local_redis() { [ "$WORKERS" -gt 0 ] && [ -z "${BYOL_CELERY_BROKER:-}" ]; }
+
+start_redis() {
+  [ -x /usr/bin/redis-server ] || { echo "serve: error: Redis is not installed: run \`make setup\` (it installs Debian's redis-server) or set BYOL_CELERY_BROKER" >&2; exit 1; }
+  mkdir -p "$STATE/redis"
+  # No persistence: a queued step lives as long as the run that waits for it.
+  launch redis /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$STATE/redis"
+  for _ in $(seq 50); do
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.2
+  done
+  echo "serve: error: Redis did not answer on 127.0.0.1:$REDIS_PORT; see $STATE/logs/redis.log" >&2
+  exit 1
+}
+
+# Worker K's clone: this repository's committed code, this checkout's DVC remote settings and,
+# for a cpu worker, a link to the source files.
+worker_clone() {
+  local k=$1 clone=$STATE/workers/worker-$1 source
+  if [ ! -d "$clone/.git" ]; then
+    mkdir -p "$STATE/workers"
+    git clone -q "$ROOT" "$clone"
+    say "worker-$k: cloned $ROOT into $clone (update it with \`git -C $clone pull\`)" >&2
+  fi
+  [ -f "$ROOT/.dvc/config.local" ] && cp "$ROOT/.dvc/config.local" "$clone/.dvc/config.local"
+  if [ "$k" -gt 1 ] || [ "$WORKERS" -eq 1 ]; then
+    source=$(cd "$ROOT" && "$BIN/python" -c 'import os; from byol_core.config import load_params; print(os.path.relpath(load_params().data.source_dir))')
+    if [ "${source#../}" = "$source" ] && [ -e "$ROOT/$source" ] && [ ! -e "$clone/$source" ]; then
+      mkdir -p "$(dirname "$clone/$source")"
+      ln -s "$ROOT/$source" "$clone/$source"
+    fi
+  fi
+  echo "$clone"
+}
+
+start_workers() {
+  local k clone queues
+  for k in $(seq "$WORKERS"); do
+    clone=$(worker_clone "$k")
+    if [ "$WORKERS" -eq 1 ]; then queues=gpu,cpu; elif [ "$k" -eq 1 ]; then queues=gpu; else queues=cpu; fi
+    (cd "$clone" && PYTHONPATH=$clone BYOL_PROJECT_DIR=$clone DAGSTER_HOME=$DAGSTER_HOME \
+      launch "worker-$k" "$BIN/python" -m pipelines.workers --queues "$queues" --name "worker-$k")
+  done
+}
+
 # The code server answers once it has loaded the definitions (a few seconds: torch imports).
 wait_code_server() {
   for _ in $(seq 240); do
@@ -143,9 +209,14 @@ wait_code_server() {
 }
 
 stop_all() {
+  local pidfile
   stop_group webserver
   stop_group daemon
   stop_group code-server  # with the run workers it launched
+  for pidfile in "$STATE"/worker-*.pid; do
+    [ -e "$pidfile" ] && stop_group "$(basename "$pidfile" .pid)"
+  done
+  stop_group redis
   stop_group figures
 }
 
@@ -154,6 +225,14 @@ case "${1:-start}" in
     local_pg && start_pg
     env_for_dagster
     cd "$ROOT"
+    if [ "$WORKERS" -gt 0 ]; then
+      local_redis && start_redis
+      export BYOL_EXECUTOR=celery BYOL_CELERY_BROKER=${BYOL_CELERY_BROKER:-redis://127.0.0.1:$REDIS_PORT/0}
+      # A run whose worker was lost fails at that step; the daemon runs it again once, from
+      # the failure, on whichever worker is free (pretraining resumes from its checkpoint).
+      printf 'run_retries:\n  enabled: true\n  max_retries: 1\n' >>"$DAGSTER_HOME/dagster.yaml"
+      start_workers
+    fi
     launch figures "$BIN/python" -m pipelines.figures "$BYOL_FIGURE_DIR" --host 127.0.0.1 --port "$FIGURE_PORT"
     launch code-server "$BIN/dagster" code-server start -m pipelines.definitions -h 127.0.0.1 -p "$CODE_PORT"
     wait_code_server
@@ -171,7 +250,7 @@ case "${1:-start}" in
     rm -rf "$STATE"
     ;;
   status)
-    for name in figures code-server daemon webserver; do
+    for name in figures code-server daemon webserver $(cd "$STATE" && ls redis.pid worker-*.pid 2>/dev/null | sed 's/\.pid$//'); do
       if alive "$STATE/$name.pid"; then say "$name runs (pid $(cat "$STATE/$name.pid"))"; else say "$name is stopped"; fi
     done
     if local_pg; then as_pg "$(pg_bin)/pg_ctl" -D "$(pg_data)" status 2>/dev/null | head -1 || say "PostgreSQL is stopped"; fi

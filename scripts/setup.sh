@@ -7,6 +7,8 @@
 #  4. PostgreSQL from Debian's package `postgresql`, for `make serve` (see scripts/serve.sh);
 #     BYOL_SETUP_POSTGRESQL=no leaves it out (deploy/k8s/Dockerfile: the Helm chart runs PostgreSQL).
 #  5. OpenSSH's server (`openssh-server`), for the shared-remote test.
+#  6. Redis (`redis-server`), the Celery broker of `BYOL_WORKERS=N make serve` and of the
+#     distributed test (not started here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +59,15 @@ if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing OpenSSH's server (apt-get install openssh-server; not started)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssh-server >/dev/null
+fi
+
+# Redis, the broker between Dagster and the Celery workers (scripts/serve.sh, tests/test_distributed.py).
+if [ ! -x /usr/bin/redis-server ] && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing Redis (apt-get install redis-server; not started)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

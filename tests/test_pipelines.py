@@ -180,13 +180,13 @@ def test_collapse_check_fails_on_a_planted_collapsed_encoder(project, tmp_path):
                     module.weight.zero_()
     try:
         save_encoder(params.paths.encoder, encoder, spec, info)
-        result = encoder_not_collapsed(dvc=DvcProject(project_dir=str(root)))
+        result = encoder_not_collapsed(dg.build_asset_check_context(), dvc=DvcProject(project_dir=str(root)))
     finally:
         params.paths.encoder.write_bytes(original)
     assert not result.passed
     assert result.metadata["feature spread"].value < 0.05
     assert "collapsed encoder: feature spread" in result.description
-    healthy = encoder_not_collapsed(dvc=DvcProject(project_dir=str(root)))
+    healthy = encoder_not_collapsed(dg.build_asset_check_context(), dvc=DvcProject(project_dir=str(root)))
     assert healthy.passed and healthy.metadata["feature spread"].value > 0.05
 
 
@@ -200,13 +200,13 @@ def test_parity_check_fails_on_a_planted_onnx_error(project):
     target.CopyFrom(numpy_helper.from_array(array + np.float32(0.5), target.name))
     try:
         onnx.save(model, str(path))
-        result = onnx_matches_pytorch(dvc=DvcProject(project_dir=str(root)))
+        result = onnx_matches_pytorch(dg.build_asset_check_context(), dvc=DvcProject(project_dir=str(root)))
     finally:
         path.write_bytes(original)
     assert not result.passed
     assert result.metadata["max abs diff"].value > 1e-3
     assert "ONNX and PyTorch disagree: max abs diff" in result.description
-    assert onnx_matches_pytorch(dvc=DvcProject(project_dir=str(root))).passed
+    assert onnx_matches_pytorch(dg.build_asset_check_context(), dvc=DvcProject(project_dir=str(root))).passed
 
 
 def test_probe_check_fails_when_the_probe_does_not_beat_random_init(project):
@@ -219,7 +219,7 @@ def test_probe_check_fails_when_the_probe_does_not_beat_random_init(project):
     try:
         edit_params(root, "checks.min_probe_margin", 0.02)  # read by no DVC stage
         path.write_text(json.dumps(metrics))
-        result = probe_beats_random_init(dvc=DvcProject(project_dir=str(root)))
+        result = probe_beats_random_init(dg.build_asset_check_context(), dvc=DvcProject(project_dir=str(root)))
     finally:
         path.write_text(original)
         (root / "params.yaml").write_text(params_text)
