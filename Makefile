@@ -8,7 +8,7 @@
 #              Ctrl-C stops it and every process it started (scripts/ui.sh)
 #   make serve PostgreSQL, dagster-daemon and dagster-webserver on 127.0.0.1 (scripts/serve.sh);
 #              with BYOL_WORKERS=N also Redis and N Celery workers, each in a clone of its own
-#              (deploy/README-workers.md)
+#              (docs/machines.md)
 #   make stop  stop what `make serve` started
 # and for a warm start (docs/pipeline.md, "Warm start"):
 #   make promote  `byol promote` (the last pretrain's state -> paths.start, its sha256 -> params.yaml),

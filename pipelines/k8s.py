@@ -65,4 +65,4 @@ def executor(name: str | None = None) -> dg.ExecutorDefinition:
     raise dg.DagsterInvariantViolationError(
         f"{EXECUTOR_VARIABLE}={name!r} is not an executor of this project: set it to one of {', '.join(EXECUTORS)} "
         "(k8s only inside the Kubernetes deployment, deploy/k8s/README.md; celery with a broker and workers, "
-        "deploy/README-workers.md)")
+        "docs/machines.md)")

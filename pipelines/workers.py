@@ -18,7 +18,7 @@ whether it still answers; when it has not for ``BYOL_WORKER_LOST_SECONDS``, the 
 with the worker's name, and a re-execution from failure (the UI's button, or the daemon's run
 retries) sends the step to another worker. Pretraining then resumes from its last checkpoint,
 which lies where every gpu worker finds it (paths.resume on shared storage;
-deploy/README-workers.md).
+docs/machines.md).
 
 A worker: ``python -m pipelines.workers --queues gpu`` in its clone (see :func:`main`).
 """

@@ -22,7 +22,7 @@
 #               store (paths.resume); worker-1 takes the gpu queue (pretraining), the others the
 #               cpu queue (N=1: one worker takes both). The cpu workers' clones link the source
 #               files (data.source_dir) from this checkout: ingest reads them.
-# deploy/README-workers.md says how to run workers on other machines instead.
+# docs/machines.md says how to run workers on other machines instead.
 #
 #   scripts/serve.sh start   (make serve)   start what is not running; idempotent
 #   scripts/serve.sh stop    (make stop)    stop the webserver, the daemon (each with every process
@@ -50,7 +50,7 @@ case "$WORKERS" in
   ''|*[!0-9]*) echo "serve: error: BYOL_WORKERS=$WORKERS is not a number of workers: set it to 0 (steps run in the run's process) or more" >&2; exit 2 ;;
 esac
 if [ "$WORKERS" -gt 0 ] && [ "${1:-start}" = start ] && [ -z "${BYOL_DVC_REMOTE:-}" ]; then
-  echo "serve: error: BYOL_WORKERS=$WORKERS needs BYOL_DVC_REMOTE, the DVC remote the workers share: add one with \`dvc remote add --local NAME URL\` and set BYOL_DVC_REMOTE=NAME (deploy/README-workers.md)" >&2
+  echo "serve: error: BYOL_WORKERS=$WORKERS needs BYOL_DVC_REMOTE, the DVC remote the workers share: add one with \`dvc remote add --local NAME URL\` and set BYOL_DVC_REMOTE=NAME (docs/machines.md)" >&2
   exit 1
 fi
 
