@@ -15,13 +15,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from byol_core import scan
+from byol_core import metrics, scan
 from byol_core.card import read_store
 from byol_core.config import Params
 from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
 from pipelines.plots import curves_markdown, picture
-from pipelines.resources import LOCK_ENTRY, DvcProject, json_file
+from pipelines.resources import LOCK_ENTRY, DvcProject
 from pipelines.workers import CPU_QUEUE, GPU_QUEUE, QUEUE_TAG
 
 GROUP = "byol"
@@ -212,56 +212,65 @@ def _dataset(params: Params) -> dict:
     }
 
 
+def figures(cls: type, path: Path, stage: str):
+    """A stage's figures file, read and checked as its type (byol_core.metrics)."""
+    try:
+        return metrics.read(cls, path, stage)
+    except ByolError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def shown(found) -> dict:
+    """The fields of ``found`` that a page shows, under their labels (byol_core.metrics.shown)."""
+    out = {}
+    for label, spec, value in metrics.labelled(found):
+        if isinstance(value, bool):
+            out[label] = dg.MetadataValue.bool(value)
+        elif isinstance(value, int):
+            out[label] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            out[label] = dg.MetadataValue.float(float(f"{value:{spec}}"))
+        else:
+            out[label] = dg.MetadataValue.text(str(value))
+    return out
+
+
 def _encoder(params: Params) -> dict:
     paths = params.paths
-    metrics = json_file(paths.pretrain_metrics)
     return {
-        "final loss": dg.MetadataValue.float(round(metrics["final_loss"], 4)),
-        "epochs": dg.MetadataValue.int(metrics["epochs"]),
-        "steps": dg.MetadataValue.int(metrics["steps"]),
-        "images per second": dg.MetadataValue.float(round(metrics["images_per_sec"], 1)),
-        "collapse std": dg.MetadataValue.float(round(metrics["collapse_std"], 4)),
-        "monitor kNN top-1": dg.MetadataValue.float(round(metrics["knn_top1"], 4)),
-        "encoder parameters": dg.MetadataValue.int(metrics["encoder_parameters"]),
-        "device": metrics["device"],
+        **shown(figures(metrics.PretrainMetrics, paths.pretrain_metrics, "pretrain")),
         "training curves": curves_markdown(paths.pretrain_curve, paths.pretrain_steps),
         "encoder": dg.MetadataValue.path(str(paths.encoder)),
         "checkpoint": dg.MetadataValue.path(str(paths.checkpoint)),
     }
 
 
-def _probe_table(metrics: dict) -> dg.MetadataValue:
+FEATURES = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
+
+
+def _probe_table(found: metrics.EvalMetrics) -> dg.MetadataValue:
     """The probe's top-1/top-5 and the features' spread, BYOL beside its two baselines."""
-    rows = [("BYOL encoder", "byol", metrics["linear_top1"], metrics["linear_top5"]),
-            ("random-init encoder", "random_init", metrics["random_init_linear_top1"], metrics["probe"]["random_init"]["top5"]),
-            ("raw pixels", "pixels", metrics["pixels_linear_top1"], metrics["probe"]["pixels"]["top5"])]
     schema = dg.TableSchema(columns=[dg.TableColumn("features", "string"), dg.TableColumn("top1", "float"),
                                      dg.TableColumn("top5", "float"), dg.TableColumn("effective rank", "float"),
                                      dg.TableColumn("mean cosine", "float")])
-    return dg.MetadataValue.table([dg.TableRecord({"features": name, "top1": round(top1, 4), "top5": round(top5, 4),
-                                                   "effective rank": round(metrics["spread"][key]["effective_rank"], 2),
-                                                   "mean cosine": round(metrics["spread"][key]["mean_cosine"], 4)})
-                                   for name, key, top1, top5 in rows], schema=schema)
+    return dg.MetadataValue.table([dg.TableRecord({"features": FEATURES[key], "top1": round(probe.top1, 4),
+                                                   "top5": round(probe.top5, 4),
+                                                   "effective rank": round(found.spread[key].effective_rank, 2),
+                                                   "mean cosine": round(found.spread[key].mean_cosine, 4)})
+                                   for key, probe in ((k, found.probe[k]) for k in FEATURES if k in found.probe)],
+                                  schema=schema)
 
 
 def _evaluation(params: Params) -> dict:
-    metrics = json_file(params.paths.eval_metrics)
+    found = figures(metrics.EvalMetrics, params.paths.eval_metrics, "evaluate")
+    byol = found.retrieval["byol"]
     return {
-        "linear top-1": dg.MetadataValue.float(round(metrics["linear_top1"], 4)),
-        "linear top-5": dg.MetadataValue.float(round(metrics["linear_top5"], 4)),
-        "kNN top-1": dg.MetadataValue.float(round(metrics["knn_top1"], 4)),
-        "effective rank": dg.MetadataValue.float(round(metrics["effective_rank"], 2)),
-        "mean cosine": dg.MetadataValue.float(round(metrics["mean_cosine"], 4)),
-        "random-init linear top-1": dg.MetadataValue.float(round(metrics["random_init_linear_top1"], 4)),
-        "pixels linear top-1": dg.MetadataValue.float(round(metrics["pixels_linear_top1"], 4)),
-        **({"pixels kNN top-1": dg.MetadataValue.float(round(metrics["pixels_knn_top1"], 4))}
-           if "pixels_knn_top1" in metrics else {}),  # outputs made before it was measured lack it
-        "test images": dg.MetadataValue.int(metrics["n_test"]),
-        "probe vs baselines": _probe_table(metrics),
-        "retrieval recall@1": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["recall_at_1"], 4)),
-        "retrieval recall@5": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["recall_at_5"], 4)),
-        "retrieval mAP@R": dg.MetadataValue.float(round(metrics["retrieval"]["byol"]["map_at_r"], 4)),
-        "label efficiency": _efficiency_table(metrics["label_efficiency"]),
+        **shown(found),
+        "probe vs baselines": _probe_table(found),
+        "retrieval recall@1": dg.MetadataValue.float(round(byol.recall_at_1, 4)),
+        "retrieval recall@5": dg.MetadataValue.float(round(byol.recall_at_5, 4)),
+        "retrieval mAP@R": dg.MetadataValue.float(round(byol.map_at_r, 4)),
+        "label efficiency": _efficiency_table(found.label_efficiency),
         "label efficiency curve": picture(params.paths.eval_label_efficiency, "label efficiency"),
         "metrics": dg.MetadataValue.path(str(params.paths.eval_metrics)),
     }
@@ -270,37 +279,30 @@ def _evaluation(params: Params) -> dict:
 def _efficiency_table(efficiency: dict) -> dg.MetadataValue:
     """Linear top-1 per feature set (rows) and share of train labels (columns)."""
     shares = sorted(next(iter(efficiency.values())), key=float)
-    names = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
     columns = [dg.TableColumn("features", "string")] + [dg.TableColumn(f"{float(s):.0%} labels", "float") for s in shares]
     return dg.MetadataValue.table(
-        [dg.TableRecord({"features": names.get(name, name), **{f"{float(s):.0%} labels": round(row[s], 4) for s in shares}})
+        [dg.TableRecord({"features": FEATURES.get(name, name), **{f"{float(s):.0%} labels": round(row[s], 4) for s in shares}})
          for name, row in efficiency.items()], schema=dg.TableSchema(columns=columns))
 
 
 def _onnx(params: Params) -> dict:
-    metrics = json_file(params.paths.export_metrics)
+    found = figures(metrics.ExportMetrics, params.paths.export_metrics, "export")
     return {
-        "parity max abs diff": dg.MetadataValue.float(float(f"{metrics['max_abs_diff']:.3g}")),
-        "parity ok": dg.MetadataValue.bool(metrics["parity_ok"]),
-        "provider": metrics["provider"],
-        "opset": dg.MetadataValue.int(metrics["opset"]),
-        "latency ms at batch 1": dg.MetadataValue.float(round(metrics["latency_ms_batch1"], 3)),
+        **shown(found),
+        **{f"latency ms at batch {batch}": dg.MetadataValue.float(round(ms, 3)) for batch, ms in found.latency.items()},
         "onnx": dg.MetadataValue.path(str(params.paths.onnx)),
     }
 
 
 def _embeddings(params: Params) -> dict:
     paths = params.paths
-    metrics = json_file(paths.embed_metrics)
-    dup = metrics["near_duplicates"]
+    found = figures(metrics.EmbedMetrics, paths.embed_metrics, "embed")
+    dup = found.near_duplicates
     return {
-        "images": dg.MetadataValue.int(metrics["rows"]),
-        "dimensions": dg.MetadataValue.int(metrics["dim"]),
-        "images per second": dg.MetadataValue.float(round(metrics["images_per_sec"], 1)),
-        "provider": metrics["provider"],
-        "near-duplicate threshold (cosine)": dg.MetadataValue.float(dup["threshold"]),
-        "test images with a near-duplicate in train": dg.MetadataValue.int(dup["test_with_train_near_duplicate"]),
-        "near-duplicate pairs within train": dg.MetadataValue.int(dup["train_pairs"]),
+        **shown(found),
+        **({"near-duplicate threshold (cosine)": dg.MetadataValue.float(dup.threshold),
+            "test images with a near-duplicate in train": dg.MetadataValue.int(dup.test_with_train_near_duplicate),
+            "near-duplicate pairs within train": dg.MetadataValue.int(dup.train_pairs)} if dup is not None else {}),
         "nearest neighbours": picture(paths.neighbours_png, "test queries and their nearest training images"),
         "embedding map": picture(paths.embedding_map_png, "test embeddings, 2-D"),
         "embeddings": dg.MetadataValue.path(str(paths.embeddings_file)),

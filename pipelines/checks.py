@@ -6,8 +6,9 @@ with a shared DVC remote it first pulls the outputs it reads, as their stages re
 
 import dagster as dg
 
-from pipelines.assets import byol_encoder, linear_eval, lock_entries, onnx_encoder, prepared_dataset
-from pipelines.resources import DvcProject, json_file
+from byol_core.metrics import EvalMetrics
+from pipelines.assets import byol_encoder, figures, linear_eval, lock_entries, onnx_encoder, prepared_dataset
+from pipelines.resources import DvcProject
 
 
 def _bring(context: dg.AssetCheckExecutionContext, dvc: DvcProject, *assets: dg.AssetsDefinition) -> None:
@@ -39,17 +40,17 @@ def encoder_not_collapsed(context: dg.AssetCheckExecutionContext, dvc: DvcProjec
 def probe_beats_random_init(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
     _bring(context, dvc, linear_eval)
     params = dvc.params()
-    metrics = json_file(params.paths.eval_metrics)
-    margin = metrics["linear_top1"] - metrics["random_init_linear_top1"]
+    found = figures(EvalMetrics, params.paths.eval_metrics, "evaluate")
+    margin = found.linear_top1 - found.random_init_linear_top1
     wanted = params.checks.min_probe_margin
     passed = margin >= wanted
     return dg.AssetCheckResult(
         passed=passed,
         description=None if passed else (
-            f"probe top-1 {metrics['linear_top1']:.4f} beats the random-init encoder's "
-            f"{metrics['random_init_linear_top1']:.4f} by {margin:+.4f}, less than the {wanted} required"),
-        metadata={"linear top-1": round(metrics["linear_top1"], 4),
-                  "random-init top-1": round(metrics["random_init_linear_top1"], 4),
+            f"probe top-1 {found.linear_top1:.4f} beats the random-init encoder's "
+            f"{found.random_init_linear_top1:.4f} by {margin:+.4f}, less than the {wanted} required"),
+        metadata={"linear top-1": round(found.linear_top1, 4),
+                  "random-init top-1": round(found.random_init_linear_top1, 4),
                   "margin": round(margin, 4), "required margin": wanted})
 
 

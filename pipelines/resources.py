@@ -394,11 +394,3 @@ class DvcProject(dg.ConfigurableResource):
             description=f"dvc repro of stage '{stage}' failed (exit {code}): {message}",
             metadata={"stage": stage, "exit code": code, "retryable": transient},
             allow_retries=transient)
-
-
-def json_file(path: Path) -> dict:
-    """A metrics file a stage wrote; missing means the stage's outputs are not in place."""
-    if not path.is_file():
-        raise dg.Failure(description=f"{path} is missing: run the stage (or `dvc checkout`) first.",
-                         allow_retries=False)
-    return json.loads(path.read_text())

@@ -6,14 +6,14 @@ import sys
 import time
 
 
-from byol_core import ann, data
+from byol_core import ann, data, metrics
 from byol_core.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
 from byol_core.schema.embed import EmbedParams
 from byol_core.search import EMBED_CARD, Gallery, top_k
-from byol_core.storage import Folder, StageCommit, json_writer, write_json
+from byol_core.storage import Folder, StageCommit, write_json
 
 VIEW = EmbedParams  # the params keys this stage reads (dvc.yaml's params: list)
 GRID_QUERIES = 8  # test queries in the neighbour picture
@@ -71,7 +71,7 @@ def run(params: EmbedParams) -> tuple[str, dict]:
                         "written by this stage. Point paths.embeddings at a new folder, or remove that one yourself.")
     total = sum(len(images) for images in prepared.images.values())
     started = time.perf_counter()
-    found, pictures = {}, {}
+    found, pictures, figures = {}, {}, []
 
     def fill(folder):
         counts, sha256 = write_embeddings(encoder, prepared, paths.prepared / "manifest.parquet",
@@ -94,6 +94,7 @@ def run(params: EmbedParams) -> tuple[str, dict]:
             "data_hash": card.data_hash, "encoder_data_hash": encoder.data_hash,
             "near_duplicates": duplicates, "approximate": approximate,
         })
+        figures.append(metrics.EmbedMetrics(**{**found, "near_duplicates": metrics.NearDuplicates(**duplicates)}))
         # The card alone records the files' digests (`byol verify` checks them); the metrics stay as they were.
         recorded = {k: v for k, v in found.items() if k not in ("images_per_sec", "embed_seconds")}
         write_json(folder / EMBED_CARD, {**recorded, "sha256": sha256})
@@ -101,11 +102,12 @@ def run(params: EmbedParams) -> tuple[str, dict]:
     # One commit: the folder is filled first, and the files after it are written from what
     # filling it found. All change together, or none does.
     outputs.write([(paths.embeddings, Folder(fill)),
-                   (paths.embed_metrics, lambda tmp: json_writer(found)(tmp)),
+                   (paths.embed_metrics, lambda tmp: metrics.writer(figures[0])(tmp)),
                    (paths.neighbours_png, lambda tmp: tmp.write_bytes(pictures["neighbours"])),
                    (paths.embedding_map_png, lambda tmp: tmp.write_bytes(pictures["map"]))])
-    dup = found["near_duplicates"]
-    line = (f"embed: {found['rows']} images -> {paths.embeddings_file} ({found['dim']}-d, {encoder.provider}, "
-            f"{found['images_per_sec']:.0f} img/s); near-duplicates at cosine >= {dup['threshold']}: "
-            f"{dup['test_with_train_near_duplicate']} test images, {dup['train_pairs']} train pairs")
-    return line, found
+    done = figures[0]
+    dup = done.near_duplicates
+    line = (f"embed: {done.rows} images -> {paths.embeddings_file} ({done.dim}-d, {encoder.provider}, "
+            f"{done.images_per_sec:.0f} img/s); near-duplicates at cosine >= {dup.threshold}: "
+            f"{dup.test_with_train_near_duplicate} test images, {dup.train_pairs} train pairs")
+    return line, metrics.to_json(done)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from byol_core import csvfile, data, progress
+from byol_core import csvfile, data, metrics, progress
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
@@ -17,7 +17,7 @@ from byol_core.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics, spread_metrics
 from byol_core.schema.probe import EvaluateParams
-from byol_core.storage import StageCommit, json_writer, text_writer
+from byol_core.storage import StageCommit, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
 VIEW = EvaluateParams  # the params keys this stage reads (dvc.yaml's params: list)
@@ -125,34 +125,34 @@ def run(params: EvaluateParams) -> tuple[str, dict]:
     # How much room the test features use: effective rank near 1 or mean cosine near 1 is collapse.
     spread = {name: spread_metrics(f_test) for name, (_, f_test) in features.items()}
 
-    metrics = {
-        "linear_top1": probes["byol"].top1,
-        "linear_top5": probes["byol"].top5,
-        "knn_top1": knn,
-        "random_init_linear_top1": probes["random_init"].top1,
-        "pixels_linear_top1": probes["pixels"].top1,
-        "random_init_knn_top1": knns["random_init"],
-        "pixels_knn_top1": knns["pixels"],
-        "effective_rank": spread["byol"]["effective_rank"],
-        "mean_cosine": spread["byol"]["mean_cosine"],
-        "n_train": int(len(y_train)),
-        "n_test": int(len(y_test)),
-        "subset": bool(len(y_train) < len(prepared.labels["train"]) or len(y_test) < len(prepared.labels["test"])),
-        "probe": {name: result.summary() for name, result in probes.items()},
-        "retrieval": retrieval,
-        "label_efficiency": efficiency,
-        "spread": spread,
-    }
+    figures = metrics.EvalMetrics(
+        linear_top1=probes["byol"].top1,
+        linear_top5=probes["byol"].top5,
+        knn_top1=knn,
+        random_init_linear_top1=probes["random_init"].top1,
+        pixels_linear_top1=probes["pixels"].top1,
+        random_init_knn_top1=knns["random_init"],
+        pixels_knn_top1=knns["pixels"],
+        effective_rank=spread["byol"]["effective_rank"],
+        mean_cosine=spread["byol"]["mean_cosine"],
+        n_train=int(len(y_train)),
+        n_test=int(len(y_test)),
+        subset=bool(len(y_train) < len(prepared.labels["train"]) or len(y_test) < len(prepared.labels["test"])),
+        probe={name: metrics.ProbeSummary(**result.summary()) for name, result in probes.items()},
+        retrieval={name: metrics.Retrieval(**found) for name, found in retrieval.items()},
+        label_efficiency=efficiency,
+        spread={name: metrics.Spread(**found) for name, found in spread.items()},
+    )
     curves = {LABELS[name]: points for name, points in efficiency.items()}
-    outputs.write([(params.paths.eval_metrics, json_writer(metrics)),
+    outputs.write([(params.paths.eval_metrics, metrics.writer(figures)),
                    (params.paths.eval_predictions, text_writer(_predictions_csv(classes, y_test, probes["byol"].predictions))),
                    (params.paths.eval_label_efficiency, lambda tmp: tmp.write_bytes(label_efficiency(curves)))])
-    line = (f"evaluate: linear {metrics['linear_top1']:.4f} (top5 {metrics['linear_top5']:.4f}), "
-            f"knn {knn:.4f}; baselines: random-init {metrics['random_init_linear_top1']:.4f}, "
-            f"pixels {metrics['pixels_linear_top1']:.4f} (knn {knns['pixels']:.4f}) on {metrics['n_test']} test images; "
+    line = (f"evaluate: linear {figures.linear_top1:.4f} (top5 {figures.linear_top5:.4f}), "
+            f"knn {knn:.4f}; baselines: random-init {figures.random_init_linear_top1:.4f}, "
+            f"pixels {figures.pixels_linear_top1:.4f} (knn {knns['pixels']:.4f}) on {figures.n_test} test images; "
             f"retrieval recall@1 {retrieval['byol']['recall_at_1']:.4f}, mAP@R {retrieval['byol']['map_at_r']:.4f}; "
             f"effective rank {spread['byol']['effective_rank']:.1f} of {spec.feature_dim}, "
             f"mean cosine {spread['byol']['mean_cosine']:.3f}; "
             f"{', '.join(f'{float(f):.0%} labels {v:.4f}' for f, v in efficiency['byol'].items() if f != '1.0')} "
             f"({lines.elapsed()})")
-    return line, metrics
+    return line, metrics.to_json(figures)

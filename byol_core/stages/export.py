@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from byol_core import data
+from byol_core import data, metrics
 from byol_core.checkpoint import input_normalisation, load_encoder
 from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency
@@ -61,12 +61,13 @@ def run(params: ExportParams) -> tuple[str, dict]:
                             f"{parity['max_abs_diff']:.3g} exceeds atol={cfg.atol}, rtol={cfg.rtol} on "
                             f"{len(images)} test images. No new ONNX file was written; anything at "
                             f"{paths.onnx} is from an earlier run.")
-        metrics = {**parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
-                   **measure_latency(session, images.numpy())}
-        outputs.write([(paths.onnx_meta, json_writer(sidecar)), (paths.export_metrics, json_writer(metrics)),
+        figures = metrics.ExportMetrics(**metrics.ExportMetrics.from_json({
+            **parity, "provider": provider, "opset": cfg.opset, "n_images": int(len(images)),
+            **measure_latency(session, images.numpy())}))
+        outputs.write([(paths.onnx_meta, json_writer(sidecar)), (paths.export_metrics, metrics.writer(figures)),
                        (paths.onnx, lambda tmp: shutil.copyfile(candidate, tmp))])
     finally:
         candidate.unlink(missing_ok=True)
     line = (f"export: {paths.onnx} (opset {cfg.opset}, dynamic batch), parity max abs diff "
-            f"{metrics['max_abs_diff']:.2e} on {provider}, {metrics['latency_ms_batch1']:.2f} ms at batch 1")
-    return line, metrics
+            f"{figures.max_abs_diff:.2e} on {provider}, {figures.latency['1']:.2f} ms at batch 1")
+    return line, metrics.to_json(figures)

@@ -6,12 +6,12 @@ import io
 import shutil
 import time
 
-from byol_core import csvfile, data, distributed, progress
+from byol_core import csvfile, data, distributed, metrics, progress
 from byol_core.checkpoint import encoder_record
 from byol_core.device import resolve_device
 from byol_core.nets import count_parameters
 from byol_core.schema.pretrain import PretrainParams
-from byol_core.storage import StageCommit, json_writer, text_writer, torch_writer
+from byol_core.storage import StageCommit, text_writer, torch_writer
 from byol_core.train import pretrain
 
 VIEW = PretrainParams  # the params keys this stage reads (dvc.yaml's params: list)
@@ -54,21 +54,21 @@ def run(params: PretrainParams) -> tuple[str, dict]:
     last = history[-1]
     total_images = sum(row["images_per_sec"] * row["seconds"] for row in history)
     train_seconds = sum(row["seconds"] for row in history)  # every epoch's steps, across resumes
-    metrics = {
-        "final_loss": last["loss"],
-        "epochs": last["epoch"],
-        "steps": state.step,
-        "total_steps": schedule.total_steps,
-        "peak_lr": schedule.peak_lr,
-        "images_per_sec": total_images / train_seconds,
-        "train_seconds": train_seconds,
-        "collapse_std": last["collapse_std"],
-        "knn_top1": last["knn_top1"],
-        "encoder_parameters": count_parameters(encoder),
-        "device": str(device),
-        "init": cfg.init,  # scratch, or previous: began from the promoted state with this digest
-        "init_sha256": cfg.init_sha256 if cfg.warm else None,
-    }
+    figures = metrics.PretrainMetrics(
+        final_loss=last["loss"],
+        epochs=last["epoch"],
+        steps=state.step,
+        total_steps=schedule.total_steps,
+        peak_lr=schedule.peak_lr,
+        images_per_sec=total_images / train_seconds,
+        train_seconds=train_seconds,
+        collapse_std=last["collapse_std"],
+        knn_top1=last["knn_top1"],
+        encoder_parameters=count_parameters(encoder),
+        device=str(device),
+        init=cfg.init,  # scratch, or previous: began from the promoted state with this digest
+        init_sha256=cfg.init_sha256 if cfg.warm else None,
+    )
     # The loop always checkpoints its last epoch, so the resume state *is* the final full
     # state: publish a copy of it rather than serialising the same state again. The four
     # outputs change together (a kill mid-way is completed by the next run).
@@ -78,13 +78,13 @@ def run(params: PretrainParams) -> tuple[str, dict]:
                             {"size": card.height, "mean": list(card.mean), "std": list(card.std)})
     outputs.write([(params.paths.encoder, torch_writer(record)),
                    (params.paths.checkpoint, lambda tmp: shutil.copyfile(resume, tmp)),
-                   (params.paths.pretrain_metrics, json_writer(metrics)),
+                   (params.paths.pretrain_metrics, metrics.writer(figures)),
                    (params.paths.pretrain_curve, text_writer(_curve_csv(history))),
                    (params.paths.pretrain_steps, text_writer(_curve_csv(state.steps)))])
     resume.unlink()  # finished: nothing left to resume
     begun = " from the promoted state" if cfg.warm else ""
-    line = (f"pretrain: {metrics['epochs']} epochs{begun}, {state.step} steps on {device} in "
-            f"{time.perf_counter() - started:.0f}s, loss {metrics['final_loss']:.4f}, "
-            f"collapse {metrics['collapse_std']:.3f}, knn {metrics['knn_top1']:.4f}, "
-            f"{metrics['images_per_sec']:.0f} img/s -> {params.paths.encoder}")
-    return line, metrics
+    line = (f"pretrain: {figures.epochs} epochs{begun}, {state.step} steps on {device} in "
+            f"{time.perf_counter() - started:.0f}s, loss {figures.final_loss:.4f}, "
+            f"collapse {figures.collapse_std:.3f}, knn {figures.knn_top1:.4f}, "
+            f"{figures.images_per_sec:.0f} img/s -> {params.paths.encoder}")
+    return line, metrics.to_json(figures)
