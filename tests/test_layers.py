@@ -1,0 +1,105 @@
+"""Imports run one way: each byol_core module sits in a layer, and imports only from its own
+layer or lower ones (read from the source, so a new upward import fails here, not in review).
+byol_core never imports Dagster or DVC; pipelines/ may import byol_core, never the reverse."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+# Lowest first. A module not named here must be placed: the test says so.
+LAYERS = {
+    "base": ["errors", "progress", "proc", "storage", "locks", "csvfile", "inputs", "device", "onnxmodel",
+             "pictures", "metrics"],
+    "schema": ["schema", "schema.*", "sources", "config"],  # sources/__init__.py: the registry, names only
+    "data": ["store", "card", "cache", "scan", "filesplit", "ingest", "data", "sources.*"],
+    "model": ["nets", "augment", "byol", "optim", "step", "graphed", "distributed", "loader", "features",
+              "resume", "checkpoint", "warmstart", "train", "evaluate", "retrieval", "export"],
+    "search": ["search", "ann", "embed", "neighbours"],
+    "tools": ["checks", "verify", "promote"],
+    "stages": ["stages", "stages.*"],
+    "cli": ["cli", ""],  # "": byol_core/__init__.py
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted((ROOT / "byol_core").rglob("*.py")):
+        parts = path.relative_to(ROOT / "byol_core").with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _layer(name: str) -> int:
+    for rank, members in enumerate(LAYERS.values()):
+        for member in members:
+            if name == member or (member.endswith(".*") and name.startswith(member[:-1])):
+                return rank
+    raise LookupError(name)
+
+
+def _imports(path: Path) -> set[str]:
+    """The byol_core modules ``path`` imports at run time (not under ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+               and getattr(block.test, "id", None) == "TYPE_CHECKING" for node in ast.walk(block)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "byol_core":
+            base = node.module.removeprefix("byol_core").lstrip(".")
+            for alias in node.names:  # `from byol_core import data` names a module; `from byol_core.x import f` does not
+                candidate = f"{base}.{alias.name}".lstrip(".")
+                found.add(candidate if candidate in _modules() else base)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("byol_core").lstrip(".") for a in node.names
+                         if a.name.split(".")[0] == "byol_core")
+    return found
+
+
+def _third_party(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    names |= {node.module.split(".")[0] for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    return names
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for name in _modules():
+        try:
+            _layer(name)
+        except LookupError:
+            unplaced.append(name)
+    assert not unplaced, f"place these byol_core modules in a layer of tests/test_layers.py: {unplaced}"
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_no_module_imports_from_a_higher_layer(name):
+    own = _layer(name)
+    upward = sorted(f"{other} ({list(LAYERS)[_layer(other)]})" for other in _imports(_modules()[name])
+                    if other != name and _layer(other) > own)
+    assert not upward, f"byol_core.{name} ({list(LAYERS)[own]}) imports from a higher layer: {', '.join(upward)}"
+
+
+def test_byol_core_never_imports_dagster_or_dvc():
+    """Only the command speaks Dagster's Pipes protocol (dagster-pipes, a small package with no
+    Dagster in it) to report to a run that started it."""
+    for name, path in _modules().items():
+        allowed = {"dagster_pipes"} if name == "cli" else set()
+        assert not _third_party(path) & ({"dagster", "dagster_pipes", "dvc", "pipelines"} - allowed), name
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
+    """The check can fail: a base module that imports the training loop is caught."""
+    fake = tmp_path / "errors.py"
+    fake.write_text("from byol_core.train import pretrain\nfrom byol_core import stages\n")
+    assert _imports(fake) == {"train", "stages"}
+    assert _layer("train") > _layer("errors") and _layer("stages") > _layer("errors")
