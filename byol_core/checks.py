@@ -40,3 +40,11 @@ def onnx_parity(onnx_path: Path, encoder_path: Path, prepared_dir: Path, n_image
     images = to_input(_test_images(prepared_dir, n_images), mean, std)
     session, provider = open_session(onnx_path)
     return {**check_parity(session, encoder, images, atol, rtol), "provider": provider, "n_images": len(images)}
+
+
+def measure(what: str, params) -> dict:
+    """``byol check collapse|parity``: the figures of one check on the files ``params`` names."""
+    paths, n = params.paths, params.checks.images
+    if what == "collapse":
+        return feature_spread(paths.encoder, paths.prepared, n)
+    return onnx_parity(paths.onnx, paths.encoder, paths.prepared, n, params.export.atol, params.export.rtol)

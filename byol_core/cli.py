@@ -3,7 +3,8 @@
 (``byol scan --force`` reads every source file again, not only new or changed ones),
 ``byol neighbours QUERY... [--index N] [--k K] [--json]``, ``byol promote [--params PATH]``
 (the last pretrain's state becomes the start of a warm-started one: byol_core.promote), and
-``byol verify [--params PATH]`` (the prepared data, the cache and the embeddings against their
+``byol check collapse|parity [--params PATH]`` (one JSON line of the figures an asset check
+judges: byol_core.checks), ``byol verify [--params PATH]`` (the prepared data, the cache and the embeddings against their
 recorded digests: byol_core.verify; each damaged file is one error line, and the exit code is 1).
 
 Each stage prints one summary line on stdout (progress goes to stderr). Every failure
@@ -58,6 +59,8 @@ FILES = {
                    "nothing: prints each query's nearest images", "encoder.md#nearest-neighbours"),
     "promote": ("models/checkpoint.pt, params.yaml",
                 "models/start/checkpoint.pt and params.yaml's pretrain.init_sha256 line", "pipeline.md#warm-start"),
+    "check": ("models/encoder.pt, models/encoder.onnx (parity), test images from data/prepared/",
+              "nothing: one JSON line of figures (what Dagster's asset checks judge)", "dagster.md#asset-checks"),
     "verify": ("data/prepared/, the cache in .byol/cache/, data/embeddings/",
                "nothing: a summary line, or one error line per damaged file (exit 1)", "reliability.md#byol-verify"),
 }
@@ -113,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
              "file's pretrain.init_sha256, for a warm start (pretrain.init: previous)")
     sub = commands.add_parser("promote", **_about("promote", about))
     sub.add_argument("--params", default="params.yaml", help="params file, rewritten in place (default: ./params.yaml)")
+    about = ("measure a published artefact for a check: collapse (the spread of the encoder's features on test "
+             "images) or parity (the ONNX file against the PyTorch encoder); prints the figures as JSON")
+    sub = commands.add_parser("check", **_about("check", about))
+    sub.add_argument("what", choices=("collapse", "parity"), help="which measurement")
+    sub.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     about = ("check the prepared data, the conversion cache and the embeddings against the digests recorded when "
              "they were written; name each damaged file and how to repair it (exit 1), or print a summary")
     sub = commands.add_parser("verify", **_about("verify", about))
@@ -248,6 +256,13 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
         if stage == "neighbours":
             line, _ = _neighbours(params, args)
             print(line)
+            return 0
+        if stage == "check":  # torch and onnxruntime run here, not in the orchestrator that asks
+            import json
+
+            from byol_core.checks import measure
+
+            print(json.dumps(measure(args.what, params)))
             return 0
         if stage == "verify":
             from byol_core.verify import verify

@@ -2,13 +2,37 @@
 and says why with the numbers. Thresholds come from params.yaml's ``checks`` section.
 
 A check may run on another machine than the stage it checks (a Celery worker of its own):
-with a shared DVC remote it first pulls the outputs it reads, as their stages recorded them."""
+with a shared DVC remote it first pulls the outputs it reads, as their stages recorded them.
+The measurements that need torch or onnxruntime run as `byol check` in a process of their
+own, as the stages do: the Dagster process imports neither."""
+
+import json
+import subprocess
+import sys
 
 import dagster as dg
 
 from byol_core.metrics import EvalMetrics
 from pipelines.assets import byol_encoder, figures, linear_eval, lock_entries, onnx_encoder, prepared_dataset
-from pipelines.resources import DvcProject
+from pipelines.resources import DvcProject, tethered
+
+CHECK_TIMEOUT = 1800  # seconds for one `byol check` (a few hundred test images)
+
+
+def _measure(dvc: DvcProject, what: str) -> dict:
+    """``byol check WHAT`` in the project: torch and onnxruntime run in a process of the
+    project's own (its checkout's code), not in Dagster's; returns its figures."""
+    command = [sys.executable, "-m", "byol_core.cli", "check", what, "--params", "params.yaml"]
+    try:
+        done = subprocess.run(tethered(command), cwd=dvc.root, capture_output=True, text=True, timeout=CHECK_TIMEOUT,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise dg.Failure(description=f"`byol check {what}` took more than {CHECK_TIMEOUT}s", allow_retries=True) from None
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        raise dg.Failure(description=said[-1] if said else f"`byol check {what}` exited {done.returncode}",
+                         allow_retries=False)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _bring(context: dg.AssetCheckExecutionContext, dvc: DvcProject, *assets: dg.AssetsDefinition) -> None:
@@ -20,12 +44,10 @@ def _bring(context: dg.AssetCheckExecutionContext, dvc: DvcProject, *assets: dg.
 @dg.asset_check(asset=byol_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The encoder has not collapsed: its features of test images still spread out.")
 def encoder_not_collapsed(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
-    from byol_core.checks import feature_spread
-
     _bring(context, dvc, prepared_dataset, byol_encoder)
     params = dvc.params()
     floor = params.checks.min_feature_spread
-    found = feature_spread(params.paths.encoder, params.paths.prepared, params.checks.images)
+    found = _measure(dvc, "collapse")
     passed = found["feature_spread"] >= floor
     return dg.AssetCheckResult(
         passed=passed,
@@ -57,13 +79,9 @@ def probe_beats_random_init(context: dg.AssetCheckExecutionContext, dvc: DvcProj
 @dg.asset_check(asset=onnx_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="onnxruntime on the shipped ONNX file matches the PyTorch encoder on test images.")
 def onnx_matches_pytorch(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
-    from byol_core.checks import onnx_parity
-
     _bring(context, dvc, prepared_dataset, byol_encoder, onnx_encoder)
-    params = dvc.params()
-    tol = params.export
-    found = onnx_parity(params.paths.onnx, params.paths.encoder, params.paths.prepared,
-                        params.checks.images, tol.atol, tol.rtol)
+    tol = dvc.params().export
+    found = _measure(dvc, "parity")
     passed = bool(found["parity_ok"])
     return dg.AssetCheckResult(
         passed=passed,

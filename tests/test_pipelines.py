@@ -435,6 +435,16 @@ def test_new_files_are_observed_and_ask_for_exactly_one_run_of_the_chain(tmp_pat
     assert observed.data_version.value == new_cursor and observed.metadata["files"].value == 4
 
 
+def test_the_code_location_imports_neither_torch_nor_onnxruntime():
+    """The checks measure through `byol check` in a process of their own, as the stages run:
+    Dagster's processes (code server, run workers) never load the training stack."""
+    done = subprocess.run([sys.executable, "-c", "import sys, pipelines.definitions, pipelines.checks; "
+                           "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_dg_check_defs_loads_the_project_from_its_root():
     dg_command = Path(sys.executable).parent / "dg"
     result = subprocess.run([str(dg_command), "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=300)
