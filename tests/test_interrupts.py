@@ -12,6 +12,7 @@ def test_handlers_installed_from_python_come_back():
         pass
 
     before = signal.signal(signal.SIGTERM, handler)
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the test run inherited
     try:
         with resources._interrupts_held():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
@@ -20,6 +21,7 @@ def test_handlers_installed_from_python_come_back():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def test_a_handler_python_did_not_install_gives_way_to_the_default_not_to_ignoring(monkeypatch):
