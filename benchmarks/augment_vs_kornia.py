@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol_core.augment import byol_views, make_view  # noqa: E402
+from byol_core.train.augment import byol_views, make_view  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
 from record import write_results  # noqa: E402

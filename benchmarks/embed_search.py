@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol_core import ann  # noqa: E402
-from byol_core.search import EMBED_CARD, VECTORS, Gallery, top_k  # noqa: E402
+from byol_core.search.gallery import EMBED_CARD, VECTORS, Gallery, top_k  # noqa: E402
 from record import write_results  # noqa: E402
 
 
@@ -48,9 +48,9 @@ def embed_speed(width: float, n: int, batch: int = 256) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from byol_core.features import extract_features
+    from byol_core.train.features import extract_features
     from byol_core.export import export_onnx
-    from byol_core.nets import EncoderSpec, build_encoder
+    from byol_core.train.nets import EncoderSpec, build_encoder
     from byol_core.onnxmodel import PREPROCESS_KEY, Encoder, preprocess_record
 
     torch.manual_seed(0)
@@ -95,7 +95,7 @@ def synthetic_gallery(folder: Path, n: int, dim: int, seed: int = 0) -> tuple[Pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from byol_core.embed import GROUP_ROWS, _schema
+    from byol_core.search.embed import GROUP_ROWS, _schema
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(1000, dim)).astype(np.float32)

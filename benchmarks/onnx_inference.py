@@ -33,8 +33,8 @@ def fresh_export(folder: Path) -> tuple[Path, str]:
 
     from byol_core.config import load_params
     from byol_core.export import export_onnx
-    from byol_core.nets import build_encoder
-    from byol_core.step import encoder_spec
+    from byol_core.train.nets import build_encoder
+    from byol_core.train.step import encoder_spec
 
     params = load_params(ROOT / "params.yaml")
     spec = encoder_spec(params, in_channels=1)  # Fashion-MNIST: 1 x 28 x 28

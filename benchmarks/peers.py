@@ -2,11 +2,11 @@
 
 Each runner owns one framework's model, optimizer and input pipeline and has the same two
 calls: ``start_run(n)`` before a run of ``n`` steps (untimed) and ``step()`` for one full
-training step. All three train a fresh ``byol_core.nets`` ResNet encoder built from the
+training step. All three train a fresh ``byol_core.train.nets`` ResNet encoder built from the
 same spec after ``torch.manual_seed(seed)``, so the three backbones start identical.
 
 - ours: uint8 images resident on the device, byol_core's own training step
-  (``byol_core.step.train_step``: both views made there, forward, backward, LARS, EMA) on
+  (``byol_core.train.step.train_step``: both views made there, forward, backward, LARS, EMA) on
   its own recipe (warmup + cosine LR, tau schedule) and builders.
 - lightly 1.6, as its BYOL example: ``BYOLView1Transform``/``BYOLView2Transform`` on PIL
   images in DataLoader workers, ``BYOLProjectionHead``/``BYOLPredictionHead``,
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from byol_core import graphed
-from byol_core.augment import Augmenter
+from byol_core.train import graphed
+from byol_core.train.augment import Augmenter
 from byol_core.config import Params
 from byol_core.device import exact_cudnn, synchronize
-from byol_core.nets import EncoderSpec, build_encoder
-from byol_core.optim import LARS
-from byol_core.step import Recipe, build_optimizer, encoder_spec, new_state, train_step
+from byol_core.train.nets import EncoderSpec, build_encoder
+from byol_core.train.optim import LARS
+from byol_core.train.step import Recipe, build_optimizer, encoder_spec, new_state, train_step
 
 INSTALL_HINT = "pip install -e '.[bench]' (see docs/benchmarks.md)"
 PEERS = {"lightly": "lightly", "byol-pytorch": "byol_pytorch"}  # distribution -> module

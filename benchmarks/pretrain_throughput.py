@@ -6,8 +6,8 @@ a GPU the gain of each speed lever, one at a time.
     python benchmarks/pretrain_throughput.py --device cuda --configs r18-w1-bf16 \\
         --levers nchw,eager,cudnn-benchmark,graph,compile
 
-Each step is byol_core's own (``byol_core.step.train_step``, or the same step captured as
-a CUDA graph by ``byol_core.graphed``) on pretrain's recipe for Fashion-MNIST's 60k images,
+Each step is byol_core's own (``byol_core.train.step.train_step``, or the same step captured as
+a CUDA graph by ``byol_core.train.graphed``) on pretrain's recipe for Fashion-MNIST's 60k images,
 on batches of random uint8 images of Fashion-MNIST's shape (or --px). Rounds of --steps
 steps timed as a whole (device synced at both ends), after --warmup untimed steps; img/s is
 the median over --rounds rounds. Levers, each adding one thing to the one before it:
@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol_core import graphed, step  # noqa: E402
-from byol_core.augment import Augmenter  # noqa: E402
+from byol_core.train.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import exact_cudnn, resolve_device, synchronize  # noqa: E402
-from byol_core.step import Recipe, new_state, train_step  # noqa: E402
+from byol_core.train.step import Recipe, new_state, train_step  # noqa: E402
 from record import write_results  # noqa: E402
 
 IMAGES = 60_000  # the recipe's data size: Fashion-MNIST's train split, as the default run

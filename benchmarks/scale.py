@@ -81,7 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from byol_core.card import Card, read_card  # noqa: E402
+from byol_core.data.card import Card, read_card  # noqa: E402
 from record import write_results  # noqa: E402
 from synthetic import make_folder  # noqa: E402
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
-from byol_core.sources.fashion_mnist import read_idx  # noqa: E402
-from byol_core.step import Recipe  # noqa: E402
+from byol_core.data.sources.fashion_mnist import read_idx  # noqa: E402
+from byol_core.train.step import Recipe  # noqa: E402
 from record import write_results  # noqa: E402
 
 ORDER = ("ours", "lightly", "byol-pytorch")

@@ -1,5 +1,5 @@
 """Pretraining throughput with the data resident on the device against streamed from the
-shards (read with pread), through the real loader (byol_core.loader) and training step.
+shards (read with pread), through the real loader (byol_core.train.loader) and training step.
 
     python benchmarks/stream_vs_resident.py [--n 20000] [--px 32] [--width 0.125] [--batch 256]
                                             [--steps 20] [--rounds 3] [--precision auto]
@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from byol_core import loader  # noqa: E402
-from byol_core.augment import Augmenter  # noqa: E402
+from byol_core.train.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402
-from byol_core.step import Recipe, new_state, train_step  # noqa: E402
-from byol_core.store import ShardedImages, ShardWriter  # noqa: E402
+from byol_core.train.step import Recipe, new_state, train_step  # noqa: E402
+from byol_core.data.store import ShardedImages, ShardWriter  # noqa: E402
 from record import write_results  # noqa: E402
 
 

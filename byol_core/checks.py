@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from byol_core.byol import collapse_std
-from byol_core.checkpoint import input_normalisation, load_encoder
-from byol_core.data import load_prepared
+from byol_core.train.byol import collapse_std
+from byol_core.train.checkpoint import input_normalisation, load_encoder
+from byol_core.data.prepared import load_prepared
 from byol_core.export import check_parity
-from byol_core.features import extract_features
+from byol_core.train.features import extract_features
 from byol_core.inputs import to_input
 from byol_core.onnxmodel import open_session
 

@@ -33,7 +33,9 @@ from pathlib import Path
 
 from contextlib import contextmanager
 
-from byol_core import locks, progress, stages
+from byol_core import progress, stages
+
+from byol_core.io import locks
 from byol_core.errors import ByolError, brief
 
 # What each command reads and writes, at the default paths (params.yaml's `paths` moves them),
@@ -231,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _neighbours(params, args: argparse.Namespace) -> tuple[str, dict]:
-    from byol_core.card import read_card
-    from byol_core.neighbours import neighbours, render
+    from byol_core.data.card import read_card
+    from byol_core.search.neighbours import neighbours, render
 
     try:  # class names are a nicety here: without a readable card, hits show no class
         classes = list(read_card(params.paths.prepared).classes)

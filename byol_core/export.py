@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from byol_core.storage import atomic_write
+from byol_core.io.storage import atomic_write
 
 
 def export_onnx(encoder: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, max_batch: int,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from byol_core.errors import ByolError
-from byol_core.storage import json_writer
+from byol_core.io.storage import json_writer
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ def write(path: Path, metrics: Any) -> None:
 
 
 def writer(metrics: Any):
-    """A writer of ``metrics`` for :class:`byol_core.storage.StageCommit`."""
+    """A writer of ``metrics`` for :class:`byol_core.io.storage.StageCommit`."""
     return json_writer(to_json(metrics))
 
 

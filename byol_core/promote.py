@@ -1,5 +1,5 @@
 """``byol promote``: make the last pretrain's full training state the start of the next
-warm-started run (``pretrain.init: previous``, byol_core.warmstart).
+warm-started run (``pretrain.init: previous``, byol_core.train.warmstart).
 
 It copies pretrain's checkpoint (``paths.models``/checkpoint.pt) to ``paths.start`` and
 writes the copy's sha256 into params.yaml's ``init_sha256:`` line, that line alone (every
@@ -14,12 +14,12 @@ import re
 import shutil
 from pathlib import Path
 
-from byol_core.resume import load_state
+from byol_core.train.resume import load_state
 from byol_core.config import Params, parse_params
 from byol_core.errors import ByolError
 from byol_core.schema.base import read_params_file
-from byol_core.storage import commit_files
-from byol_core.warmstart import file_sha256
+from byol_core.io.storage import commit_files
+from byol_core.train.warmstart import file_sha256
 
 _KEY = re.compile(r"^[ \t]*init_sha256[ \t]*:", re.M)
 # The one line promote rewrites: indentation, key, a value (null or a digest), an optional comment.

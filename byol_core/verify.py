@@ -7,7 +7,7 @@ checked against the digests recorded when they were written. It writes nothing.
   against ``card.json``'s ``data_hash`` (of the full digests and the labels), which tells a
   damaged manifest or card from damaged data.
 - The conversion cache (``paths.cache``): each entry against the digest stored with it
-  (:mod:`byol_core.cache`).
+  (:mod:`byol_core.data.cache`).
 - The embeddings (``paths.embeddings``): each file against the sha256 the embed stage
   recorded in its ``card.json``.
 
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.cache import FOLDER, VERSION, readable_rows
-from byol_core.card import CARD_FILE, LAYOUT_FILE
-from byol_core.data import Prepared, data_hash, labels_name, load_prepared
+from byol_core.data.cache import FOLDER, VERSION, readable_rows
+from byol_core.data.card import CARD_FILE, LAYOUT_FILE
+from byol_core.data.prepared import Prepared, data_hash, labels_name, load_prepared
 from byol_core.errors import ByolError, brief
 from byol_core.schema.paths import PathsConfig
-from byol_core.search import EMBED_CARD
-from byol_core.store import DIGEST_BYTES, ShardedImages, image_digest
+from byol_core.search.gallery import EMBED_CARD
+from byol_core.data.store import DIGEST_BYTES, ShardedImages, image_digest
 
 PREPARED_FIX = "Delete it, then restore it with `dvc checkout ingest` or run `byol ingest` again."
 CACHE_FIX = ("Delete that folder (the next `byol ingest` converts its files again); until then ingest converts "

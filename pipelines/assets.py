@@ -15,8 +15,10 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from byol_core import metrics, scan
-from byol_core.card import read_store
+from byol_core import metrics
+
+from byol_core.data import scan
+from byol_core.data.card import read_store
 from byol_core.config import Params
 from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
@@ -75,7 +77,7 @@ with warnings.catch_warnings():  # the decorator is marked beta; its use here is
 
 
 def scan_source(folder: Path, cache: Path) -> tuple[str, int, int]:
-    """(fingerprint, files, bytes) of ``folder``: the scan of the scan stage (byol_core.scan),
+    """(fingerprint, files, bytes) of ``folder``: the scan of the scan stage (byol_core.data.scan),
     with the side cache in ``cache`` (params' paths.cache), so only new or changed files are
     read. The fingerprint is the md5 of the listing's bytes, what dvc.lock records for
     paths.listing; the listing itself is not written (it is the scan stage's output)."""

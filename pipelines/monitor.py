@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from byol_core.proc import alive
+from byol_core.io.proc import alive
 
 # Run workers that are processes on this machine: the default launcher's, and the in-process
 # one of `dagster dev`'s tests (not exported by dagster, so named).

@@ -1,7 +1,7 @@
 """Retraining. On new data, Dagster's own idiom: ``observe_source_data`` gives the raw files
 (the source asset ``raw_source_files``) a new data version when they change, and the
 stages' automation conditions, evaluated by ``retrain_on_new_data``, then ask for one run
-of the chain. The observation is the scan stage's own scan (byol_core.scan): its fingerprint
+of the chain. The observation is the scan stage's own scan (byol_core.data.scan): its fingerprint
 is the md5 of the source listing, so it changes with the contents, not with a touch. On a
 calendar: the ``retrain`` job and its weekly schedule, which retrains whether or not the
 files changed. All three start stopped; switch them on in the UI

@@ -31,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the project beside it, not another install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from byol_core.proc import die_with_parent, proc_stat  # noqa: E402 - the standard library alone
+from byol_core.io.proc import die_with_parent, proc_stat  # noqa: E402 - the standard library alone
 
 
 def group_members(group: int) -> list[int]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from byol_core.sources.fashion_mnist import DEBIAN_DIR as DEBIAN_FASHION_MNIST, FILES as FASHION_MNIST_FILES
+from byol_core.data.sources.fashion_mnist import DEBIAN_DIR as DEBIAN_FASHION_MNIST, FILES as FASHION_MNIST_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

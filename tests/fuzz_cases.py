@@ -238,13 +238,13 @@ def _read(case: dict):
     """Read one variant with the project's reader; returns a short description of what it got."""
     import torch
 
-    from byol_core.checkpoint import load_encoder
-    from byol_core.data import load_prepared
+    from byol_core.train.checkpoint import load_encoder
+    from byol_core.data.prepared import load_prepared
     from byol_core.onnxmodel import open_session
-    from byol_core.resume import load_state
+    from byol_core.train.resume import load_state
     from byol_core.schema.data import DataConfig
-    from byol_core.sources import cifar, imagefolder, stl10
-    from byol_core.sources.fashion_mnist import read_idx
+    from byol_core.data.sources import cifar, imagefolder, stl10
+    from byol_core.data.sources.fashion_mnist import read_idx
 
     path = Path(case["path"])
     kind = case["reader"]

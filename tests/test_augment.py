@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from byol_core.augment import Augmenter, ViewParams, _jitter, apply_view, byol_views, draw_params, make_view
+from byol_core.train.augment import Augmenter, ViewParams, _jitter, apply_view, byol_views, draw_params, make_view
 from byol_core.config import parse_params
 from conftest import params_dict
 

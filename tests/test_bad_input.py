@@ -26,14 +26,14 @@ import pytest
 import torch
 import yaml
 
-from byol_core.checkpoint import save_encoder
+from byol_core.train.checkpoint import save_encoder
 from byol_core.cli import main
 from byol_core.config import load_params
-from byol_core.ingest import ingest
-from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.data.ingest import ingest
+from byol_core.train.nets import EncoderSpec, build_encoder
 from byol_core.promote import with_digest
-from byol_core.sources.fashion_mnist import FILES
-from byol_core.storage import write_json
+from byol_core.data.sources.fashion_mnist import FILES
+from byol_core.io.storage import write_json
 from conftest import ROOT, TINY, make_fashion_files, write_idx, write_params
 from sourcefiles import cifar_batch_with_labels, make_cifar10, make_imagefolder, png_claiming
 
@@ -89,7 +89,7 @@ def _onnx(root: Path, bare: bool = False) -> None:
         stages.run("export", params)
         return
     from byol_core.export import export_onnx
-    from byol_core.checkpoint import load_encoder
+    from byol_core.train.checkpoint import load_encoder
 
     encoder, _, _ = load_encoder(params.paths.encoder)
     export_onnx(encoder, torch.zeros(2, 1, 28, 28), params.paths.onnx, 20, 64, {})
@@ -133,9 +133,9 @@ def _old_store(root: Path) -> None:
 def _start(root: Path, named: bool = False, **model) -> None:
     """A promoted training state of the tiny model (``model``: other model keys) at paths.start;
     ``named``: params.yaml's init_sha256 set to its digest."""
-    from byol_core.resume import save_state, state_record
+    from byol_core.train.resume import save_state, state_record
     from byol_core.config import parse_params
-    from byol_core.step import Recipe, new_state
+    from byol_core.train.step import Recipe, new_state
     from conftest import params_dict
 
     params = parse_params(params_dict(**{**BASE, **model}))

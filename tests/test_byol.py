@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from byol_core.byol import BYOL, byol_loss, collapse_std, ema_update, target_tau
-from byol_core.nets import EncoderSpec
+from byol_core.train.byol import BYOL, byol_loss, collapse_std, ema_update, target_tau
+from byol_core.train.nets import EncoderSpec
 
 SPEC = EncoderSpec(arch="resnet18", width=0.125, in_channels=1, small_stem=True)
 

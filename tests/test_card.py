@@ -1,4 +1,4 @@
-"""The dataset card and the shard layout (byol_core.card): what is written reads back equal,
+"""The dataset card and the shard layout (byol_core.data.card): what is written reads back equal,
 the bytes are those ingest wrote before they were typed (DVC hashes them), a damaged file is
 refused with the message users already see, and an older card reads with defaults."""
 
@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from byol_core.card import (CARD_DEFAULTS, CARD_FILE, FORMAT, LAYOUT_FILE, Card, Shard, SplitLayout, StoreLayout,
+from byol_core.data.card import (CARD_DEFAULTS, CARD_FILE, FORMAT, LAYOUT_FILE, Card, Shard, SplitLayout, StoreLayout,
                             read_card, read_layout, read_store, write_card, write_layout)
 from byol_core.config import load_params
 from byol_core.errors import ByolError
-from byol_core.ingest import ingest
+from byol_core.data.ingest import ingest
 from conftest import make_fashion_files, write_params
 
 # Values of the kinds ingest writes: floats that need all 17 digits, a name JSON escapes.
@@ -34,7 +34,7 @@ def _layout() -> StoreLayout:
 
 
 def _old_card_dict() -> dict:
-    """The card as the untyped ingest built it (byol_core/ingest.py build_card before Card)."""
+    """The card as the untyped ingest built it (byol_core/data/ingest.py build_card before Card)."""
     return {
         "source": "fashion_mnist",
         "channels": 2,

@@ -3,13 +3,13 @@ import pickle
 import pytest
 import torch
 
-from byol_core.checkpoint import load_encoder, save_encoder
+from byol_core.train.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
 from byol_core.errors import ByolError
-from byol_core.nets import EncoderSpec
-from byol_core.resume import load_state, restore, save_state, state_record
-from byol_core.step import Recipe, new_state, train_step
-from byol_core.augment import Augmenter
+from byol_core.train.nets import EncoderSpec
+from byol_core.train.resume import load_state, restore, save_state, state_record
+from byol_core.train.step import Recipe, new_state, train_step
+from byol_core.train.augment import Augmenter
 
 CPU = torch.device("cpu")
 
@@ -42,7 +42,7 @@ def test_state_round_trip_is_exact(tiny_params_file, tmp_path):
 
 def test_encoder_round_trip_is_exact(tmp_path):
     spec = EncoderSpec("resnet18", 0.125, 3, False)
-    from byol_core.nets import build_encoder
+    from byol_core.train.nets import build_encoder
     encoder = build_encoder(spec)
     save_encoder(tmp_path / "enc.pt", encoder, spec, {"size": 32, "mean": [0.5] * 3, "std": [0.2] * 3})
     loaded, loaded_spec, info = load_encoder(tmp_path / "enc.pt")
@@ -58,7 +58,7 @@ def test_equal_contents_give_equal_bytes_whatever_the_file_is_called(tmp_path):
     import hashlib
     import zipfile
 
-    from byol_core.storage import save_torch, torch_writer
+    from byol_core.io.storage import save_torch, torch_writer
 
     state = {"format": 1, "weights": torch.arange(12.0).reshape(3, 4), "history": [{"loss": 0.5}]}
     for tmp in (tmp_path / ".encoder.pt.abc.tmp", tmp_path / ".encoder.pt.xyz123.tmp"):
@@ -99,7 +99,7 @@ def test_truncated_checkpoint_is_refused_with_a_fix(tiny_params_file, tmp_path):
 
 
 def test_encoder_of_another_architecture_is_refused(tmp_path):
-    from byol_core.nets import build_encoder
+    from byol_core.train.nets import build_encoder
     spec = EncoderSpec("resnet18", 0.125, 1, True)
     save_encoder(tmp_path / "enc.pt", build_encoder(spec), spec, {"size": 28, "mean": [0.5], "std": [0.2]})
     blob = torch.load(tmp_path / "enc.pt", weights_only=True)

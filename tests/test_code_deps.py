@@ -86,9 +86,10 @@ def test_the_probe_and_the_unread_schema_rerun_no_stage_that_does_not_run_them(e
     # Each section's schema reruns the stages that read the section, and checks no stage.
     assert rerun["byol_core/schema/checks.py"] == set()
     assert rerun["byol_core/config.py"] == set()  # the whole file's checks only refuse bad params
-    assert rerun["byol_core/schema/data.py"] == rerun["byol_core/sources/__init__.py"] == {"scan", "ingest"}
-    assert rerun["byol_core/scan.py"] == {"scan", "ingest"}  # ingest holds the folder to the listing
-    assert rerun["byol_core/sources/imagefolder.py"] == {"ingest"}  # the readers are not the scan's code
+    assert rerun["byol_core/schema/data.py"] == {"scan", "ingest"}  # it names the sources, for both
+    assert rerun["byol_core/data/sources/__init__.py"] == {"ingest"}  # the readers' loader: not the scan's code
+    assert rerun["byol_core/data/scan.py"] == {"scan", "ingest"}  # ingest holds the folder to the listing
+    assert rerun["byol_core/data/sources/imagefolder.py"] == {"ingest"}  # the readers are not the scan's code
     assert rerun["byol_core/schema/pretrain.py"] == {"pretrain"}
     assert rerun["byol_core/schema/probe.py"] == rerun["byol_core/schema/run.py"] == {"pretrain", "evaluate"}
     assert rerun["byol_core/schema/export.py"] == {"export"}

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from byol_core.config import load_params
-from byol_core.data import load_prepared
-from byol_core.ingest import ingest
-from byol_core.sources.fashion_mnist import FILES as FASHION_MNIST_FILES, read_idx
+from byol_core.data.prepared import load_prepared
+from byol_core.data.ingest import ingest
+from byol_core.data.sources.fashion_mnist import FILES as FASHION_MNIST_FILES, read_idx
 from byol_core.errors import ByolError
 from conftest import make_fashion_files, write_idx, write_params
 

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from byol_core.embed import near_duplicates
+from byol_core.search.embed import near_duplicates
 from byol_core.retrieval import balanced_subset, retrieval_metrics
-from byol_core.search import VECTORS, Gallery, top_k
-from byol_core.storage import Folder, commit_files
+from byol_core.search.gallery import VECTORS, Gallery, top_k
+from byol_core.io.storage import Folder, commit_files
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def test_the_approximate_index_reaches_its_recall_and_agrees_with_exact_search(tmp_path):
-    from byol_core import ann
+    from byol_core.search import ann
 
     vectors = _clustered(6300, 16, seed=5)
     gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors[:5000], "test": vectors[5000:6000]})
@@ -177,7 +177,7 @@ def test_the_approximate_index_reaches_its_recall_and_agrees_with_exact_search(t
 
 
 def test_near_duplicates_through_the_index_match_the_exact_scan(tmp_path):
-    from byol_core import ann
+    from byol_core.search import ann
 
     vectors = _clustered(3000, 16, seed=7)
     vectors[2500] = vectors[100]
@@ -195,7 +195,7 @@ def test_near_duplicates_through_the_index_match_the_exact_scan(tmp_path):
 def test_the_gallery_searches_exactly_or_through_the_index_it_is_given(tmp_path):
     """Gallery.nearest, the one search behind near-duplicates and `byol neighbours`: exact
     over a row range gives gallery rows, and an index is searched when one is given."""
-    from byol_core import ann
+    from byol_core.search import ann
 
     vectors = _clustered(3000, 16, seed=3)
     gallery = _gallery_file(tmp_path / "e.parquet", {"train": vectors[:2400], "test": vectors[2400:]})

@@ -13,9 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from byol_core.checkpoint import input_normalisation, load_encoder
-from byol_core.data import load_prepared
-from byol_core.features import extract_features
+from byol_core.train.checkpoint import input_normalisation, load_encoder
+from byol_core.data.prepared import load_prepared
+from byol_core.train.features import extract_features
 
 from conftest import TINY, fashion_mnist_dir, write_params
 
@@ -226,9 +226,9 @@ def test_a_training_image_saved_as_png_finds_itself_first(run, tmp_path):
         sims = [n["similarity"] for n in entry["neighbours"]]
         assert sims == sorted(sims, reverse=True)
     # Embedding the file equals the stored embedding of the prepared image.
-    from byol_core.neighbours import read_query
+    from byol_core.search.neighbours import read_query
     from byol_core.onnxmodel import Encoder
-    from byol_core.search import Gallery
+    from byol_core.search.gallery import Gallery
 
     encoder = Encoder.open(root / "models" / "encoder.onnx")
     gallery = Gallery(root / "data" / "embeddings" / "embeddings.parquet")

@@ -7,11 +7,11 @@ import torch
 
 import byol_core.stages.evaluate as evaluate_stage
 from byol_core import progress, stages
-from byol_core.checkpoint import save_encoder
+from byol_core.train.checkpoint import save_encoder
 from byol_core.config import load_params
-from byol_core.ingest import ingest
-from byol_core.nets import build_encoder
-from byol_core.step import encoder_spec
+from byol_core.data.ingest import ingest
+from byol_core.train.nets import build_encoder
+from byol_core.train.step import encoder_spec
 from conftest import TINY, make_fashion_files, write_params
 
 ELAPSED = re.compile(r"^evaluate: .* \((\d+\.\d)s elapsed\)$")

@@ -4,7 +4,7 @@ import torch
 
 from byol_core.export import check_parity, export_onnx
 from byol_core.onnxmodel import open_session
-from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.train.nets import EncoderSpec, build_encoder
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_parity_check_can_fail(exported):
 
 
 def test_knn_votes_survive_a_tiny_temperature():
-    from byol_core.features import knn_predict
+    from byol_core.train.features import knn_predict
     from byol_core.schema.probe import KnnConfig
 
     torch.manual_seed(0)

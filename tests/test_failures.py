@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import byol_core.storage as storage
+import byol_core.io.storage as storage
 from byol_core import stages
 from byol_core.cli import main
 from byol_core.config import load_params
@@ -235,7 +235,7 @@ def test_cells_that_a_spreadsheet_would_run_are_written_as_text_in_every_csv():
 
 def test_a_non_square_array_source_is_refused(tmp_path):
     from conftest import write_idx
-    from byol_core.sources.fashion_mnist import FILES
+    from byol_core.data.sources.fashion_mnist import FILES
 
     src = tmp_path / "src"
     src.mkdir()

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from byol_core.checkpoint import save_encoder
+from byol_core.train.checkpoint import save_encoder
 from byol_core.config import load_params
 from byol_core.export import export_onnx
-from byol_core.ingest import ingest
-from byol_core.nets import EncoderSpec, build_encoder
-from byol_core.resume import run_key, save_state, state_record
-from byol_core.step import Recipe, new_state
+from byol_core.data.ingest import ingest
+from byol_core.train.nets import EncoderSpec, build_encoder
+from byol_core.train.resume import run_key, save_state, state_record
+from byol_core.train.step import Recipe, new_state
 from conftest import TINY, make_fashion_files, write_params
 from fuzz_cases import build_cases, worker
 from sourcefiles import image_of, make_cifar10, make_stl10

@@ -1,14 +1,14 @@
-"""The graphed training step (byol_core.graphed): the same maths as the eager step from
+"""The graphed training step (byol_core.train.graphed): the same maths as the eager step from
 the same state, and a warm-up that leaves no trace. The capture itself needs CUDA; those
 tests run where a GPU is (benchmarks/gpu_check.sh)."""
 
 import pytest
 import torch
 
-from byol_core import graphed
-from byol_core.augment import Augmenter
+from byol_core.train import graphed
+from byol_core.train.augment import Augmenter
 from byol_core.config import parse_params
-from byol_core.step import Recipe, new_state, train_step
+from byol_core.train.step import Recipe, new_state, train_step
 from conftest import TINY, params_dict
 
 PARAMS = parse_params(params_dict(**TINY))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from byol_core.config import load_params
-from byol_core.ingest import ingest
+from byol_core.data.ingest import ingest
 from conftest import TINY, make_fashion_files, write_params
 
 # 4 epochs of 8 steps: long enough (~2 s on CPU) for an outside kill to land mid-run; a GPU
@@ -29,7 +29,7 @@ RUN = {**TINY, "data.max_train": 256, "data.max_test": 64, "pretrain.epochs": EP
 LAUNCHER = """
 import os, signal, sys
 import torch
-import byol_core.train as train
+import byol_core.train.loop as train
 from byol_core.cli import main
 
 point, after = sys.argv[1], int(sys.argv[2])
@@ -40,7 +40,7 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "step":  # SIGKILL before the after-th training step (counted across epochs)
-    import byol_core.graphed as graphed
+    import byol_core.train.graphed as graphed
     def counted(real):
         def step(*args, **kwargs):
             calls["n"] += 1
@@ -61,7 +61,7 @@ elif point == "midwrite":  # the after-th checkpoint write stops halfway through
             die()
     torch.save = half_save
 elif point == "outputs":  # every output written in full and the commit decided, before any rename
-    import byol_core.storage as storage
+    import byol_core.io.storage as storage
     storage._apply = lambda journal: die()
 sys.exit(main(["pretrain", "--params", sys.argv[3]]))
 """

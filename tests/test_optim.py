@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from byol_core.optim import LARS, lr_at, param_groups
+from byol_core.train.optim import LARS, lr_at, param_groups
 
 
 def _setup(weight_decay=0.1, momentum=0.0, eta=1e-3, lr=0.5):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from byol_core.checkpoint import load_encoder, save_encoder
+from byol_core.train.checkpoint import load_encoder, save_encoder
 from byol_core.config import load_params
 from conftest import ROOT, SOURCE, TINY_DVC, edit_params, make_fashion_files, make_project, rename_param
 from pipelines.assets import ASSETS, COMPUTED_IN, OUTSIDE, POOL, RECOMPUTED, byol_encoder, linear_eval

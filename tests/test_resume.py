@@ -7,11 +7,11 @@ from typing import Annotated
 import pytest
 import torch
 
-import byol_core.train as train
-from byol_core import resume
+import byol_core.train.loop as train
+from byol_core.train import resume
 from byol_core.config import load_params
-from byol_core.data import load_prepared
-from byol_core.ingest import ingest
+from byol_core.data.prepared import load_prepared
+from byol_core.data.ingest import ingest
 from byol_core.errors import ByolError
 from byol_core.schema.base import SAME_WEIGHTS, PositiveInt, same_weights
 from byol_core.schema.pretrain import PretrainConfig

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import byol_core.filesplit as filesplit
-from byol_core import train
+import byol_core.data.filesplit as filesplit
+from byol_core.train import loop as train
 from byol_core.config import load_params
-from byol_core.data import load_prepared
+from byol_core.data.prepared import load_prepared
 from byol_core.errors import ByolError
-from byol_core.ingest import ingest
-from byol_core.store import ShardWriter, ShardedImages
+from byol_core.data.ingest import ingest
+from byol_core.data.store import ShardWriter, ShardedImages
 from conftest import TINY, make_fashion_files, write_params
 from sourcefiles import make_imagefolder
 

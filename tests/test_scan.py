@@ -1,4 +1,4 @@
-"""The source listing (byol_core.scan): byte-stable, read only where something changed, held
+"""The source listing (byol_core.data.scan): byte-stable, read only where something changed, held
 against the folder by ingest, tracked by DVC in place of the folder, and the same record
 that Dagster's observation versions."""
 
@@ -17,7 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from byol_core import scan, stages
+from byol_core import stages
+
+from byol_core.data import scan
 from byol_core.config import load_params
 from byol_core.errors import ByolError
 from conftest import SOURCE, TINY, TINY_DVC, dvc, make_project, write_params
@@ -181,7 +183,7 @@ def test_the_scans_file_index_answers_as_the_image_folder_reader_walks(tmp_path)
     """Ingest's reader takes its files from the check's walk instead of walking again: for every
     folder (names that sort around "/", a deep one, links, a FIFO, a name that is not UTF-8),
     the index gives what list_images finds, in the same order."""
-    from byol_core.sources import imagefolder
+    from byol_core.data.sources import imagefolder
 
     folder = _folder(tmp_path / "src", n=6)
     for name in ("dog-a", "dog.b", "dog0", "do"):  # beside "dog/": "-" and "." sort below "/", "0" above
@@ -205,7 +207,7 @@ def test_the_scans_file_index_answers_as_the_image_folder_reader_walks(tmp_path)
 
 
 def test_an_ingest_through_the_scans_index_equals_one_that_walks(tmp_path):
-    from byol_core import ingest
+    from byol_core.data import ingest
     from byol_core.config import load_params
 
     folder = _folder(tmp_path / "src", n=16)

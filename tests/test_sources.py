@@ -10,11 +10,11 @@ import torchvision.datasets
 from PIL import Image
 from pydantic import ValidationError
 
-from byol_core.data import load_prepared
+from byol_core.data.prepared import load_prepared
 from byol_core.errors import ByolError
-from byol_core.ingest import ingest
+from byol_core.data.ingest import ingest
 from byol_core.schema.data import DataConfig
-from byol_core.sources import SOURCES, cifar, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
+from byol_core.data.sources import SOURCES, cifar, cifar10, cifar100, fashion_mnist, imagefolder, reader, stl10
 from conftest import make_fashion_files
 from sourcefiles import image_of, make_cifar10, make_cifar100, make_imagefolder, make_stl10
 

@@ -3,9 +3,9 @@ changes nothing it computes."""
 
 import torch
 
-from byol_core.augment import Augmenter
+from byol_core.train.augment import Augmenter
 from byol_core.config import parse_params
-from byol_core.step import Recipe, new_state, train_step
+from byol_core.train.step import Recipe, new_state, train_step
 from conftest import TINY, params_dict
 
 PARAMS = parse_params(params_dict(**TINY))

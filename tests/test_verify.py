@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-import byol_core.filesplit as filesplit
+import byol_core.data.filesplit as filesplit
 from byol_core import stages
-from byol_core.checkpoint import save_encoder
+from byol_core.train.checkpoint import save_encoder
 from byol_core.cli import main
 from byol_core.config import load_params
-from byol_core.ingest import ingest
-from byol_core.nets import EncoderSpec, build_encoder
+from byol_core.data.ingest import ingest
+from byol_core.train.nets import EncoderSpec, build_encoder
 from conftest import TINY, write_params
 from sourcefiles import make_imagefolder
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 import yaml
 
-import byol_core.train as train
-from byol_core import resume
+import byol_core.train.loop as train
+from byol_core.train import resume
 from byol_core.cli import main
 from byol_core.config import load_params, parse_params
 from byol_core.errors import ByolError
-from byol_core.ingest import ingest
+from byol_core.data.ingest import ingest
 from byol_core.promote import promote, with_digest
-from byol_core.resume import save_state, state_record
+from byol_core.train.resume import save_state, state_record
 from byol_core.schema.pretrain import derive_schedule
 from byol_core.stages.pretrain import run as run_pretrain
-from byol_core.step import Recipe, build_model, new_state
+from byol_core.train.step import Recipe, build_model, new_state
 from conftest import ROOT, TINY, TINY_DVC, dvc, edit_params, git, make_fashion_files, make_project, params_dict, \
     write_params
 

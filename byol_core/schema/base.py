@@ -48,7 +48,7 @@ class _SameWeights:
 
 # Marks a field that does not change the trained weights (logging, monitoring, how the work
 # is spread over processes, where the data is held): ``Annotated[PositiveInt, SAME_WEIGHTS]``.
-# A pretrain resume state is keyed by every other field (byol_core.resume.run_key), so changing
+# A pretrain resume state is keyed by every other field (byol_core.train.resume.run_key), so changing
 # a marked one goes on with an unfinished run instead of starting over.
 SAME_WEIGHTS = _SameWeights()
 

@@ -10,11 +10,25 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from byol_core.schema.base import Float, Int, Only, PositiveInt, Section, View, anchored, int_choice
 from byol_core.schema.paths import PathsConfig
-from byol_core.sources import SOURCES
+
+
+# data.source -> its reader module in byol_core/data/sources/; the order is the one error messages list.
+SOURCES = {
+    "fashion-mnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "stl10": "stl10",
+    "imagefolder": "imagefolder",
+}
+
+# A folder of this name directly in data.source_dir, for any source, holds extra images for
+# pretraining: ingest reads it as the unlabeled split, and the imagefolder reader never
+# takes it for a class.
+UNLABELED_FOLDER = "unlabeled"
 
 
 class DataConfig(Section):
-    source: Literal[tuple(SOURCES)]  # a reader named in byol_core.sources.SOURCES
+    source: Literal[tuple(SOURCES)]  # a reader named in SOURCES (byol_core/data/sources/)
     source_dir: Path  # the folder holding the source files (DVC tracks its listing, paths.listing)
     channels: int_choice(1, 3) | None  # null: the source's own (1 for Fashion-MNIST, else 3)
     image_size: Annotated[Int, Field(ge=8, le=8192)] | None  # null: native size; else short side, centre crop

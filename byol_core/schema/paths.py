@@ -14,7 +14,7 @@ class PathsConfig(Section):
     """Where the stages write, and where a warm start reads (``start``, a file). Relative
     paths are taken from the params file's directory."""
 
-    listing: Path  # the source listing (byol_core.scan): what DVC tracks of data.source_dir
+    listing: Path  # the source listing (byol_core.data.scan): what DVC tracks of data.source_dir
     prepared: Path
     models: Path
     start: Path  # the training state a warm start begins from (`byol promote` writes it; DVC tracks it)

@@ -61,7 +61,7 @@ class AugmentConfig(Section):
 
 class PretrainConfig(Section):
     epochs: PositiveInt
-    init: Literal["scratch", "previous"]  # previous: begin from paths.start (byol_core.warmstart)
+    init: Literal["scratch", "previous"]  # previous: begin from paths.start (byol_core.train.warmstart)
     warm_epochs: PositiveInt  # what a warm start trains instead of epochs
     init_sha256: Sha256 | None  # paths.start's digest: the start as a declared input (written by `byol promote`)
     batch_size: Annotated[Int, Field(ge=2)]  # BatchNorm needs at least two samples
@@ -80,7 +80,7 @@ class PretrainConfig(Section):
     devices: Annotated[PositiveInt, SAME_WEIGHTS]  # training processes per node (GPUs on CUDA); > 1 launches through torchrun
     nodes: Annotated[PositiveInt, SAME_WEIGHTS]  # machines; > 1 needs torchrun's rendezvous settings on each
     compile: Bool  # torch.compile the training forward (slow first step; worth it for long GPU runs)
-    cuda_graph: Bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.graphed)
+    cuda_graph: Bool  # one CUDA process, no compile: the whole step as one CUDA graph (byol_core.train.graphed)
     # Resident or streamed, the batches are the same.
     resident_max_mb: Annotated[Literal["auto"] | Annotated[Float, Field(ge=0.0)], SAME_WEIGHTS]  # data up to this stays on the device
 

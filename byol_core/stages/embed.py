@@ -6,14 +6,20 @@ import sys
 import time
 
 
-from byol_core import ann, data, metrics
-from byol_core.embed import near_duplicates, split_ranges, write_embeddings
+from byol_core import metrics
+
+
+from byol_core.data.prepared import load_prepared, spread as spread_rows
+
+
+from byol_core.search import ann
+from byol_core.search.embed import near_duplicates, split_ranges, write_embeddings
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
 from byol_core.pictures import embedding_map, neighbour_grid, pca_2d
 from byol_core.schema.embed import EmbedParams
-from byol_core.search import EMBED_CARD, Gallery, top_k
-from byol_core.storage import Folder, StageCommit, write_json
+from byol_core.search.gallery import EMBED_CARD, Gallery, top_k
+from byol_core.io.storage import Folder, StageCommit, write_json
 
 VIEW = EmbedParams  # the params keys this stage reads (dvc.yaml's params: list)
 GRID_QUERIES = 8  # test queries in the neighbour picture
@@ -41,7 +47,7 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
         raise ByolError(f"{prepared.card.source}: embed needs train and test images (found {n_train} and "
                         f"{n_test}). Ingest more data.")
     first = {split: start for split, (start, _) in split_ranges(gallery).items()}
-    picked = data.spread(n_test, GRID_QUERIES)
+    picked = spread_rows(n_test, GRID_QUERIES)
     queries = gallery.vectors(first["test"] + picked)
     train = first["train"]
     sims, rows = top_k(queries, gallery.blocks(first=train, stop=train + n_train), min(k, n_train))
@@ -50,7 +56,7 @@ def _pictures(gallery: Gallery, prepared: data.Prepared, k: int) -> dict[str, by
     label = lambda split, i: classes[int(prepared.labels[split][i])]  # noqa: E731
     grid = neighbour_grid(prepared.images["test"].take(picked), [label("test", i) for i in picked], neighbours,
                           [[label("train", i) for i in row] for row in rows], sims)
-    shown = data.spread(n_test, MAP_POINTS)
+    shown = spread_rows(n_test, MAP_POINTS)
     points = pca_2d(gallery.vectors(first["test"] + shown))
     return {"neighbours": grid, "map": embedding_map(points, prepared.labels["test"][shown], classes)}
 
@@ -59,7 +65,7 @@ def run(params: EmbedParams) -> tuple[str, dict]:
     outputs = StageCommit("embed", params.paths.metrics)
     outputs.recover()
     paths, cfg = params.paths, params.embed
-    prepared = data.load_prepared(paths.prepared)
+    prepared = load_prepared(paths.prepared)
     encoder = Encoder.open(paths.onnx)
     card = prepared.card
     if (encoder.channels, encoder.size) != (card.channels, card.height) or card.height != card.width:

@@ -7,17 +7,19 @@ import time
 
 import torch
 
-from byol_core import csvfile, data, metrics, progress
-from byol_core.checkpoint import input_normalisation, load_encoder
+from byol_core import csvfile, metrics, progress
+
+from byol_core.data.prepared import load_prepared, spread as spread_rows
+from byol_core.train.checkpoint import input_normalisation, load_encoder
 from byol_core.device import resolve_device
 from byol_core.errors import ByolError
 from byol_core.evaluate import linear_probe, pixel_dim, pixel_features
-from byol_core.features import extract_features, knn_top1
-from byol_core.nets import build_encoder
+from byol_core.train.features import extract_features, knn_top1
+from byol_core.train.nets import build_encoder
 from byol_core.pictures import label_efficiency
 from byol_core.retrieval import balanced_subset, retrieval_metrics, spread_metrics
 from byol_core.schema.probe import EvaluateParams
-from byol_core.storage import StageCommit, text_writer
+from byol_core.io.storage import StageCommit, text_writer
 
 LABELS = {"byol": "BYOL encoder", "random_init": "random-init encoder", "pixels": "raw pixels"}
 VIEW = EvaluateParams  # the params keys this stage reads (dvc.yaml's params: list)
@@ -58,7 +60,7 @@ def run(params: EvaluateParams) -> tuple[str, dict]:
     lines = _Lines()
     outputs = StageCommit("evaluate", params.paths.metrics)
     outputs.recover()
-    prepared = data.load_prepared(params.paths.prepared, ("train", "test"))
+    prepared = load_prepared(params.paths.prepared, ("train", "test"))
     encoder, spec, info = load_encoder(params.paths.encoder)
     if spec.in_channels != prepared.card.channels:
         raise ByolError(f"{params.paths.encoder} expects {spec.in_channels}-channel images but the prepared "
@@ -71,7 +73,7 @@ def run(params: EvaluateParams) -> tuple[str, dict]:
     # an evenly spaced subset (every class keeps its share), read from the shards in batches.
     widest = max(spec.feature_dim, pixel_dim(spec.in_channels, prepared.card.height))
     rows = max(1, int(cfg.probe_max_mb * 2**20) // (4 * widest))
-    picked = {split: data.spread(len(prepared.labels[split]), rows) for split in ("train", "test")}
+    picked = {split: spread_rows(len(prepared.labels[split]), rows) for split in ("train", "test")}
     x_train, y_train = prepared.images["train"].subset(picked["train"]), prepared.labels["train"][picked["train"]]
     x_test, y_test = prepared.images["test"].subset(picked["test"]), prepared.labels["test"][picked["test"]]
 

@@ -7,14 +7,16 @@ import shutil
 
 import torch
 
-from byol_core import data, metrics
-from byol_core.checkpoint import input_normalisation, load_encoder
+from byol_core import metrics
+
+from byol_core.data.prepared import load_prepared
+from byol_core.train.checkpoint import input_normalisation, load_encoder
 from byol_core.errors import ByolError
 from byol_core.export import check_parity, export_onnx, measure_latency
 from byol_core.inputs import to_input
 from byol_core.onnxmodel import PREPROCESS_KEY, RESIZE, open_session, preprocess_record
 from byol_core.schema.export import ExportParams
-from byol_core.storage import StageCommit, json_writer
+from byol_core.io.storage import StageCommit, json_writer
 
 VIEW = ExportParams  # the params keys this stage reads (dvc.yaml's params: list)
 
@@ -25,7 +27,7 @@ def run(params: ExportParams) -> tuple[str, dict]:
     cfg = params.export
     paths = params.paths
     encoder, spec, info = load_encoder(paths.encoder)
-    prepared = data.load_prepared(paths.prepared, ("test",))
+    prepared = load_prepared(paths.prepared, ("test",))
     mean, std = input_normalisation(info)
     images = to_input(torch.as_tensor(prepared.images["test"][:cfg.parity_images]), mean, std)
     if images.shape[1] != spec.in_channels:

@@ -8,7 +8,7 @@ here; the next scan sees it, so the next `dvc repro` reruns ingest.
 
 from __future__ import annotations
 
-from byol_core import ingest, scan
+from byol_core.data import ingest, scan
 from byol_core.schema.data import IngestParams
 
 VIEW = IngestParams  # the params keys this stage reads (dvc.yaml's params: list)

@@ -6,13 +6,17 @@ import io
 import shutil
 import time
 
-from byol_core import csvfile, data, distributed, metrics, progress
-from byol_core.checkpoint import encoder_record
+from byol_core import csvfile, metrics, progress
+
+from byol_core.data.prepared import load_prepared
+
+from byol_core.train import distributed
+from byol_core.train.checkpoint import encoder_record
 from byol_core.device import resolve_device
-from byol_core.nets import count_parameters
+from byol_core.train.nets import count_parameters
 from byol_core.schema.pretrain import PretrainParams
-from byol_core.storage import StageCommit, text_writer, torch_writer
-from byol_core.train import pretrain
+from byol_core.io.storage import StageCommit, text_writer, torch_writer
+from byol_core.train.loop import pretrain
 
 VIEW = PretrainParams  # the params keys this stage reads (dvc.yaml's params: list)
 
@@ -31,7 +35,7 @@ def run(params: PretrainParams) -> tuple[str, dict]:
     outputs = StageCommit("pretrain", params.paths.models)
     if distributed.current().is_main:
         outputs.recover()
-    prepared = data.load_prepared(params.paths.prepared)
+    prepared = load_prepared(params.paths.prepared)
     device = resolve_device(params.device)
     world = distributed.current()
     if world.size > 1:

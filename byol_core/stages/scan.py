@@ -1,12 +1,12 @@
 """scan: the source folder -> its listing (path, size, digest per file), the record DVC tracks.
 
-Reads only new or changed files (see byol_core.scan); under DVC the stage runs on every
+Reads only new or changed files (see byol_core.data.scan); under DVC the stage runs on every
 `dvc repro` (always_changed), and ingest reruns only when the listing's bytes changed.
 """
 
 from __future__ import annotations
 
-from byol_core import scan
+from byol_core.data import scan
 from byol_core.schema.data import ScanParams
 
 VIEW = ScanParams  # the params keys this stage reads (dvc.yaml's params: list)

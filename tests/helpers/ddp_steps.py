@@ -6,11 +6,11 @@ import sys
 
 import torch
 
-from byol_core import distributed
-from byol_core.augment import Augmenter
+from byol_core.train import distributed
+from byol_core.train.augment import Augmenter
 from byol_core.config import load_params
 from byol_core.schema.pretrain import Schedule
-from byol_core.step import Recipe, TrainState, build_model, build_optimizer, train_step
+from byol_core.train.step import Recipe, TrainState, build_model, build_optimizer, train_step
 
 STEPS = 3
 CPU = torch.device("cpu")

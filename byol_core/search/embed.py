@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from byol_core import csvfile
-from byol_core.data import Prepared
+from byol_core.data.prepared import Prepared
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
-from byol_core.search import VECTORS, Gallery
+from byol_core.search.gallery import VECTORS, Gallery
 
 GROUP_ROWS = 65536
 QUERY_ROWS = 4096  # queries compared with the gallery at once in the near-duplicate scan
@@ -133,7 +133,7 @@ def near_duplicates(gallery: Gallery, threshold: float, out_csv: Path, index=Non
     test images (leakage: the test figure partly measures memory) and train images (pairs
     counted once). Every pair found is written to ``out_csv`` with its similarity. Exact,
     blocked search (test x train, train x train), or through ``index`` (see
-    :mod:`byol_core.ann`) when one is given."""
+    :mod:`byol_core.search.ann`) when one is given."""
     ranges = split_ranges(gallery)
     train = ranges.get("train", (0, 0))
     found = {"test_train": [], "train_train": []}

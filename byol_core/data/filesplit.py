@@ -1,6 +1,6 @@
 """Image files -> converted pixels, through the conversion cache.
 
-:func:`resolve` decides which files of a :class:`~byol_core.sources.common.FileSplit` the
+:func:`resolve` decides which files of a :class:`~byol_core.data.sources.common.FileSplit` the
 prepared split holds: in sample order, the first ``cap`` usable ones (all, without a cap).
 Files the cache already knows are only looked up; the rest are converted (in worker
 processes) and added to the cache as they come, so an interrupted ingest keeps what it did.
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from byol_core.cache import BAD, OK, UNKNOWN, ConversionCache
+from byol_core.data.cache import BAD, OK, UNKNOWN, ConversionCache
 from byol_core.errors import ByolError
-from byol_core.sources import imagefolder
-from byol_core.sources.common import FileSplit, Listed
-from byol_core.store import DIGEST_BYTES, image_digest
+from byol_core.data.sources import imagefolder
+from byol_core.data.sources.common import FileSplit, Listed
+from byol_core.data.store import DIGEST_BYTES, image_digest
 
 CHUNK_BYTES = 8 << 20  # pixels held at a time: conversions waiting for the cache, rows read from it
 

@@ -7,7 +7,7 @@ launches once and replays them as one. What a replay needs is what the capture s
 
 - the batch arrives in one fixed input buffer (copied in before each replay);
 - the LR and the EMA weight ``1 - tau`` are 0-d device tensors, filled before each
-  replay (:func:`byol_core.step.update` takes either numbers or such tensors);
+  replay (:func:`byol_core.train.step.update` takes either numbers or such tensors);
 - the views' random draws come from one generator registered with the graph, so each
   replay draws afresh; it is given each epoch's seed, as the eager loop's generators;
 - the weights, BatchNorm buffers, LARS momentum and gradients keep their addresses.
@@ -15,16 +15,16 @@ launches once and replays them as one. What a replay needs is what the capture s
 Capturing needs a few eager steps first (cuDNN picks its kernels, autograd and LARS make
 their buffers). Those steps run on a copy of every value they touch, which is then put
 back, so the run starts from exactly the state it had: a resumed run continues where the
-saved one stopped. The graph is a pure speed-up; the maths is byol_core.step.update's.
+saved one stopped. The graph is a pure speed-up; the maths is byol_core.train.step.update's.
 """
 
 from __future__ import annotations
 
 import torch
 
-from byol_core.augment import Augmenter
+from byol_core.train.augment import Augmenter
 from byol_core.schema.pretrain import PretrainConfig
-from byol_core.step import StepMetrics, TrainState, update
+from byol_core.train.step import StepMetrics, TrainState, update
 
 WARMUP_STEPS = 3  # eager steps before the capture (torch's CUDA-graph notes use 3)
 
@@ -37,12 +37,12 @@ def usable(device: torch.device, processes: int, compiled: bool) -> bool:
 
 def for_run(cfg: PretrainConfig, device: torch.device, processes: int = 1) -> GraphedStep | None:
     """The graphed step where ``pretrain.cuda_graph`` asks for it and it applies, else None
-    (the eager :func:`byol_core.step.train_step`)."""
+    (the eager :func:`byol_core.train.step.train_step`)."""
     return GraphedStep() if cfg.cuda_graph and usable(device, processes, cfg.compile) else None
 
 
 class GraphedStep:
-    """Drop-in for :func:`byol_core.step.train_step` (same arguments, same metrics) that
+    """Drop-in for :func:`byol_core.train.step.train_step` (same arguments, same metrics) that
     captures the step on its first call and replays it afterwards.
 
     Its metrics' loss and collapse tensors are the graph's outputs, overwritten by the next

@@ -1,5 +1,5 @@
 """Crash-resume of pretraining, in one place: which saved state a run may continue (the run
-key), what the state file holds (a :class:`~byol_core.step.TrainState` with its key and
+key), what the state file holds (a :class:`~byol_core.train.step.TrainState` with its key and
 params), how it is saved and loaded, and how a run picks it up.
 
 The state is saved at ``paths.resume_state`` (outside every DVC output) after each
@@ -21,11 +21,11 @@ import torch
 
 from byol_core.errors import ByolError, brief
 from byol_core.schema.base import same_weights
-from byol_core.storage import load_torch, remove_stale_temps, save_torch
+from byol_core.io.storage import load_torch, remove_stale_temps, save_torch
 
 if TYPE_CHECKING:
     from byol_core.schema.pretrain import PretrainParams
-    from byol_core.step import TrainState
+    from byol_core.train.step import TrainState
 
 STATE_FORMAT = 1
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from byol_core.errors import ByolError
 from byol_core.schema.data import DataConfig
-from byol_core.sources.common import SourceData, ensure_local
+from byol_core.data.sources.common import SourceData, ensure_local
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -3,7 +3,7 @@
 :func:`top_k` is exact search, blocked: the gallery arrives a block of rows at a time and
 only the best ``k`` per query are kept between blocks, so memory holds one block and the
 running results, however large the gallery. One query against a million 64-d embeddings
-reads 256 MB at memory speed, about 25 ms on 2 cores; :mod:`byol_core.ann` takes over only
+reads 256 MB at memory speed, about 25 ms on 2 cores; :mod:`byol_core.search.ann` takes over only
 above ``embed.approximate_from`` rows. :class:`Gallery` is what the ``embed`` stage wrote.
 numpy only.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.errors import ByolError, brief
-from byol_core.store import read_npy_header
+from byol_core.data.store import read_npy_header
 
 BLOCK_ROWS = 65536  # gallery rows compared at once: a (queries x 65536) float32 similarity block
 COLUMNS = ("index", "split", "label", "source", "duplicate")  # what a hit reports besides its similarity
@@ -79,7 +79,7 @@ EMBED_CARD = "card.json"  # beside it too: what the embed stage recorded (its in
 
 
 class Gallery:
-    """The embeddings the ``embed`` stage wrote (see :mod:`byol_core.embed`), opened for
+    """The embeddings the ``embed`` stage wrote (see :mod:`byol_core.search.embed`), opened for
     search: the vectors from ``vectors.npy`` a block at a time (``pread``: memory holds one
     block), what a hit is from the Parquet file, a row group at a time."""
 
@@ -128,9 +128,9 @@ class Gallery:
         """The ``k`` most similar gallery rows per query, best first, among rows [first, stop)
         (``rows``; all by default), leaving out ``exclude`` (one gallery row per query, -1 for
         none): through the approximate ``index`` searching ``nprobe`` lists when one is given
-        (:mod:`byol_core.ann`), else exactly (:func:`top_k`). Returns similarities and gallery rows."""
+        (:mod:`byol_core.search.ann`), else exactly (:func:`top_k`). Returns similarities and gallery rows."""
         if index is not None:
-            from byol_core import ann
+            from byol_core.search import ann
 
             return ann.search(index, nprobe, queries, k, exclude, rows)
         first, stop = rows if rows is not None else (0, self.rows)

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from byol_core import proc
+from byol_core.io import proc
 from byol_core.errors import ByolError, brief
 
 T = TypeVar("T")
@@ -124,7 +124,7 @@ def launch(devices: int, nodes: int, argv: list[str], lock: ContextManager) -> i
     on nodes other than node 0: they write nothing into their folder, so a project folder
     shared between nodes does not lock them out."""
     node = node_rank(nodes)
-    command = [sys.executable, "-m", "byol_core.distributed", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
+    command = [sys.executable, "-m", "byol_core.train.distributed", f"--nproc-per-node={devices}", f"--nnodes={nodes}"]
     if nodes == 1:
         command.append("--standalone")
     command += ["-m", "byol_core.cli", *argv]

@@ -13,7 +13,7 @@ out of the listing, so the same contents give the same listing on any machine, b
 file rewritten with the same size and the same mtime keeps its old digest; ``byol scan
 --force`` reads every file again.
 
-What is listed follows the image-folder reader (:func:`byol_core.sources.imagefolder.list_images`):
+What is listed follows the image-folder reader (:func:`byol_core.data.sources.imagefolder.list_images`):
 regular files at any depth, symlinks to files followed, symlinked folders not (no loops),
 dotfiles and dot-folders left out, FIFOs, sockets and devices passed over (opening a FIFO
 blocks). A file that cannot be read (a dangling link, no permission) is listed without a digest
@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from byol_core import progress
 from byol_core.errors import ByolError, printable
-from byol_core.storage import atomic_write
+from byol_core.io.storage import atomic_write
 
 DIGEST_BYTES = 16
 LISTING = pa.schema([("path", pa.string()), ("size", pa.int64()), ("digest", pa.binary(DIGEST_BYTES))])
@@ -425,7 +425,7 @@ def write_parquet(table: pa.Table, out: BinaryIO | None = None) -> str:
 
 class FileIndex:
     """The files one walk found below ``data.source_dir``, for the image-folder reader to take
-    instead of walking the folder a second time (:func:`byol_core.sources.imagefolder.list_images`):
+    instead of walking the folder a second time (:func:`byol_core.data.sources.imagefolder.list_images`):
     at a million files a walk costs seconds of ``stat`` calls and Python objects. Paths are the
     real ones (not their printable form), with the size and mtime the scan saw them with."""
 

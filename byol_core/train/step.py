@@ -4,7 +4,7 @@ Order of one step (as in the paper's reference code): set LR -> make both views 
 forward online and target -> loss -> backward -> LARS step -> EMA update of the target.
 :func:`train_step` takes the state, a batch and the views to make, and returns its
 metrics as device tensors without waiting for the device; the caller decides when to
-read them. The pretraining loop (byol_core.train) and every benchmark call this same step.
+read them. The pretraining loop (byol_core.train.loop) and every benchmark call this same step.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from byol_core import distributed
-from byol_core.augment import Augmenter
-from byol_core.byol import BYOL, collapse_std, target_tau
+from byol_core.train import distributed
+from byol_core.train.augment import Augmenter
+from byol_core.train.byol import BYOL, collapse_std, target_tau
 from byol_core.device import autocast, free_memory, memory_format
 from byol_core.errors import ByolError
-from byol_core.nets import EncoderSpec
-from byol_core.optim import LARS, lr_at, param_groups
+from byol_core.train.nets import EncoderSpec
+from byol_core.train.optim import LARS, lr_at, param_groups
 from byol_core.schema.pretrain import PretrainConfig, PretrainParams, Schedule, derive_schedule
 
 
@@ -85,7 +85,7 @@ class Recipe:
 @dataclass
 class TrainState:
     """Everything that changes during training, in one place, and the recipe it changes by.
-    Saved and restored for a resume by :mod:`byol_core.resume`."""
+    Saved and restored for a resume by :mod:`byol_core.train.resume`."""
 
     model: BYOL
     optimizer: LARS
@@ -130,7 +130,7 @@ def update(state: TrainState, images: torch.Tensor, augment: Augmenter, lr: floa
            autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The work of one step, with the LR and the EMA weight (``1 - tau``) given: as Python
     numbers (eagerly) or as 0-d device tensors that a CUDA graph reads at each replay
-    (byol_core.graphed). Leaves ``state.step`` alone; returns (loss, collapse_std)."""
+    (byol_core.train.graphed). Leaves ``state.step`` alone; returns (loss, collapse_std)."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     layout = memory_format(images.device)

@@ -20,7 +20,7 @@ import numpy as np
 
 from byol_core.errors import ByolError
 from byol_core.schema.data import DataConfig
-from byol_core.sources.common import SourceData, ensure_local
+from byol_core.data.sources.common import SourceData, ensure_local
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE

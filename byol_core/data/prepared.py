@@ -1,8 +1,8 @@
 """The prepared dataset: the one format every stage after ingest reads (format 2).
 
-One directory, written atomically by :mod:`byol_core.ingest`:
+One directory, written atomically by :mod:`byol_core.data.ingest`:
   ``{split}-{k:05d}.npy`` uint8 image shards (n_k, C, H, W) of bounded size
-                          (:mod:`byol_core.store`), for ``train``, ``test`` and, when the
+                          (:mod:`byol_core.data.store`), for ``train``, ``test`` and, when the
                           source has one, ``unlabeled`` (pretraining only)
   ``{split}-labels.npy``  int64, (N,); -1 throughout ``unlabeled``
   ``store.json``          the format number, the image shape and each split's shards
@@ -14,8 +14,8 @@ One directory, written atomically by :mod:`byol_core.ingest`:
                           split sizes, duplicate and skip counts and a hash of all images and
                           labels (``data_hash``)
 
-``store.json`` and ``card.json`` are read and written through :mod:`byol_core.card`.
-Images are read a few rows at a time (``pread``, :mod:`byol_core.store`), so no stage needs a
+``store.json`` and ``card.json`` are read and written through :mod:`byol_core.data.card`.
+Images are read a few rows at a time (``pread``, :mod:`byol_core.data.store`), so no stage needs a
 whole split in memory. This module knows nothing of the sources, so a change to a source
 reader reruns ingest alone (and nothing after it, when the prepared data comes out the same).
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.card import Card, read_store
+from byol_core.data.card import Card, read_store
 from byol_core.errors import ByolError
-from byol_core.store import ShardedImages
+from byol_core.data.store import ShardedImages
 
 LABELLED = ("train", "test")
 SPLITS = ("train", "test", "unlabeled")

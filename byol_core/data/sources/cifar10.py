@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from byol_core.schema.data import DataConfig
-from byol_core.sources.common import SourceData
-from byol_core.sources.cifar import CifarSpec, read_cifar
+from byol_core.data.sources.common import SourceData
+from byol_core.data.sources.cifar import CifarSpec, read_cifar
 
 SPEC = CifarSpec(
     what="CIFAR-10",

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core import ann
+from byol_core.search import ann
 from byol_core.errors import ByolError
 from byol_core.onnxmodel import Encoder
-from byol_core.search import Gallery
+from byol_core.search.gallery import Gallery
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def parse_index(text: str) -> tuple[str, int]:
 
 def read_query(path: Path, encoder: Encoder) -> np.ndarray:
     """The uint8 (1, C, H, W) pixels of a query file, as ingest would have stored it."""
-    from byol_core.sources.imagefolder import convert_one
+    from byol_core.data.sources.imagefolder import convert_one
 
     if not path.exists():
         raise ByolError(f"{path}: no such file. Give an image file, a .npy array, or --index N.")

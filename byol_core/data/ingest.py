@@ -1,11 +1,11 @@
-"""Ingest: read the configured source and write the prepared format (:mod:`byol_core.data`).
+"""Ingest: read the configured source and write the prepared format (:mod:`byol_core.data.prepared`).
 
 Every source goes through the same steps: read it (its reader keeps each split's first
 ``data.max_*`` images), convert it to ``data.channels`` / ``data.image_size``, add the
 images of an ``unlabeled/`` folder inside ``data.source_dir`` (any depth, any format PIL
 reads, converted to the labelled split's channels and size, up to ``data.max_unlabeled``),
 count exact duplicates, and write shards, manifest and card at once.
-Image files are converted through a cache (:mod:`byol_core.cache`), so a re-ingest converts
+Image files are converted through a cache (:mod:`byol_core.data.cache`), so a re-ingest converts
 only new or changed files, and the output is the same as a from-scratch ingest's. Splits
 are streamed into the shards, so memory holds a few thousand images at a time, not a split.
 """
@@ -23,20 +23,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from byol_core import progress, sources
-from byol_core.cache import ConversionCache
-from byol_core.card import CARD_FILE, FORMAT, Card, Shard, SplitLayout, StoreLayout, write_card, write_layout
-from byol_core.data import LABELLED, SPLITS, UNLABELED, data_hash, labels_name
+from byol_core import progress
+
+from byol_core.data import sources
+from byol_core.data.cache import ConversionCache
+from byol_core.data.card import CARD_FILE, FORMAT, Card, Shard, SplitLayout, StoreLayout, write_card, write_layout
+from byol_core.data.prepared import LABELLED, SPLITS, UNLABELED, data_hash, labels_name
 from byol_core.errors import ByolError
-from byol_core.filesplit import CHUNK_BYTES, CheckedPixels, Resolved, resolve
+from byol_core.data.filesplit import CHUNK_BYTES, CheckedPixels, Resolved, resolve
 from byol_core.schema.data import DataConfig
-from byol_core.sources import imagefolder
-from byol_core.sources.common import FileSplit, SourceData, conform
-from byol_core.storage import replace_dir, staging_dir
-from byol_core.store import ShardWriter
+from byol_core.data.sources import imagefolder
+from byol_core.data.sources.common import FileSplit, SourceData, conform
+from byol_core.io.storage import replace_dir, staging_dir
+from byol_core.data.store import ShardWriter
 
 if TYPE_CHECKING:
-    from byol_core.scan import FileIndex
+    from byol_core.data.scan import FileIndex
 
 # Every reader, whichever data.source names: all of them are ingest's code (its DVC deps).
 READERS = {name: sources.reader(name) for name in sources.SOURCES}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from byol_core.device import free_memory
-from byol_core.store import ShardedImages
+from byol_core.data.store import ShardedImages
 
 AHEAD = 4  # batches gathered ahead of the step
 _AUTO_SHARE = {"cuda": 0.5, "cpu": 1 / 3}  # of free device memory that resident data may take

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from byol_core.nets import EncoderSpec, MLPHead, build_encoder
+from byol_core.train.nets import EncoderSpec, MLPHead, build_encoder
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,9 @@ A file whose path, size and mtime all match a row is taken from the cache; anyth
 converted again. Rows are committed only after their pixels are on disk (written and
 fsynced first), so a killed ingest leaves at worst unreferenced bytes at a pack's end.
 
-Each entry's digest (:func:`byol_core.store.image_digest`) is taken from the pixels in memory
+Each entry's digest (:func:`byol_core.data.store.image_digest`) is taken from the pixels in memory
 as they are written, so bytes that change later in a pack (a flipped bit, a cut file) are
-found when they are read back (byol_core.filesplit) and converted again rather than passed
+found when they are read back (byol_core.data.filesplit) and converted again rather than passed
 on; ``byol verify`` checks every entry (byol_core.verify). An entry without a digest (kept
 before digests were) is treated as absent: it is converted again, as a damaged one would be.
 """
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from byol_core.errors import ByolError
-from byol_core.store import DIGEST_BYTES, Shard, ShardedImages, image_digest
+from byol_core.data.store import DIGEST_BYTES, Shard, ShardedImages, image_digest
 
 VERSION = 1  # bump when conversion changes what a file becomes
 UNKNOWN, OK, BAD = 0, 1, 2
@@ -139,7 +139,7 @@ class ConversionCache:
                             "writable folder, or delete that folder to start the cache afresh.") from None
         self._pack: tuple[int, object] | None = None  # (id, open file) of this process's pack
         self._pack_rows = 0
-        self.reconverted = 0  # damaged entries converted again in this run (byol_core.filesplit counts them)
+        self.reconverted = 0  # damaged entries converted again in this run (byol_core.data.filesplit counts them)
 
     def close(self) -> None:
         if self._pack is not None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.data import UNLABELED
+from byol_core.data.prepared import UNLABELED
 from byol_core.errors import ByolError
 from byol_core.schema.data import DataConfig
-from byol_core.sources.common import SourceData, ensure_local
+from byol_core.data.sources.common import SourceData, ensure_local
 
 FOLDER = "stl10_binary"
 SIDE = 96

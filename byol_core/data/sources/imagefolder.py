@@ -40,11 +40,11 @@ from tqdm import tqdm
 from byol_core import progress
 from byol_core.errors import ByolError, printable
 from byol_core.schema.data import DataConfig
-from byol_core.sources import UNLABELED_FOLDER
-from byol_core.sources.common import FileSplit, Listed, SourceData
+from byol_core.data.sources import UNLABELED_FOLDER
+from byol_core.data.sources.common import FileSplit, Listed, SourceData
 
 if TYPE_CHECKING:
-    from byol_core.scan import FileIndex
+    from byol_core.data.scan import FileIndex
 
 BACKGROUND = (255, 255, 255, 255)  # what transparent pixels become
 PARALLEL_FROM = 64  # fewer files are converted in-process: starting workers costs more

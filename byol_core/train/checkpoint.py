@@ -1,5 +1,5 @@
 """The encoder file: what pretrain saves and later stages load (the full training state is
-:mod:`byol_core.resume`'s).
+:mod:`byol_core.train.resume`'s).
 
 It is a plain dict of tensors, numbers, strings and lists, so it loads with
 ``torch.load(..., weights_only=True)``, which refuses anything that would run code.
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from byol_core.errors import ByolError
-from byol_core.nets import EncoderSpec, ResNetEncoder, build_encoder
-from byol_core.storage import load_torch, save_torch
+from byol_core.train.nets import EncoderSpec, ResNetEncoder, build_encoder
+from byol_core.io.storage import load_torch, save_torch
 
 ENCODER_FORMAT = 1
 

@@ -1,4 +1,4 @@
-"""Linux process plumbing, shared by the training launcher (byol_core.distributed) and the
+"""Linux process plumbing, shared by the training launcher (byol_core.train.distributed) and the
 pipelines' tether and run monitor.
 
 Standard library only: pipelines/tether.py runs as a small script beside every asset's

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byol_core.search import Gallery, top_k
+from byol_core.search.gallery import Gallery, top_k
 
 INDEX = "index.faiss"
 TRAIN_PER_LIST = 64  # training vectors per list (faiss warns below 39)
@@ -66,7 +66,7 @@ def open_index(path: Path):
 
 def search(index, nprobe: int, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
            rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`byol_core.search.top_k`, approximately: similarities and gallery rows of
+    """Like :func:`byol_core.search.gallery.top_k`, approximately: similarities and gallery rows of
     the ``k`` best per query (fewer where the lists searched hold fewer), leaving out
     ``exclude`` (one row per query, -1 for none) and, with ``rows`` = (first, stop), every
     row outside that range."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from byol_core.byol import BYOL
-from byol_core.resume import load_state
+from byol_core.train.byol import BYOL
+from byol_core.train.resume import load_state
 from byol_core.errors import ByolError, brief
 from byol_core.schema.pretrain import ModelConfig
 
@@ -41,7 +41,7 @@ def _check_digest(path: Path, expected: str) -> None:
 
 
 def read_start(path: Path, sha256: str) -> dict:
-    """The training state at ``path`` (as :func:`byol_core.resume.load_state` reads it),
+    """The training state at ``path`` (as :func:`byol_core.train.resume.load_state` reads it),
     refused unless its bytes have the digest ``sha256``."""
     _check_digest(path, sha256)
     blob = load_state(path, _FIX)

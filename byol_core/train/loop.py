@@ -1,5 +1,5 @@
 """The BYOL pretraining loop: resumable, one pass per epoch over the data, each batch
-through :func:`byol_core.step.train_step`.
+through :func:`byol_core.train.step.train_step`.
 
 :func:`pretrain` reads in training order: set up (data, views, model, optimizer), resume,
 wrap the model for DDP / torch.compile, then per epoch: train, measure, checkpoint. Step
@@ -21,16 +21,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from byol_core import distributed, graphed, loader, warmstart
-from byol_core.augment import Augmenter
-from byol_core.byol import BYOL
-from byol_core.data import Prepared, spread
+from byol_core.train import distributed, graphed, loader, warmstart
+from byol_core.train.augment import Augmenter
+from byol_core.train.byol import BYOL
+from byol_core.data.prepared import Prepared, spread
 from byol_core.device import exact_kernels, synchronize
 from byol_core.errors import ByolError
-from byol_core.features import extract_features, knn_top1
-from byol_core.resume import restore, run_key, save_state, saved_state, state_record
+from byol_core.train.features import extract_features, knn_top1
+from byol_core.train.resume import restore, run_key, save_state, saved_state, state_record
 from byol_core.schema.pretrain import PretrainParams, Schedule
-from byol_core.step import Recipe, StepMetrics, TrainState, new_state, train_step
+from byol_core.train.step import Recipe, StepMetrics, TrainState, new_state, train_step
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
