@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol_core import ann  # noqa: E402
+from byol_core.search import ann  # noqa: E402
 from byol_core.search.gallery import EMBED_CARD, VECTORS, Gallery, top_k  # noqa: E402
 from record import write_results  # noqa: E402
 

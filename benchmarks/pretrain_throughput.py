@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol_core import graphed, step  # noqa: E402
+from byol_core.train import graphed, step  # noqa: E402
 from byol_core.train.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import exact_cudnn, resolve_device, synchronize  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byol_core import loader  # noqa: E402
+from byol_core.train import loader  # noqa: E402
 from byol_core.train.augment import Augmenter  # noqa: E402
 from byol_core.config import load_params  # noqa: E402
 from byol_core.device import resolve_device, synchronize  # noqa: E402

@@ -279,7 +279,7 @@ def _run(stage: str, params_path: str, args: argparse.Namespace | None = None) -
         if stage == "pretrain" and "LOCAL_RANK" not in os.environ:
             lock = locks.held(params.paths.resume, "byol pretrain")  # one run per project at a time
             if params.pretrain.processes > 1:
-                from byol_core import distributed  # only the pretrain stage imports torch.distributed
+                from byol_core.train import distributed  # only the pretrain stage imports torch.distributed
 
                 return distributed.launch(params.pretrain.devices, params.pretrain.nodes,
                                           [stage, "--params", params_path], lock)

@@ -148,7 +148,7 @@ def test_a_second_pretrain_in_the_project_is_refused_with_the_holders_pid(tmp_pa
     root = _healthy_project(tmp_path / "project")
     params = load_params(root / "params.yaml")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom byol_core import locks\n"
+        "import sys, time\nfrom byol_core.io import locks\n"
         f"with locks.held({str(params.paths.resume)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
