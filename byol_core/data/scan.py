@@ -266,19 +266,6 @@ def _listing_key(path: str) -> str:
 LOOKUP_ROWS = 1 << 16  # walked paths looked up at a time in the side cache's
 
 
-class _Keys:
-    """The listing-order keys of an Arrow array of paths, as a sequence to bisect."""
-
-    def __init__(self, paths: pa.Array):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> str:
-        return _listing_key(self.paths[i].as_py())
-
-
 def _rows_in(paths: pa.Array, seen: pa.Array) -> np.ndarray:
     """Each of ``paths``' row in ``seen``, or -1. Both are in listing order, so the rows of
     ``seen`` that can hold a run of ``paths`` lie between two bisections: each run of
@@ -287,11 +274,14 @@ def _rows_in(paths: pa.Array, seen: pa.Array) -> np.ndarray:
     by its escape, which may sort elsewhere: a bound that misses it only means that file is
     read again.)"""
     where = np.full(len(paths), -1, dtype=np.int64)
-    keys = _Keys(seen)
+
+    def key(path: pa.StringScalar) -> str:
+        return _listing_key(path.as_py())
+
     for start in range(0, len(paths), LOOKUP_ROWS):
         run = paths.slice(start, LOOKUP_ROWS)
-        lo = bisect.bisect_left(keys, _listing_key(run[0].as_py()))
-        hi = bisect.bisect_right(keys, _listing_key(run[-1].as_py()), lo)
+        lo = bisect.bisect_left(seen, _listing_key(run[0].as_py()), key=key)
+        hi = bisect.bisect_right(seen, _listing_key(run[-1].as_py()), lo, key=key)
         if hi > lo:
             found = pc.fill_null(pc.index_in(run, value_set=seen.slice(lo, hi - lo)), -1).to_numpy()
             where[start:start + len(run)] = np.where(found >= 0, found + lo, -1)
@@ -441,7 +431,7 @@ class FileIndex:
         rows, found by bisection."""
         lo, hi = 0, len(self.paths)
         if folder:
-            start = folder.replace("/", "\0")
+            start = _listing_key(folder)
             lo = bisect.bisect_left(self.paths, start + "\0", key=_listing_key)
             hi = bisect.bisect_left(self.paths, start + "\1", lo, key=_listing_key)
         return sorted(zip(self.paths[lo:hi], self.sizes[lo:hi], self.mtimes[lo:hi]))
