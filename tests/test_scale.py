@@ -9,6 +9,7 @@
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -193,3 +194,33 @@ def test_reingest_links_every_shard_the_new_files_did_not_land_in(tmp_path):
     fresh = _folder_project(tmp_path / "fresh", source)
     assert ingest(fresh.data, fresh.paths.prepared, fresh.paths.cache).card.data_hash == again.data_hash
     assert _files(fresh.paths.prepared) == _files(params.paths.prepared)
+
+
+def test_reingest_after_the_prepared_folder_was_deleted_links_every_shard_and_reads_no_pack(tmp_path, monkeypatch):
+    """`dvc repro` deletes a stage's outputs before running it: the cache's links to the
+    published shards are what a re-ingest takes them from, so no pixel is read again."""
+    source = tmp_path / "src"
+    make_imagefolder(source, classes=("a", "b", "c"), per_class=30)
+    params = _folder_project(tmp_path, source)
+    first = ingest(params.data, params.paths.prepared, params.paths.cache).card
+    before = _inodes(params.paths.prepared)
+    expected = _files(params.paths.prepared)
+    shutil.rmtree(params.paths.prepared)
+    taken = []
+    real_take = filesplit.CheckedPixels.take
+    monkeypatch.setattr(filesplit.CheckedPixels, "take", lambda self, a, b: taken.append(b - a) or real_take(self, a, b))
+    again = ingest(params.data, params.paths.prepared, params.paths.cache).card
+    assert taken == [] and again.data_hash == first.data_hash
+    assert _inodes(params.paths.prepared) == before and len(before) > 4
+    assert _files(params.paths.prepared) == expected
+
+    # new files: only the shards they land in are written; the links kept are those of the
+    # shards published now (none left over from the first layout), one per shard
+    make_imagefolder(source, classes=("zz",), per_class=6, seed=3)
+    shutil.rmtree(params.paths.prepared)
+    ingest(params.data, params.paths.prepared, params.paths.cache)
+    assert 0 < sum(taken) < 40
+    (kept_folder,) = params.paths.cache.glob("images-*/shards-*")
+    kept = {p.stat().st_ino for p in kept_folder.iterdir()}
+    published = {p.stat().st_ino for p in params.paths.prepared.glob("*.npy") if not p.name.endswith("-labels.npy")}
+    assert kept == published and len(kept) == len(list(kept_folder.iterdir()))

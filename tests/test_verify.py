@@ -54,6 +54,15 @@ def _pack(params):
     return packs[0]
 
 
+def _unpublish(params):
+    """Delete the prepared folder and the cache's links to its shards, so that the next ingest
+    writes every shard from the cache's packs (a prepared folder deleted alone, as `dvc
+    repro` deletes it, is linked back whole)."""
+    shutil.rmtree(params.paths.prepared)
+    for kept in params.paths.cache.glob("images-*/shards-*"):
+        shutil.rmtree(kept)
+
+
 def _flip(path, offsets):
     data = bytearray(path.read_bytes())
     for at in offsets:
@@ -86,14 +95,14 @@ def test_flipped_bytes_in_a_cache_pack_are_converted_again_and_never_reach_the_d
     pack = _pack(params)
     assert pack.stat().st_size == 30 * ROW_BYTES
     _flip(pack, [0 * ROW_BYTES + 5, 7 * ROW_BYTES + 100, 22 * ROW_BYTES + ROW_BYTES - 1, 22 * ROW_BYTES])  # 3 rows
-    shutil.rmtree(params.paths.prepared)  # every shard is then written from the cache, none linked
+    _unpublish(params)  # every shard is then written from the cache's packs, none linked
     capsys.readouterr()
     ingest(params.data, params.paths.prepared, params.paths.cache)
     err = capsys.readouterr().err
     assert _files(params.paths.prepared) == scratch  # every file, byte for byte
     assert _damage_lines(err) == [f"ingest: 3 damaged entries in {pack.parent} were converted again"]
 
-    shutil.rmtree(params.paths.prepared)  # repaired in the cache too: the next ingest finds nothing
+    _unpublish(params)  # repaired in the cache too: the next ingest finds nothing
     ingest(params.data, params.paths.prepared, params.paths.cache)
     assert _damage_lines(capsys.readouterr().err) == []
     assert _files(params.paths.prepared) == scratch
@@ -105,7 +114,7 @@ def test_a_cut_pack_is_converted_again(tmp_path, source, scratch, capsys):
     pack = _pack(params)
     with open(pack, "r+b") as handle:
         handle.truncate(27 * ROW_BYTES + 10)  # rows 27, 28 and 29 gone or cut
-    shutil.rmtree(params.paths.prepared)
+    _unpublish(params)
     capsys.readouterr()
     ingest(params.data, params.paths.prepared, params.paths.cache)
     assert _damage_lines(capsys.readouterr().err) == [f"ingest: 3 damaged entries in {pack.parent} were converted again"]
@@ -124,7 +133,7 @@ def test_a_cache_kept_before_digests_is_converted_again_as_if_absent(tmp_path, s
     real = filesplit.imagefolder.results
     monkeypatch.setattr(filesplit.imagefolder, "results",
                         lambda paths, *a, **k: (converted.extend(paths), real(paths, *a, **k))[1])
-    shutil.rmtree(params.paths.prepared)
+    _unpublish(params)
     capsys.readouterr()
     ingest(params.data, params.paths.prepared, params.paths.cache)
     assert len(converted) == 30 and _damage_lines(capsys.readouterr().err) == []

@@ -11,6 +11,10 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
                     image files: which files (a fingerprint), where it was published with
                     its size and mtime, and its digests and channel sums, so a re-ingest
                     links an unchanged shard instead of rebuilding it
+  ``shards-*/``     a hard link to each shard the last ingest into one prepared folder
+                    published (one folder per prepared folder), named by its fingerprint: DVC
+                    deletes a stage's outputs before it runs the stage, so without these a
+                    ``dvc repro`` after one new file would rebuild every shard from the packs
 
 A file whose path, size and mtime all match a row is taken from the cache; anything else is
 converted again. Rows are committed only after their pixels are on disk (written and
@@ -25,6 +29,7 @@ before digests were) is treated as absent: it is converted again, as a damaged o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -139,6 +144,7 @@ class ConversionCache:
                             "writable folder, or delete that folder to start the cache afresh.") from None
         self._pack: tuple[int, object] | None = None  # (id, open file) of this process's pack
         self._pack_rows = 0
+        self.published: set[str] = set()  # fingerprints of the shards this ingest publishes
         self.reconverted = 0  # damaged entries converted again in this run (byol_core.data.filesplit counts them)
 
     def close(self) -> None:
@@ -192,7 +198,7 @@ class ConversionCache:
 
     def shard(self, fingerprint: str) -> tuple[Path, Shard] | None:
         """The prepared shard an earlier ingest made of the same files, if it is still where
-        it was put, unchanged (same size and mtime): its path and what it holds."""
+        it was kept, unchanged (same size and mtime): its path and what it holds."""
         try:
             row = self.db.execute("SELECT path, size, mtime, count, digests, sums FROM shards WHERE fingerprint = ?",
                                   (fingerprint,)).fetchone()
@@ -212,17 +218,51 @@ class ConversionCache:
             return None
         return path, Shard(count, bytes(digests), sums[0], sums[1])
 
-    def remember_shard(self, fingerprint: str, final: Path, staged: Path, shard: Shard) -> None:
-        """``staged`` will be published as ``final`` (renamed with its folder, so its size and
-        mtime stay): a later ingest may take it over if the same files make it up again."""
+    def shard_folder(self, out_dir: Path) -> Path:
+        """Where the shards published into ``out_dir`` are kept (hard links) for later ingests."""
+        name = hashlib.sha256(os.fsencode(Path(out_dir).resolve())).hexdigest()[:16]
+        return self.folder / f"shards-{name}"
+
+    def remember_shard(self, fingerprint: str, out_dir: Path, staged: Path, shard: Shard) -> None:
+        """``staged`` will be published into ``out_dir`` (renamed with its folder, so its size and
+        mtime stay): a hard link to it is kept in :meth:`shard_folder`, so a later ingest may take
+        it over if the same files make it up again, even after the published one was deleted
+        (as DVC deletes a stage's outputs before running it). Where no link can be made (another
+        file system), the published path is remembered instead."""
+        self.published.add(fingerprint)
+        kept = self.shard_folder(out_dir) / f"{fingerprint}.npy"
+        try:
+            kept.parent.mkdir(exist_ok=True)
+            if not (kept.exists() and os.path.samefile(kept, staged)):
+                kept.unlink(missing_ok=True)
+                os.link(staged, kept)
+        except OSError:
+            kept = Path(out_dir) / staged.name
         info = os.stat(staged)
         try:
             self.db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (fingerprint, os.fsencode(final), info.st_size, info.st_mtime_ns, shard.count,
+                            (fingerprint, os.fsencode(kept), info.st_size, info.st_mtime_ns, shard.count,
                              shard.digests, json.dumps([shard.pixel_sum, shard.pixel_sq_sum])))
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot write to it ({exc}). Free space there, or "
                             "point paths.cache elsewhere.") from None
+
+    def forget_shards(self, out_dir: Path) -> None:
+        """Once ``out_dir`` holds this ingest's shards (those :meth:`remember_shard` was given),
+        drop the links kept for the ones it no longer holds, and their rows, so the cache keeps
+        one prepared folder's worth of shards for each, not every version's."""
+        folder = self.shard_folder(out_dir)
+        try:
+            stale = [path for path in folder.iterdir() if path.stem not in self.published]
+        except OSError:
+            return
+        for path in stale:
+            path.unlink(missing_ok=True)
+        try:
+            self.db.executemany("DELETE FROM shards WHERE fingerprint = ? AND path = ?",
+                                ((path.stem, os.fsencode(path)) for path in stale))
+        except sqlite3.Error:  # rows of deleted links are never used (their file is gone): harmless
+            pass
 
     def add(self, entries: Iterable[tuple[tuple[str, int, int], np.ndarray | None, str, str]]) -> None:
         """Record conversions: ((path, size, mtime_ns), pixels or None, kind, problem)."""

@@ -124,9 +124,11 @@ def _write_split(data: SourceData, split: str, cfg: DataConfig, out_dir: Path, c
 def _write_files(writer: ShardWriter, resolved: Resolved, cache: ConversionCache, out_dir: Path, rows: int,
                  split: str) -> None:
     """The shards of an image-file split. A shard made of the same files (path, size and
-    mtime) as one the last ingest wrote is linked from the prepared folder, not rebuilt, so
-    a re-ingest costs what changed: the shards the new files land in. The others are written
-    from the cache, every image checked against its digest on the way."""
+    mtime) as one the last ingest wrote is hard-linked from the conversion cache, which keeps
+    a link to every shard it published (:meth:`ConversionCache.remember_shard`), not rebuilt,
+    so a re-ingest costs what changed: the shards the new files land in, even when the
+    prepared folder was deleted first, as ``dvc repro`` does. The others are written from the
+    cache's packs, every image checked against its digest on the way."""
     pixels = CheckedPixels(resolved, cache, split)
     try:
         for start, stop in writer.plan(resolved.origins):
@@ -137,7 +139,7 @@ def _write_files(writer: ShardWriter, resolved: Resolved, cache: ConversionCache
                 staged = writer.link(path, shard)
             else:
                 staged, shard = writer.write(pixels.take(i, min(i + rows, stop)) for i in range(start, stop, rows))
-            cache.remember_shard(fingerprint, out_dir / staged.name, staged, shard)
+            cache.remember_shard(fingerprint, out_dir, staged, shard)
     finally:
         pixels.close()
 
@@ -237,6 +239,8 @@ def ingest(cfg: DataConfig, out_dir: Path, cache_dir: Path, index: FileIndex | N
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         write_card(staging, card)
         replace_dir(staging, out_dir, marker=CARD_FILE)
+        for cache in caches.values():
+            cache.forget_shards(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
