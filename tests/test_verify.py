@@ -125,9 +125,12 @@ def test_a_cache_kept_before_digests_is_converted_again_as_if_absent(tmp_path, s
     params = _project(tmp_path / "project", source)
     ingest(params.data, params.paths.prepared, params.paths.cache)
     index = _pack(params).parent / "index.sqlite"
-    with contextlib.closing(sqlite3.connect(index)) as db:  # the index as it was before digests
+    with contextlib.closing(sqlite3.connect(index)) as db:  # the index as it was before digests (and generations)
         db.execute("ALTER TABLE files DROP COLUMN digest")
+        db.execute("ALTER TABLE files DROP COLUMN gen")
+        db.execute("DROP TABLE generation")
         db.commit()
+    (index.parent / "index.parquet").unlink()  # a copy of the index with its digests, made since
     _flip(_pack(params), [5])  # undetectable without a digest: so it must not be trusted
     converted = []
     real = filesplit.imagefolder.results

@@ -7,10 +7,15 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
                     appends to a pack of its own, so two never write one file
   ``index.sqlite``  one row per source file: its POSIX path below ``data.source_dir`` (bytes), size
                     and mtime (ns), where its pixels are (pack, row) and their digest, or why
-                    it could not be used (kind, problem); and one row per prepared shard made of
+                    it could not be used (kind, problem), and the generation that wrote it (a
+                    counter each write moves on); and one row per prepared shard made of
                     image files: which files (a fingerprint), where it was published with
                     its size and mtime, and its digests and channel sums, so a re-ingest
                     links an unchanged shard instead of rebuilding it
+  ``index.parquet``  the file rows as of one generation, as columns: a lookup reads it and
+                    only the rows written since from SQLite, and matches a million listed
+                    files in one Arrow hash join instead of a million SQLite lookups; rewritten
+                    when an ingest added rows. Only ever a copy: SQLite is what is true
   ``shards-*/``     a hard link to each shard the last ingest into one prepared folder
                     published (one folder per prepared folder), named by its fingerprint: DVC
                     deletes a stage's outputs before it runs the stage, so without these a
@@ -41,8 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from byol_core.errors import ByolError
+from byol_core.io.storage import atomic_write
 from byol_core.data.store import DIGEST_BYTES, Shard, ShardedImages, image_digest
 
 VERSION = 1  # bump when conversion changes what a file becomes
@@ -51,16 +60,31 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
                                   pack INTEGER, row INTEGER, kind TEXT, problem TEXT, digest BLOB);
+CREATE TABLE IF NOT EXISTS generation (n INTEGER NOT NULL);
+INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation);
 CREATE TABLE IF NOT EXISTS shards (fingerprint TEXT PRIMARY KEY, path BLOB NOT NULL, size INTEGER NOT NULL,
                                    mtime INTEGER NOT NULL, count INTEGER NOT NULL, digests BLOB NOT NULL,
                                    sums TEXT NOT NULL);
 """
+SNAPSHOT = "index.parquet"
+_COLUMNS = "path, size, mtime, pack, row, kind, problem, digest"  # a file row as the snapshot holds it
+_SNAPSHOT = pa.schema([("path", pa.binary()), ("size", pa.int64()), ("mtime", pa.int64()), ("pack", pa.int64()),
+                       ("row", pa.int64()), ("kind", pa.string()), ("problem", pa.string()), ("digest", pa.binary())])
 FOLDER = re.compile(r"images-(\d+)x(\d+)-v(\d+)")  # one conversion's folder: channels, size, version
 
 
 def _key(path: str) -> bytes:
     """A path as the index stores it: its bytes, so names that are not UTF-8 work too."""
     return path.encode("utf-8", "surrogateescape")
+
+
+def _keys(paths: tuple[str, ...]) -> pa.Array:
+    """:func:`_key` of each path, as one Arrow column (UTF-8 names, the usual case, without a
+    Python bytes object each)."""
+    try:
+        return pa.array(paths, pa.string()).cast(pa.binary())
+    except (UnicodeEncodeError, pa.ArrowException):  # a name that is not UTF-8 (surrogate escapes)
+        return pa.array([_key(p) for p in paths], pa.binary())
 
 
 @dataclass
@@ -86,6 +110,31 @@ def _add_digests(db: sqlite3.Connection) -> None:
             raise
 
 
+def _add_generations(db: sqlite3.Connection) -> None:
+    """A cache made before generations were kept gets their column; its rows have none, and
+    are read when there is no snapshot yet (the first lookup then writes one)."""
+    if "gen" in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+        return
+    try:
+        db.execute("ALTER TABLE files ADD COLUMN gen INTEGER")
+    except sqlite3.OperationalError:  # another ingest added it first
+        if "gen" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+            raise
+
+
+def _read_snapshot(path: Path) -> tuple[pa.Table, int]:
+    """The snapshot's rows and the generation they are as of; none (generation -1) when it is
+    missing or unreadable: it is only a copy of the index, so it is then built again."""
+    try:
+        table = pq.read_table(path)
+        generation = int(table.schema.metadata[b"generation"])
+        if table.schema.remove_metadata().equals(_SNAPSHOT):
+            return table.replace_schema_metadata(None), generation
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+        pass
+    return _SNAPSHOT.empty_table(), -1
+
+
 def readable_rows(folder: Path, row_bytes: int, packs: list[tuple[int, str, int]]) -> dict[int, int]:
     """Pack id -> how many of its committed rows its file still holds (fewer if it was cut)."""
     readable = {}
@@ -98,33 +147,34 @@ def readable_rows(folder: Path, row_bytes: int, packs: list[tuple[int, str, int]
     return readable
 
 
-def _place(found: Found, hits: list[tuple], readable: dict[int, int]) -> None:
-    """Fill ``found`` from the index rows (i, pack, row, kind, problem, digest) the listing
-    matched, column by column (a million rows cost a second as Python objects, not ten as
-    numpy items): a row with a kind is BAD; one without a digest (kept before digests were)
-    stays UNKNOWN, to be converted again; one whose pixels its pack still holds is OK; the
-    rest were cut from their pack (``lost``)."""
-    if not hits:
+def _place(found: Found, i: np.ndarray, hits: pa.Table, readable: dict[int, int]) -> None:
+    """Fill ``found`` from the index rows ``hits`` (a snapshot's columns) that listed files ``i``
+    matched, column by column: a row with a kind is BAD; one without a digest (kept before
+    digests were) stays UNKNOWN, to be converted again; one whose pixels its pack still holds
+    is OK; the rest were cut from their pack (``lost``)."""
+    if not len(i):
         return
-    i, pack, row, kind, problem, digest = zip(*hits)
-    for j in (j for j, k in enumerate(kind) if k):
+    kind, problem, digest = (hits[name].combine_chunks() for name in ("kind", "problem", "digest"))
+    bad = kind.is_valid().to_numpy(zero_copy_only=False)
+    for j in np.flatnonzero(bad).tolist():
         found.status[i[j]] = BAD
-        found.problems[i[j]] = (kind[j], problem[j])
-    good = [j for j, (k, d) in enumerate(zip(kind, digest)) if not k and d is not None and len(d) == DIGEST_BYTES]
-    if not good:
+        found.problems[int(i[j])] = (kind[j].as_py(), problem[j].as_py())
+    good = ~bad & pc.fill_null(pc.equal(pc.binary_length(digest), DIGEST_BYTES), False).to_numpy(zero_copy_only=False)
+    if not good.any():
         return
-    at = np.array([i[j] for j in good], dtype=np.int64)
-    packs = np.array([pack[j] for j in good], dtype=np.int64)
-    rows = np.array([row[j] for j in good], dtype=np.int64)
+    at = i[good]
+    packs, rows = (hits[name].combine_chunks().filter(good).fill_null(-1).to_numpy() for name in ("pack", "row"))
     limit = np.zeros(max(readable, default=0) + 2, dtype=np.int64)  # by pack id; 0 for a pack not held
     limit[list(readable)] = list(readable.values())
-    held = rows < limit[np.minimum(packs, len(limit) - 1)]
+    held = (packs >= 0) & (rows >= 0) & (rows < limit[np.clip(packs, 0, len(limit) - 1)])
     found.lost[at[~held]] = True
+    kept = digest.filter(good).filter(held).cast(pa.binary(DIGEST_BYTES))
     at, packs, rows = at[held], packs[held], rows[held]
     found.status[at] = OK
     found.where[at, 0], found.where[at, 1] = packs, rows
-    kept = np.flatnonzero(held).tolist()
-    found.digests[at] = np.frombuffer(b"".join(digest[good[j]] for j in kept), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+    values = np.frombuffer(kept.buffers()[1], dtype=np.uint8)
+    found.digests[at] = values[kept.offset * DIGEST_BYTES:(kept.offset + len(kept)) * DIGEST_BYTES].reshape(
+        -1, DIGEST_BYTES)
 
 
 class ConversionCache:
@@ -139,11 +189,15 @@ class ConversionCache:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             _add_digests(self.db)
+            _add_generations(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot open it ({exc}). Point paths.cache at a "
                             "writable folder, or delete that folder to start the cache afresh.") from None
         self._pack: tuple[int, object] | None = None  # (id, open file) of this process's pack
         self._pack_rows = 0
+        self._known: pa.Table | None = None  # the file rows as of generation self._generation
+        self._generation = -1
+        self._snapshot_generation = -1  # what the snapshot file holds
         self.published: set[str] = set()  # fingerprints of the shards this ingest publishes
         self.reconverted = 0  # damaged entries converted again in this run (byol_core.data.filesplit counts them)
 
@@ -151,7 +205,41 @@ class ConversionCache:
         if self._pack is not None:
             self._pack[1].close()
             self._pack = None
+        if self._known is not None:
+            try:
+                self._catch_up()
+                if self._generation != self._snapshot_generation:
+                    self._write_snapshot()
+            except (OSError, sqlite3.Error, pa.ArrowException):  # only a copy: the next lookup reads SQLite
+                pass
         self.db.close()
+
+    def _catch_up(self) -> None:
+        """Bring the in-memory rows up to the index's generation: the snapshot file's rows
+        (on the first call), then the rows SQLite wrote since, which replace older ones."""
+        if self._known is None:
+            self._known, self._generation = _read_snapshot(self.folder / SNAPSHOT)
+            self._snapshot_generation = self._generation
+        self.db.execute("BEGIN")  # one read: the rows and the generation they are as of
+        try:
+            (now,) = self.db.execute("SELECT n FROM generation").fetchone()
+            if now == self._generation:
+                return
+            newer = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE ? < 0 OR gen > ?",
+                                    (self._generation, self._generation)).fetchall()
+        finally:
+            self.db.execute("COMMIT")
+        if newer:
+            fresh = pa.table([pa.array(column, type=field.type) for column, field in zip(zip(*newer), _SNAPSHOT)],
+                             schema=_SNAPSHOT)
+            older = self._known.filter(pc.invert(pc.is_in(self._known["path"], value_set=fresh["path"])))
+            self._known = pa.concat_tables([fresh, older]).combine_chunks()
+        self._generation = now
+
+    def _write_snapshot(self) -> None:
+        table = self._known.replace_schema_metadata({"generation": str(self._generation)})
+        atomic_write(self.folder / SNAPSHOT, lambda tmp: pq.write_table(table, tmp, compression="lz4"))
+        self._snapshot_generation = self._generation
 
     def lookup(self, files: list[tuple[str, int, int]]) -> Found:
         """What the index knows of each (path, size, mtime_ns). An entry without a digest, or
@@ -159,23 +247,21 @@ class ConversionCache:
         n = len(files)
         found = Found(np.zeros(n, dtype=np.int8), np.full((n, 2), -1, dtype=np.int64),
                       np.zeros((n, DIGEST_BYTES), dtype=np.uint8), {}, np.zeros(n, dtype=bool))
-        readable = readable_rows(self.folder, self.row_bytes, self._packs())
+        if not n:
+            return found
         try:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listing (i INTEGER PRIMARY KEY, path BLOB, size INTEGER, "
-                            "mtime INTEGER)")
-            self.db.execute("DELETE FROM temp.listing")
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO temp.listing VALUES (?, ?, ?, ?)",
-                                ((i, _key(p), s, m) for i, (p, s, m) in enumerate(files)))
-            self.db.execute("COMMIT")
-            hits = self.db.execute(
-                "SELECT l.i, f.pack, f.row, f.kind, f.problem, f.digest FROM temp.listing l JOIN files f "
-                "ON f.path = l.path AND f.size = l.size AND f.mtime = l.mtime").fetchall()
-            self.db.execute("DELETE FROM temp.listing")
+            self._catch_up()
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
                             "to start the cache afresh.") from None
-        _place(found, hits, readable)
+        paths, sizes, mtimes = zip(*files)
+        where = pc.index_in(_keys(paths), value_set=self._known["path"].combine_chunks())
+        at = where.fill_null(-1).to_numpy().astype(np.int64)
+        listed = np.flatnonzero(at >= 0)
+        rows = self._known.take(at[listed])
+        same = (rows["size"].to_numpy() == np.asarray(sizes, dtype=np.int64)[listed]) & \
+            (rows["mtime"].to_numpy() == np.asarray(mtimes, dtype=np.int64)[listed])
+        _place(found, listed[same], rows.filter(same), readable_rows(self.folder, self.row_bytes, self._packs()))
         return found
 
     def _packs(self) -> list[tuple[int, str, int]]:
@@ -267,6 +353,8 @@ class ConversionCache:
     def add(self, entries: Iterable[tuple[tuple[str, int, int], np.ndarray | None, str, str]]) -> None:
         """Record conversions: ((path, size, mtime_ns), pixels or None, kind, problem)."""
         entries = list(entries)
+        if not entries:
+            return
         pixels = [e[1] for e in entries if e[1] is not None]
         try:
             first = self._append(pixels)
@@ -278,7 +366,10 @@ class ConversionCache:
                     rows.append((_key(path), size, mtime, self._pack[0], first + n, None, None, image_digest(image)))
                     n += 1
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("UPDATE generation SET n = n + 1")
+            (generation,) = self.db.execute("SELECT n FROM generation").fetchone()
+            self.db.executemany(f"INSERT OR REPLACE INTO files ({_COLUMNS}, gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (row + (generation,) for row in rows))
             if pixels:
                 self.db.execute("UPDATE packs SET rows = ? WHERE id = ?", (self._pack_rows, self._pack[0]))
             self.db.execute("COMMIT")
