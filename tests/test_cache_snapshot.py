@@ -103,3 +103,17 @@ def test_a_lookup_in_one_ingest_sees_its_own_conversions(tmp_path):
     assert found.status.tolist() == [OK] * 12 + [UNKNOWN] * 8
     assert found.where[:12, 1].tolist() == list(range(12))
     cache.close()
+
+
+def test_files_are_placed_in_the_order_python_sorts_their_paths():
+    from byol_core.data.filesplit import _by_path
+
+    rng = np.random.default_rng(1)
+    alphabet = list("ab-_/.Zé中0")
+    paths = ["".join(rng.choice(alphabet, size=rng.integers(1, 9))) + f"{k}" for k in range(2000)]
+    files = [(p, 1, 1) for p in paths]
+    rows = rng.permutation(len(files))[:1500]
+    assert [files[i][0] for i in _by_path(files, rows)] == sorted(files[i][0] for i in rows)
+    files.append(("odd/\udcff.png", 1, 1))  # not UTF-8: sorted by Python itself
+    rows = np.arange(len(files))[::-1]
+    assert [files[i][0] for i in _by_path(files, rows)] == sorted(f[0] for f in files)

@@ -363,3 +363,88 @@ def test_the_observation_fingerprint_is_the_listing_md5_that_dvc_records(project
     assert observed.data_version.value == recorded and observed.metadata["files"].value == 4
     assert params.paths.listing.read_bytes() == before  # the observation writes no listing
     assert pq.read_metadata(params.paths.listing).num_rows == 4
+
+
+# --- ingest trusting the scan's record instead of walking again -------------------------------
+
+
+def _scanned_project(tmp_path: Path) -> tuple[Path, object]:
+    folder = _folder(tmp_path / "src", n=16)
+    write_params(tmp_path, {**TINY, "data.source": "imagefolder", "data.source_dir": "src", "data.image_size": 16,
+                            "data.test_fraction": 0.25})
+    params = load_params(tmp_path / "params.yaml")
+    scan.scan(folder, params.paths.cache).write(params.paths.listing)
+    return folder, params
+
+
+def _index_rows(index) -> list:
+    return index.below("")
+
+
+def test_an_unchanged_folder_is_taken_from_the_scans_record_without_a_walk(tmp_path, monkeypatch):
+    folder, params = _scanned_project(tmp_path)
+    walked = scan.check(params.paths.listing, folder, params.paths.cache).file_index()
+    monkeypatch.setattr(scan, "walk", lambda *a: pytest.fail("walked the folder again"))
+    index = scan.unchanged_index(params.paths.listing, folder, params.paths.cache)
+    assert index is not None and _index_rows(index) == _index_rows(walked) and len(_index_rows(index)) == 17
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename", "add deep", "new folder", "listing"])
+def test_any_file_added_removed_or_renamed_since_the_scan_makes_ingest_walk(tmp_path, change):
+    folder, params = _scanned_project(tmp_path)
+    png = (folder / "cat" / "001.png").read_bytes()
+    if change == "add":
+        (folder / "cat" / "new.png").write_bytes(png)
+    elif change == "remove":
+        (folder / "dog" / "002.png").unlink()
+    elif change == "rename":
+        (folder / "dog" / "002.png").rename(folder / "dog" / "zz.png")
+    elif change == "add deep":
+        (folder / "dog" / "deep" / "er" / "new.png").write_bytes(png)
+    elif change == "new folder":
+        (folder / "bird").mkdir()
+    else:  # a listing other than the one the last scan wrote (one from another checkout, say)
+        params.paths.listing.write_bytes(params.paths.listing.read_bytes() + b"\0")
+    assert scan.unchanged_index(params.paths.listing, folder, params.paths.cache) is None
+
+
+def test_no_record_without_a_complete_side_cache_a_folder_link_or_odd_names(tmp_path):
+    folder, params = _scanned_project(tmp_path)
+    assert scan.unchanged_index(params.paths.listing, folder, params.paths.cache) is not None
+    (folder / "cat" / "locked.png").symlink_to(folder / "nowhere.png")  # listed without a digest: not in the side cache
+    scan.scan(folder, params.paths.cache).write(params.paths.listing)
+    assert scan.unchanged_index(params.paths.listing, folder, params.paths.cache) is None
+    (folder / "cat" / "locked.png").unlink()
+    (folder / "linked").symlink_to(folder / "dog", target_is_directory=True)
+    scan.scan(folder, params.paths.cache).write(params.paths.listing)
+    assert scan.unchanged_index(params.paths.listing, folder, params.paths.cache) is None
+    (folder / "linked").unlink()
+    scan.scan(folder, params.paths.cache).write(params.paths.listing)
+    assert scan.unchanged_index(params.paths.listing, folder, params.paths.cache) is not None
+
+
+def test_a_file_rewritten_in_place_after_the_scan_is_refused_if_it_must_be_converted(tmp_path):
+    folder, params = _scanned_project(tmp_path)
+    first = folder / "cat" / "003.png"
+    before = os.stat(folder / "cat").st_mtime_ns
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(first)  # after the scan, not converted yet
+    assert os.stat(folder / "cat").st_mtime_ns == before  # rewritten in place: its folder does not show it
+    done = _byol(tmp_path, "ingest")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"byol ingest: error: {first}: changed since data.source_dir was listed. Run `byol scan` to list it as it "
+        "is now (`dvc repro` runs scan before ingest), then ingest again.")
+    assert not params.paths.prepared.exists()
+    assert _byol(tmp_path, "scan").returncode == 0 and _byol(tmp_path, "ingest").returncode == 0
+
+
+def test_a_file_rewritten_in_place_after_the_scan_but_converted_before_keeps_its_listed_pixels(tmp_path):
+    folder, params = _scanned_project(tmp_path)
+    assert _byol(tmp_path, "ingest").returncode == 0
+    listed = (params.paths.prepared / "card.json").read_bytes()
+    shutil.rmtree(params.paths.prepared)
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(folder / "cat" / "003.png")
+    assert _byol(tmp_path, "ingest").returncode == 0  # what the listing names: the cached conversion
+    assert (params.paths.prepared / "card.json").read_bytes() == listed
+    assert _byol(tmp_path, "scan").returncode == 0 and _byol(tmp_path, "ingest").returncode == 0
+    assert (params.paths.prepared / "card.json").read_bytes() != listed  # the next scan saw it

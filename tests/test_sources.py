@@ -519,3 +519,14 @@ def test_parallel_conversion_matches_serial(tmp_path):
                                                                                   for f in files]
     assert all(a is None and b is None or np.array_equal(a, b) for (a, _, _), (b, _, _) in zip(serial, parallel))
     assert sum(pixels is not None for pixels, _, _ in parallel) == 69
+
+
+def test_sample_order_is_by_share_then_by_path_for_equal_shares():
+    rng = np.random.default_rng(4)
+    files = [(f"c{rng.integers(5)}/{rng.integers(10**6):07d}-{k}.png", 1, 1) for k in range(3000)]
+    shares = rng.choice(np.array([0.1, 0.25, 0.5]), size=len(files)).astype(np.float64)  # many ties
+    shares[::3] = rng.random(len(shares[::3]))
+    want = [files[j] for j in sorted(range(len(files)), key=lambda j: (shares[j], files[j][0]))]
+    assert imagefolder.sample_order(files, shares) == want
+    hashed = imagefolder.sample_order(files)  # shares from the paths themselves
+    assert hashed == sorted(files, key=lambda f: (imagefolder.split_share(f[0]), f[0]))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import os
 import stat
 import time
@@ -94,13 +95,14 @@ class Walked:
     mtimes: np.ndarray
     odd: dict[str, str]
     folder_links: int = 0  # symlinks to folders passed over (the image-folder reader follows them)
+    folders: list[tuple[str, int]] | None = None  # (path below the folder, "" for itself; its mtime in ns)
 
     def __len__(self) -> int:
         return len(self.sizes)
 
     def keep(self, rows: np.ndarray) -> Walked:
         return Walked(self.paths.filter(_mask(rows)), self.sizes[rows], self.mtimes[rows], self.odd,
-                      self.folder_links)
+                      self.folder_links, self.folders)
 
     def path_buffers(self) -> tuple[np.ndarray, memoryview]:
         """The paths as (int64 offsets from 0, their UTF-8 bytes back to back)."""
@@ -119,16 +121,17 @@ class Walked:
         return digest.digest()
 
 
-def _open_folder(name: str, dir_fd: int | None, shown: str) -> tuple[int, list[str]]:
+def _open_folder(name: str, dir_fd: int | None, shown: str) -> tuple[int, list[str], int]:
     """(an fd of the folder, its entries but dot-names, sorted by name from the last, so that
-    ``pop()`` takes them in order)."""
+    ``pop()`` takes them in order; its mtime in ns, taken before it is listed)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
     except OSError as exc:
         raise ByolError(f"{printable(shown)}: cannot open it ({exc.strerror}). Make it readable, or move it out of "
                         "data.source_dir.") from None
     try:
-        return fd, sorted((name for name in os.listdir(fd) if not name.startswith(".")), reverse=True)
+        mtime = os.fstat(fd).st_mtime_ns
+        return fd, sorted((name for name in os.listdir(fd) if not name.startswith(".")), reverse=True), mtime
     except OSError as exc:
         os.close(fd)
         raise ByolError(f"{printable(shown)}: cannot list it ({exc.strerror}). Make it readable, or move it out of "
@@ -140,9 +143,11 @@ def walk(folder: Path) -> Walked:
     files at its place), each adding bytes to flat buffers: only the names of the folders
     being read are Python objects at any time. One ``lstat`` per entry, relative to its
     folder's fd (a second ``stat`` for a symlink, to follow it)."""
-    odd, folder_links = {}, 0
+    odd, folder_links, folders = {}, 0, []
     names, ends, sizes, mtimes = bytearray(), array("q"), array("q"), array("q")
-    frames = [(*_open_folder(os.fspath(folder), None, os.fspath(folder)), "")]  # depth first
+    fd, entries, mtime = _open_folder(os.fspath(folder), None, os.fspath(folder))
+    frames = [(fd, entries, "")]  # depth first
+    folders.append(("", mtime))
     try:
         while frames:
             fd, entries, prefix = frames[-1]
@@ -151,7 +156,9 @@ def walk(folder: Path) -> Walked:
                 try:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     if stat.S_ISDIR(info.st_mode):
-                        frames.append((*_open_folder(name, fd, f"{folder}/{prefix}{name}"), f"{prefix}{name}/"))
+                        sub, listed, mtime = _open_folder(name, fd, f"{folder}/{prefix}{name}")
+                        frames.append((sub, listed, f"{prefix}{name}/"))
+                        folders.append((f"{prefix}{name}", mtime))
                         break
                     if stat.S_ISLNK(info.st_mode):  # a link to a file is followed; to a folder, not
                         info = os.stat(name, dir_fd=fd)
@@ -189,7 +196,7 @@ def walk(folder: Path) -> Walked:
         _refuse_twins(paths, odd)
     empty = np.zeros(0, dtype=np.int64)
     return Walked(paths, np.frombuffer(sizes, dtype=np.int64) if n else empty,
-                  np.frombuffer(mtimes, dtype=np.int64) if n else empty, odd, folder_links)
+                  np.frombuffer(mtimes, dtype=np.int64) if n else empty, odd, folder_links, folders)
 
 
 def _refuse_twins(paths: pa.Array, odd: dict[str, str]) -> None:
@@ -501,7 +508,68 @@ def scan(folder: Path, cache_dir: Path, force: bool = False, reader: Reader | No
     column = pa.Array.from_buffers(pa.binary(DIGEST_BYTES), len(walked),
                                    [validity, pa.py_buffer(np.ascontiguousarray(digests))])
     table = pa.table([walked.paths.cast(pa.string()), _int64(walked.sizes), column], schema=LISTING)
-    return Listing(table, len(todo), time.perf_counter() - started, walked)
+    listing = Listing(table, len(todo), time.perf_counter() - started, walked)
+    _save_record(kept, listing.md5, walked, complete=bool(known.all()))
+    return listing
+
+
+# --- the scan's record: what ingest needs to trust it without walking again -------------------
+#
+# Beside the side cache, each scan writes a small JSON record: the md5 of the listing it made,
+# the mtime of every folder it walked, and the md5 of the side cache's paths. Adding, removing
+# or renaming a file changes its folder's mtime; so when the listing ingest is given is that
+# md5 and no walked folder's mtime moved, the side cache's rows (path, size, mtime) are the
+# folder as the listing saw it, and ingest takes them instead of walking a million files
+# again. The record is written only when the side cache holds every walked file (no unread or
+# unreadable one), no symlinked folder was passed over and no name needed escaping.
+
+
+def _record_path(kept: Path) -> Path:
+    return kept.with_suffix(".json")
+
+
+def _save_record(kept: Path, listing_md5: str, walked: Walked, complete: bool) -> None:
+    record = _record_path(kept)
+    if not complete or walked.folder_links or walked.odd or walked.folders is None:
+        record.unlink(missing_ok=True)
+        return
+    text = json.dumps({"listing_md5": listing_md5, "files": len(walked), "paths_md5": walked.paths_md5().hex(),
+                       "folders": walked.folders})
+    try:
+        atomic_write(record, lambda tmp: tmp.write_text(text))
+    except OSError:  # only a shortcut: without it, ingest walks the folder
+        record.unlink(missing_ok=True)
+
+
+def unchanged_index(listing: Path, folder: Path, cache_dir: Path) -> FileIndex | None:
+    """The files of ``folder`` as the scan that wrote ``listing`` saw them, without walking it,
+    when its record shows that nothing was added, removed or renamed in any of its folders
+    since (their mtimes): None when that cannot be told, and the caller walks.
+
+    A file rewritten in place since the scan is not seen here (its folder's mtime stays): its
+    pixels come from the conversion cache as they were when listed, so the prepared data is
+    still what the listing names; a file that must be converted is checked against its listed
+    size and mtime first (:func:`byol_core.data.filesplit.resolve`)."""
+    kept = side_cache(cache_dir, folder)
+    try:
+        record = json.loads(_record_path(kept).read_text())
+        if record["listing_md5"] != _file_md5(listing):
+            return None
+        for name, mtime in record["folders"]:
+            if os.stat(Path(folder) / name, follow_symlinks=False).st_mtime_ns != mtime:
+                return None
+        with np.load(kept, allow_pickle=False) as side:
+            if side["paths_md5"].tobytes().hex() != record["paths_md5"]:
+                return None
+            offsets, data = side["path_offsets"], side["path_data"]
+            paths = pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
+                                          [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+            walked = Walked(paths, side["size"], side["mtime_ns"], {})
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, pa.ArrowException):
+        return None
+    if len(walked) != record["files"] or len(walked.mtimes) != len(walked):
+        return None
+    return FileIndex(walked)
 
 
 # --- checking a folder against its listing -----------------------------------------------------

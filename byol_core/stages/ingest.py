@@ -2,8 +2,10 @@
 
 Its declared input is the source listing (paths.listing, written by the scan stage): when
 there is one, ingest first checks that data.source_dir is still what it says, and refuses
-to go on, naming what changed, when it is not. A change while ingest reads is not seen
-here; the next scan sees it, so the next `dvc repro` reruns ingest.
+to go on, naming what changed, when it is not. For an image folder the scan's record
+usually proves that without a walk (:func:`byol_core.data.scan.unchanged_index`: no folder's
+mtime moved since the scan that wrote this listing). A change while ingest reads is not
+seen here; the next scan sees it, so the next `dvc repro` reruns ingest.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ VIEW = IngestParams  # the params keys this stage reads (dvc.yaml's params: list
 def run(params: IngestParams) -> tuple[str, dict]:
     listing, index = params.paths.listing, None
     if listing.is_file():  # without one (byol ingest alone, never scanned) there is nothing to hold it to
-        # the check's walk is the reader's too: one walk of the folder, not two
-        index = scan.check(listing, params.data.source_dir, params.paths.cache).file_index()
+        if params.data.source == "imagefolder":  # files are converted through the cache, checked as listed
+            index = scan.unchanged_index(listing, params.data.source_dir, params.paths.cache)
+        if index is None:  # the check's walk is the reader's too: one walk of the folder, not two
+            index = scan.check(listing, params.data.source_dir, params.paths.cache).file_index()
     done = ingest.ingest(params.data, params.paths.prepared, params.paths.cache, index)
     card = done.card
     counts = " / ".join(f"{n} {split}" for split, n in card.splits.items())

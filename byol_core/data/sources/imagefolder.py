@@ -260,8 +260,9 @@ def _split_layout(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _split_files(cfg: DataConfig, index: FileIndex | None) -> tuple[list[str], dict[str, list[Listed]], dict[str, int]]:
-    """Class names, each split's files in sample order, and each file's label by its path."""
+def _split_files(cfg: DataConfig, index: FileIndex | None) -> tuple[list[str], dict[str, list[Listed]],
+                                                                    dict[str, np.ndarray]]:
+    """Class names, each split's files in sample order, and their labels."""
     root = cfg.source_dir
     layout = _split_layout(root)
     seen: Seen = {}
@@ -280,23 +281,28 @@ def _split_files(cfg: DataConfig, index: FileIndex | None) -> tuple[list[str], d
         classes = sorted(by_class)
         groups, shares = {"train": {}, "test": {}}, {"train": {}, "test": {}}  # shares: each file's split_share
         for name, files in by_class.items():
-            share = [split_share(f[0]) for f in files]
+            share = np.array([split_share(f[0]) for f in files], dtype=np.float64)
             for split, test in (("train", False), ("test", True)):
-                picked = [j for j, x in enumerate(share) if (x < cfg.test_fraction) == test]
-                groups[split][name] = [files[j] for j in picked]
-                shares[split][name] = [share[j] for j in picked]
+                picked = np.flatnonzero((share < cfg.test_fraction) == test)
+                groups[split][name] = [files[j] for j in picked.tolist()]
+                shares[split][name] = share[picked]
     _note_links(root, seen)
     number = {name: i for i, name in enumerate(classes)}
-    label = {f[0]: number[name] for group in groups.values() for name, files in group.items() for f in files}
-    splits = {s: sample_order([f for files in g.values() for f in files],
-                              None if shares is None else [x for part in shares[s].values() for x in part])
-              for s, g in groups.items()}
+    splits, labels = {}, {}
+    for split, group in groups.items():
+        files = [f for part in group.values() for f in part]
+        label = np.concatenate([np.full(len(part), number[name], dtype=np.int64) for name, part in group.items()]
+                               or [np.zeros(0, dtype=np.int64)])
+        order = _sample_permutation(files, None if shares is None else
+                                    np.concatenate(list(shares[split].values()) or [np.zeros(0)]))
+        splits[split], labels[split] = [files[j] for j in order.tolist()], label[order]
     for split, files in splits.items():
         if not files:  # only a hash split can leave one empty: every class folder holds an image
-            raise ByolError(f"{root}: none of its {len(label)} files fell in the {split} split at data.test_fraction "
+            total = sum(len(f) for f in splits.values())
+            raise ByolError(f"{root}: none of its {total} files fell in the {split} split at data.test_fraction "
                             f"{cfg.test_fraction} (each file's place is fixed by a hash of its path). Add images, "
                             "change data.test_fraction, or use train/ and test/ folders.")
-    return [printable(c) for c in classes], splits, label
+    return [printable(c) for c in classes], splits, labels
 
 
 def _note_links(root: Path, seen: Seen) -> None:
@@ -310,13 +316,27 @@ def _note_links(root: Path, seen: Seen) -> None:
                         "(or `byol ingest`) after changing them.")
 
 
-def sample_order(files: list[Listed], shares: list[float] | None = None) -> list[Listed]:
+def _sample_permutation(files: list[Listed], shares: np.ndarray | None = None) -> np.ndarray:
+    """The order of :func:`sample_order` as indices into ``files``: by share, then by path
+    where two shares are equal (a stable sort, then each run of equal shares by path)."""
+    if shares is None:
+        shares = np.array([split_share(f[0]) for f in files], dtype=np.float64)
+    order = np.argsort(shares, kind="stable")
+    ordered = shares[order]
+    tied = np.flatnonzero(ordered[1:] == ordered[:-1])
+    for start in tied[np.r_[True, np.diff(tied) > 1]] if len(tied) else ():
+        stop = start + 1
+        while stop < len(ordered) and ordered[stop] == ordered[start]:
+            stop += 1
+        order[start:stop] = sorted(order[start:stop].tolist(), key=lambda j: files[j][0])
+    return order
+
+
+def sample_order(files: list[Listed], shares: np.ndarray | None = None) -> list[Listed]:
     """``files`` in the order of their path hash: stable, and mixed across classes, so the
     first N (a ``data.max_*`` cap) is a fair sample rather than the first class or two.
     ``shares``: each file's :func:`split_share`, when the caller has them already."""
-    if shares is None:
-        shares = [split_share(f[0]) for f in files]
-    return [files[j] for j in sorted(range(len(files)), key=lambda j: (shares[j], files[j][0]))]
+    return [files[j] for j in _sample_permutation(files, shares).tolist()]
 
 
 def read(cfg: DataConfig, index: FileIndex | None = None) -> SourceData:
@@ -326,11 +346,10 @@ def read(cfg: DataConfig, index: FileIndex | None = None) -> SourceData:
     if not root.is_dir():
         raise ByolError(f"data.source_dir {root} does not exist. Point it at a folder of class folders "
                         "(or train/ and test/ of them).")
-    classes, splits, label = _split_files(cfg, index)
-    images, labels, origins = {}, {}, {}
+    classes, splits, labels = _split_files(cfg, index)
+    images, origins = {}, {}
     for split in ("train", "test"):
         files = splits[split]
         images[split] = FileSplit(root, files, cfg.channels or 3, cfg.image_size, cfg.caps[split])
-        labels[split] = np.array([label[f[0]] for f in files], dtype=np.int64)
         origins[split] = [f[0] for f in files]
     return SourceData(images=images, labels=labels, origins=origins, classes=classes).check(root)
