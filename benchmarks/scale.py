@@ -258,11 +258,12 @@ class Project:
             subprocess.run(["git", *cmd], cwd=self.root, check=True, capture_output=True)
         self.remote.mkdir()
         self.dvc("init", "-q")
+        shutil.copy2(ROOT / ".dvc" / "config", self.root / ".dvc" / "config")  # the project's DVC settings
         self.dvc("remote", "add", "-d", "local", str(self.remote))
 
     def init_pipeline(self) -> None:
         """git + DVC around the project, with the project's dvc.yaml, .dvcignore and byol_core
-        (the stages' code deps), as a checkout of it would be."""
+        (the stages' code deps) and DVC settings, as a checkout of it would be."""
         for name in ("dvc.yaml", ".dvcignore"):
             shutil.copy2(ROOT / name, self.root / name)
         shutil.copytree(ROOT / "byol_core", self.root / "byol_core", ignore=shutil.ignore_patterns("__pycache__"))
@@ -270,6 +271,7 @@ class Project:
                     ["config", "user.email", "scale@byol.invalid"]):
             subprocess.run(["git", *cmd], cwd=self.root, check=True, capture_output=True)
         self.dvc("init", "-q")
+        shutil.copy2(ROOT / ".dvc" / "config", self.root / ".dvc" / "config")
 
     def measured(self, name: str, *cmd: str) -> Measured:
         self._calls += 1

@@ -197,6 +197,7 @@ class ConversionCache:
         self._pack_rows = 0
         self._known: pa.Table | None = None  # the file rows as of generation self._generation
         self._generation = -1
+        self._recent = 0  # how many of self._known's first rows the last catch-up brought in
         self._snapshot_generation = -1  # what the snapshot file holds
         self.published: set[str] = set()  # fingerprints of the shards this ingest publishes
         self.reconverted = 0  # damaged entries converted again in this run (byol_core.data.filesplit counts them)
@@ -229,6 +230,7 @@ class ConversionCache:
                                     (self._generation, self._generation)).fetchall()
         finally:
             self.db.execute("COMMIT")
+        self._recent = len(newer)
         if newer:
             fresh = pa.table([pa.array(column, type=field.type) for column, field in zip(zip(*newer), _SNAPSHOT)],
                              schema=_SNAPSHOT)
@@ -255,8 +257,16 @@ class ConversionCache:
             raise ByolError(f"conversion cache {self.folder}: cannot read its index ({exc}). Delete that folder "
                             "to start the cache afresh.") from None
         paths, sizes, mtimes = zip(*files)
-        where = pc.index_in(_keys(paths), value_set=self._known["path"].combine_chunks())
-        at = where.fill_null(-1).to_numpy().astype(np.int64)
+        keys = _keys(paths)
+        # the rows caught up last come first in self._known: files just converted (the lookup
+        # that follows a conversion) are found among them, without a hash table over every row
+        at = pc.index_in(keys, value_set=self._known["path"].slice(0, self._recent).combine_chunks())
+        at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        rest = np.flatnonzero(at < 0)
+        if len(rest) and self._recent < self._known.num_rows:
+            more = pc.index_in(keys.take(rest), value_set=self._known["path"].slice(self._recent).combine_chunks())
+            more = more.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            at[rest] = np.where(more >= 0, more + self._recent, -1)
         listed = np.flatnonzero(at >= 0)
         rows = self._known.take(at[listed])
         same = (rows["size"].to_numpy() == np.asarray(sizes, dtype=np.int64)[listed]) & \
