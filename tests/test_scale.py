@@ -224,3 +224,32 @@ def test_reingest_after_the_prepared_folder_was_deleted_links_every_shard_and_re
     kept = {p.stat().st_ino for p in kept_folder.iterdir()}
     published = {p.stat().st_ino for p in params.paths.prepared.glob("*.npy") if not p.name.endswith("-labels.npy")}
     assert kept == published and len(kept) == len(list(kept_folder.iterdir()))
+
+
+def test_a_shard_dvc_already_holds_is_linked_from_dvcs_cache(tmp_path, monkeypatch):
+    """Each written shard's md5 is recorded as it is written; where the DVC cache of the
+    repository running the stage holds those bytes, a re-ingest links DVC's file (the inode
+    DVC already hashed), and the cache's own link moves to it."""
+    source = tmp_path / "src"
+    make_imagefolder(source, classes=("a", "b", "c"), per_class=30)
+    params = _folder_project(tmp_path, source)
+    ingest(params.data, params.paths.prepared, params.paths.cache)
+    shards = sorted(params.paths.prepared.glob("train-0*.npy"))
+    dvc_cache = tmp_path / ".dvc" / "cache" / "files" / "md5"
+    held = {}
+    for shard in shards[::2]:  # DVC holds every other shard: copies, as DVC makes them
+        md5 = hashlib.md5(shard.read_bytes()).hexdigest()
+        (dvc_cache / md5[:2]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shard, dvc_cache / md5[:2] / md5[2:])
+        held[shard.name] = (dvc_cache / md5[:2] / md5[2:]).stat().st_ino
+    others = {p.name: p.stat().st_ino for p in shards[1::2]}
+    expected = _files(params.paths.prepared)
+    shutil.rmtree(params.paths.prepared)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    ingest(params.data, params.paths.prepared, params.paths.cache)
+    assert _files(params.paths.prepared) == expected
+    now = {p.name: p.stat().st_ino for p in params.paths.prepared.glob("train-0*.npy")}
+    assert {name: now[name] for name in held} == held  # DVC's files, linked
+    assert {name: now[name] for name in others} == others  # the cache's own links, as before
+    (kept_folder,) = params.paths.cache.glob("images-*/shards-*")
+    assert set(held.values()) <= {p.stat().st_ino for p in kept_folder.iterdir()}

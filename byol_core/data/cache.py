@@ -19,7 +19,10 @@ Lives outside every DVC output (``paths.cache``), one folder per conversion
   ``shards-*/``     a hard link to each shard the last ingest into one prepared folder
                     published (one folder per prepared folder), named by its fingerprint: DVC
                     deletes a stage's outputs before it runs the stage, so without these a
-                    ``dvc repro`` after one new file would rebuild every shard from the packs
+                    ``dvc repro`` after one new file would rebuild every shard from the packs.
+                    A shard's row keeps its md5: where DVC's cache holds the same bytes
+                    (:func:`dvc_object`), the shard is linked from there, and the link kept
+                    here then shares DVC's copy instead of holding one more
 
 A file whose path, size and mtime all match a row is taken from the cache; anything else is
 converted again. Rows are committed only after their pixels are on disk (written and
@@ -110,6 +113,34 @@ def _add_digests(db: sqlite3.Connection) -> None:
             raise
 
 
+def _add_shard_md5s(db: sqlite3.Connection) -> None:
+    """A cache made before shards' md5s were kept gets their column (empty for its rows)."""
+    if "md5" in {row[1] for row in db.execute("PRAGMA table_info(shards)")}:
+        return
+    try:
+        db.execute("ALTER TABLE shards ADD COLUMN md5 TEXT")
+    except sqlite3.OperationalError:  # another ingest added it first
+        if "md5" not in {row[1] for row in db.execute("PRAGMA table_info(shards)")}:
+            raise
+
+
+def dvc_object(md5: str | None, size: int) -> Path | None:
+    """The file of this md5 and size in the DVC cache of the repository whose stage is running
+    (DVC names the repository in ``DVC_ROOT`` for a stage's command; DVC 3 keeps a file of md5
+    ``m`` at ``.dvc/cache/files/md5/m[:2]/m[2:]``), if there is one. A shard linked from there
+    is the inode DVC's state already hashed and its cache already holds, so DVC neither hashes
+    it again nor copies it; a cache kept elsewhere (``cache.dir``) is simply not found."""
+    root = os.environ.get("DVC_ROOT")
+    if not md5 or not root or len(md5) != 32:
+        return None
+    path = Path(root) / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return path if stat.S_ISREG(info.st_mode) and info.st_size == size else None
+
+
 def _add_generations(db: sqlite3.Connection) -> None:
     """A cache made before generations were kept gets their column; its rows have none, and
     are read when there is no snapshot yet (the first lookup then writes one)."""
@@ -190,6 +221,7 @@ class ConversionCache:
             self.db.executescript(_SCHEMA)
             _add_digests(self.db)
             _add_generations(self.db)
+            _add_shard_md5s(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot open it ({exc}). Point paths.cache at a "
                             "writable folder, or delete that folder to start the cache afresh.") from None
@@ -296,13 +328,13 @@ class ConversionCache:
         """The prepared shard an earlier ingest made of the same files, if it is still where
         it was kept, unchanged (same size and mtime): its path and what it holds."""
         try:
-            row = self.db.execute("SELECT path, size, mtime, count, digests, sums FROM shards WHERE fingerprint = ?",
-                                  (fingerprint,)).fetchone()
+            row = self.db.execute("SELECT path, size, mtime, count, digests, sums, md5 FROM shards "
+                                  "WHERE fingerprint = ?", (fingerprint,)).fetchone()
         except sqlite3.Error:
             return None
         if row is None:
             return None
-        path, size, mtime, count, digests, sums = row
+        path, size, mtime, count, digests, sums, md5 = row
         path = Path(os.fsdecode(path))
         try:
             info = os.stat(path)
@@ -312,7 +344,10 @@ class ConversionCache:
         if not stat.S_ISREG(info.st_mode) or info.st_size != size or info.st_mtime_ns != mtime \
                 or len(digests) != count * DIGEST_BYTES:
             return None
-        return path, Shard(count, bytes(digests), sums[0], sums[1])
+        in_dvc = dvc_object(md5, size)  # the same bytes, as DVC keeps them: link those instead
+        if in_dvc is not None and not os.path.samefile(in_dvc, path):
+            path = in_dvc
+        return path, Shard(count, bytes(digests), sums[0], sums[1], md5)
 
     def shard_folder(self, out_dir: Path) -> Path:
         """Where the shards published into ``out_dir`` are kept (hard links) for later ingests."""
@@ -336,9 +371,10 @@ class ConversionCache:
             kept = Path(out_dir) / staged.name
         info = os.stat(staged)
         try:
-            self.db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT OR REPLACE INTO shards (fingerprint, path, size, mtime, count, digests, sums, md5) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (fingerprint, os.fsencode(kept), info.st_size, info.st_mtime_ns, shard.count,
-                             shard.digests, json.dumps([shard.pixel_sum, shard.pixel_sq_sum])))
+                             shard.digests, json.dumps([shard.pixel_sum, shard.pixel_sq_sum]), shard.md5))
         except sqlite3.Error as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot write to it ({exc}). Free space there, or "
                             "point paths.cache elsewhere.") from None

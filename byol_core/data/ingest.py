@@ -138,7 +138,8 @@ def _write_files(writer: ShardWriter, resolved: Resolved, cache: ConversionCache
                 path, shard = earlier
                 staged = writer.link(path, shard)
             else:
-                staged, shard = writer.write(pixels.take(i, min(i + rows, stop)) for i in range(start, stop, rows))
+                staged, shard = writer.write((pixels.take(i, min(i + rows, stop)) for i in range(start, stop, rows)),
+                                             count=stop - start)
             cache.remember_shard(fingerprint, out_dir, staged, shard)
     finally:
         pixels.close()

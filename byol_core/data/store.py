@@ -70,6 +70,7 @@ class Shard:
     digests: bytes  # DIGEST_BYTES per image, in order
     pixel_sum: list[int]  # per channel
     pixel_sq_sum: list[int]
+    md5: str | None = None  # of the file's bytes (what DVC names it by), when known
 
 
 @dataclass
@@ -116,12 +117,19 @@ class ShardWriter:
     def next_name(self) -> str:
         return shard_name(self.split, len(self.shards))
 
-    def write(self, chunks) -> tuple[Path, Shard]:
-        """The next shard, from ``chunks`` of uint8 images; returns its path and contents."""
+    def write(self, chunks, count: int | None = None) -> tuple[Path, Shard]:
+        """The next shard, from ``chunks`` of uint8 images; returns its path and contents.
+        ``count``: how many images the chunks hold, when known, so that the header is written
+        first and the file's md5 is taken as it is written (:attr:`Shard.md5`)."""
         path = self.folder / self.next_name()
+        expected = count
         digests, sums, squares, count = [], np.zeros_like(self.pixel_sum), np.zeros_like(self.pixel_sum), 0
+        md5 = hashlib.md5() if expected is not None else None
         with open(path, "wb") as handle:
-            handle.write(_npy_header((0, *self.image_shape)))
+            header = _npy_header((expected or 0, *self.image_shape))
+            handle.write(header)
+            if md5 is not None:
+                md5.update(header)
             for images in chunks:
                 if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
                     raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got "
@@ -132,16 +140,23 @@ class ShardWriter:
                     counts = np.bincount(np.ascontiguousarray(images[:, c]).reshape(-1), minlength=256).astype(np.int64)
                     sums[c] += int(counts @ _VALUES)
                     squares[c] += int(counts @ _SQUARES)
-                handle.write(flat.tobytes())
+                data = flat.tobytes()
+                handle.write(data)
+                if md5 is not None:
+                    md5.update(data)
                 count += len(images)
-            header = _npy_header((count, *self.image_shape))
-            if len(header) != len(_npy_header((0, *self.image_shape))):
-                raise AssertionError("npy header length changed with the count")
-            handle.seek(0)
-            handle.write(header)
+            if expected is None:
+                header = _npy_header((count, *self.image_shape))
+                if len(header) != len(_npy_header((0, *self.image_shape))):
+                    raise AssertionError("npy header length changed with the count")
+                handle.seek(0)
+                handle.write(header)
+            elif count != expected:
+                raise AssertionError(f"{path.name}: {count} images written, {expected} announced")
             handle.flush()
             os.fsync(handle.fileno())
-        shard = Shard(count, b"".join(digests), sums.tolist(), squares.tolist())
+        shard = Shard(count, b"".join(digests), sums.tolist(), squares.tolist(),
+                      md5.hexdigest() if md5 is not None else None)
         self._record(path.name, shard)
         return path, shard
 
