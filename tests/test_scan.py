@@ -365,6 +365,22 @@ def test_the_observation_fingerprint_is_the_listing_md5_that_dvc_records(project
     assert pq.read_metadata(params.paths.listing).num_rows == 4
 
 
+def test_the_observation_scans_in_a_process_of_its_own_and_fails_with_the_scans_message(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from pipelines.assets import observe_folder
+
+    folder = _folder(tmp_path / "src")
+    expected = scan.scan(folder, tmp_path / "other").md5
+    monkeypatch.setattr(scan, "walk", lambda *a: pytest.fail("the scan ran in the code location's process"))
+    assert observe_folder(folder, tmp_path / "cache").data_version.value == expected
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(dg.Failure) as failed:
+        observe_folder(tmp_path / "afile", tmp_path / "cache")
+    assert failed.value.description == (f"data.source_dir {tmp_path / 'afile'} is a file, not a folder. Point it at "
+                                        "the folder of the source's files.")
+
+
 # --- ingest trusting the scan's record instead of walking again -------------------------------
 
 

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import stat
+import sys
 import time
 import zipfile
 from array import array
@@ -628,3 +629,27 @@ def check(listing: Path, folder: Path, cache_dir: Path) -> Listing:
     parts = [f"{len(paths)} {kind} ({_names(paths)})" for kind, paths in found.items() if len(paths)]
     raise ByolError(f"data.source_dir {folder} changed since {listing} was written: {'; '.join(parts)}. Run `byol "
                     "scan` to list it as it is now (`dvc repro` runs scan before ingest), then ingest again.")
+
+
+def _observe(argv: list[str]) -> int:
+    """``python -m byol_core.data.scan FOLDER CACHE``: scan FOLDER (side cache in CACHE) without
+    writing a listing, and print ``{"md5", "files", "bytes"}`` as one JSON line. Dagster's
+    observation runs this in a process of its own, so that the long-lived code location does
+    not carry a million-file scan's memory; an error is printed alone, exit status 1."""
+    parent = os.getppid()
+    from byol_core.io.proc import die_with_parent
+
+    import signal
+
+    die_with_parent(signal.SIGTERM, parent)
+    try:
+        listing = scan(Path(argv[0]), Path(argv[1]))
+    except ByolError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps({"md5": listing.md5, "files": listing.files, "bytes": listing.bytes}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_observe(sys.argv[1:]))
