@@ -194,6 +194,16 @@ def _changed_since_scan(root: Path) -> None:
     _truncate(root / "src2" / FILES["train"][1])
 
 
+def _rewritten_since_scan(root: Path) -> None:
+    """An image folder scanned, then one image rewritten in place (its folder's mtime stays, so
+    ingest trusts the scan's record) before ingest converts it."""
+    folder = _folder(root)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["scan", "--params", str(root / "params.yaml")]) == 0
+    image = sorted(path for path in (folder / "cat").iterdir() if path.is_file())[0]
+    image.write_bytes(image.read_bytes() + b"\0")
+
+
 CASES = [
     Case("unknown source name", "ingest", r"data\.source: Input should be 'fashion-mnist', 'cifar10'",
          {"data.source": "mnist"}),
@@ -207,6 +217,9 @@ CASES = [
     Case("source folder changed since the scan", "ingest",
          r"data\.source_dir .*src2 changed since .*source\.parquet was written: 1 added \(extra\.gz\); 1 changed "
          r"\(train-labels-idx1-ubyte\.gz\)\. Run `byol scan`", _swap_data(None), _changed_since_scan),
+    Case("image rewritten in place since the scan", "ingest",
+         r"src2/cat/\S+: changed since data\.source_dir was listed\. Run `byol scan` to list it as it is now",
+         _swap_data(None, **{"data.source": "imagefolder", "data.image_size": 16}), _rewritten_since_scan),
     Case("Fashion-MNIST folder with some files missing", "ingest",
          r"data\.source_dir .*src2 lacks train-labels-idx1-ubyte\.gz for Fashion-MNIST\. `make setup` copies",
          _swap_data(None), lambda root: _fashion_variant(root, lambda d: (d / FILES["train"][1]).unlink())),
