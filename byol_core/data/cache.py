@@ -101,26 +101,17 @@ class Found:
     lost: np.ndarray  # (n,) bool: its pixels were cut from their pack, or the pack is gone (now UNKNOWN)
 
 
-def _add_digests(db: sqlite3.Connection) -> None:
-    """A cache made before digests were kept gets their column; its entries have none, so
-    they are converted again as they are met (a bit that flipped before cannot be told)."""
-    if "digest" in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Give a cache made before ``column`` was kept that column (empty in its rows). Columns
+    added so far: ``files.digest`` (an entry without one is converted again as it is met: a bit
+    that flipped before cannot be told), ``files.gen`` (rows without one are read when there is
+    no snapshot yet) and ``shards.md5``."""
+    if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
         return
     try:
-        db.execute("ALTER TABLE files ADD COLUMN digest BLOB")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except sqlite3.OperationalError:  # another ingest added it first
-        if "digest" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
-            raise
-
-
-def _add_shard_md5s(db: sqlite3.Connection) -> None:
-    """A cache made before shards' md5s were kept gets their column (empty for its rows)."""
-    if "md5" in {row[1] for row in db.execute("PRAGMA table_info(shards)")}:
-        return
-    try:
-        db.execute("ALTER TABLE shards ADD COLUMN md5 TEXT")
-    except sqlite3.OperationalError:  # another ingest added it first
-        if "md5" not in {row[1] for row in db.execute("PRAGMA table_info(shards)")}:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             raise
 
 
@@ -139,18 +130,6 @@ def dvc_object(md5: str | None, size: int) -> Path | None:
     except OSError:
         return None
     return path if stat.S_ISREG(info.st_mode) and info.st_size == size else None
-
-
-def _add_generations(db: sqlite3.Connection) -> None:
-    """A cache made before generations were kept gets their column; its rows have none, and
-    are read when there is no snapshot yet (the first lookup then writes one)."""
-    if "gen" in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
-        return
-    try:
-        db.execute("ALTER TABLE files ADD COLUMN gen INTEGER")
-    except sqlite3.OperationalError:  # another ingest added it first
-        if "gen" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
-            raise
 
 
 def _read_snapshot(path: Path) -> tuple[pa.Table, int]:
@@ -219,9 +198,9 @@ class ConversionCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
-            _add_digests(self.db)
-            _add_generations(self.db)
-            _add_shard_md5s(self.db)
+            for table, column, kind in (("files", "digest", "BLOB"), ("files", "gen", "INTEGER"),
+                                        ("shards", "md5", "TEXT")):
+                _add_column(self.db, table, column, kind)
         except (OSError, sqlite3.Error) as exc:
             raise ByolError(f"conversion cache {self.folder}: cannot open it ({exc}). Point paths.cache at a "
                             "writable folder, or delete that folder to start the cache afresh.") from None
