@@ -405,6 +405,15 @@ def test_an_unchanged_folder_is_taken_from_the_scans_record_without_a_walk(tmp_p
     assert index is not None and _index_rows(index) == _index_rows(walked) and len(_index_rows(index)) == 17
 
 
+def test_a_source_folder_that_is_a_symlink_is_taken_from_the_record_too(tmp_path):
+    folder, params = _scanned_project(tmp_path)
+    linked = tmp_path / "linked-src"
+    linked.symlink_to(folder, target_is_directory=True)
+    scan.scan(linked, params.paths.cache).write(params.paths.listing)
+    index = scan.unchanged_index(params.paths.listing, linked, params.paths.cache)
+    assert index is not None and len(index.below("")) == 17
+
+
 @pytest.mark.parametrize("change", ["add", "remove", "rename", "add deep", "new folder", "listing"])
 def test_any_file_added_removed_or_renamed_since_the_scan_makes_ingest_walk(tmp_path, change):
     folder, params = _scanned_project(tmp_path)

@@ -557,7 +557,7 @@ def unchanged_index(listing: Path, folder: Path, cache_dir: Path) -> FileIndex |
         if record["listing_md5"] != _file_md5(listing):
             return None
         for name, mtime in record["folders"]:
-            if os.stat(Path(folder) / name, follow_symlinks=False).st_mtime_ns != mtime:
+            if os.stat(Path(folder) / name).st_mtime_ns != mtime:  # as the walk opened it (a linked root followed)
                 return None
         with np.load(kept, allow_pickle=False) as side:
             if side["paths_md5"].tobytes().hex() != record["paths_md5"]:
