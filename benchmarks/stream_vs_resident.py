@@ -40,8 +40,8 @@ def write_split(folder: Path, n: int, px: int, shard_mb: float) -> ShardedImages
     writer = ShardWriter(folder, "train", (3, px, px), int(shard_mb * (1 << 20)))
     keys = [f"{i:08d}" for i in range(n)]
     for start, stop in writer.plan(keys):
-        writer.write(rng.integers(0, 256, (min(4096, stop - i), 3, px, px), dtype=np.uint8)
-                     for i in range(start, stop, 4096))
+        writer.write((rng.integers(0, 256, (min(4096, stop - i), 3, px, px), dtype=np.uint8)
+                      for i in range(start, stop, 4096)), stop - start)
     layout = writer.close()
     return ShardedImages([folder / s["file"] for s in layout["shards"]], [s["count"] for s in layout["shards"]],
                          (3, px, px))

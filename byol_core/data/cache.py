@@ -90,6 +90,12 @@ def _keys(paths: tuple[str, ...]) -> pa.Array:
         return pa.array([_key(p) for p in paths], pa.binary())
 
 
+def _rows_of(keys: pa.Array, column: pa.ChunkedArray) -> np.ndarray:
+    """Each key's row in ``column`` (int64), or -1."""
+    return pc.index_in(keys, value_set=column.combine_chunks()).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+
+
 @dataclass
 class Found:
     """What the index knows of each listed file (see :meth:`ConversionCache.lookup`)."""
@@ -271,12 +277,11 @@ class ConversionCache:
         keys = _keys(paths)
         # the rows caught up last come first in self._known: files just converted (the lookup
         # that follows a conversion) are found among them, without a hash table over every row
-        at = pc.index_in(keys, value_set=self._known["path"].slice(0, self._recent).combine_chunks())
-        at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        known = self._known["path"]
+        at = _rows_of(keys, known.slice(0, self._recent))
         rest = np.flatnonzero(at < 0)
-        if len(rest) and self._recent < self._known.num_rows:
-            more = pc.index_in(keys.take(rest), value_set=self._known["path"].slice(self._recent).combine_chunks())
-            more = more.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(rest) and self._recent < len(known):
+            more = _rows_of(keys.take(rest), known.slice(self._recent))
             at[rest] = np.where(more >= 0, more + self._recent, -1)
         listed = np.flatnonzero(at >= 0)
         rows = self._known.take(at[listed])

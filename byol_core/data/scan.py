@@ -39,6 +39,7 @@ import bisect
 import hashlib
 import json
 import os
+import signal
 import stat
 import sys
 import time
@@ -225,6 +226,12 @@ def side_cache(cache_dir: Path, folder: Path) -> Path:
     return Path(cache_dir) / SIDE_FOLDER / f"{key}.npz"
 
 
+def _side_paths(side: np.lib.npyio.NpzFile) -> pa.Array:
+    """The side cache's paths, as an Arrow column on its arrays' memory."""
+    offsets, data = side["path_offsets"], side["path_data"]
+    return pa.Array.from_buffers(pa.large_string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def _match(walked: Walked, kept: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(digests uint8 (n, DIGEST_BYTES), known bool (n,), rows in the side cache): the side
     cache's digest of each walked file whose path, size and mtime it holds. When the walk
@@ -240,11 +247,9 @@ def _match(walked: Walked, kept: Path) -> tuple[np.ndarray, np.ndarray, int]:
             if side["paths_md5"].tobytes() == walked.paths_md5():
                 where = None  # row for row
             else:
-                offsets, data = side["path_offsets"], side["path_data"]
-                seen = pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
-                                             [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+                seen = _side_paths(side)
                 where = _rows_in(walked.paths, seen)
-                del seen, offsets, data
+                del seen
             sizes, mtimes, seen_digests = side["size"], side["mtime_ns"], side["digest"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, pa.ArrowException) as exc:
         progress.report(f"scan: the side cache {kept} cannot be read ({type(exc).__name__}); every file is read again")
@@ -562,10 +567,7 @@ def unchanged_index(listing: Path, folder: Path, cache_dir: Path) -> FileIndex |
         with np.load(kept, allow_pickle=False) as side:
             if side["paths_md5"].tobytes().hex() != record["paths_md5"]:
                 return None
-            offsets, data = side["path_offsets"], side["path_data"]
-            paths = pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
-                                          [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-            walked = Walked(paths, side["size"], side["mtime_ns"], {})
+            walked = Walked(_side_paths(side), side["size"], side["mtime_ns"], {})
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, pa.ArrowException):
         return None
     if len(walked) != record["files"] or len(walked.mtimes) != len(walked):
@@ -636,12 +638,9 @@ def _observe(argv: list[str]) -> int:
     writing a listing, and print ``{"md5", "files", "bytes"}`` as one JSON line. Dagster's
     observation runs this in a process of its own, so that the long-lived code location does
     not carry a million-file scan's memory; an error is printed alone, exit status 1."""
-    parent = os.getppid()
-    from byol_core.io.proc import die_with_parent
+    from byol_core.io.proc import die_with_parent  # here: the scan stage itself never needs it
 
-    import signal
-
-    die_with_parent(signal.SIGTERM, parent)
+    die_with_parent(signal.SIGTERM, os.getppid())
     try:
         listing = scan(Path(argv[0]), Path(argv[1]))
     except ByolError as exc:

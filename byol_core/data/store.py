@@ -78,8 +78,8 @@ class ShardWriter:
     """Writes one split's images into shards in ``folder``, shard by shard.
 
     :meth:`plan` cuts the split into shards from the images' keys alone; each shard is then
-    written from chunks of its images (:meth:`write`: memory holds one chunk; the header is
-    rewritten with the count at the end) or taken over from an identical earlier shard
+    written from chunks of its images (:meth:`write`: memory holds one chunk; the header, with
+    the range's count, goes first) or taken over from an identical earlier shard
     (:meth:`link`). Also gathers what the card needs: each image's content digest and exact
     per-channel sums of the pixels and their squares."""
 
@@ -117,19 +117,16 @@ class ShardWriter:
     def next_name(self) -> str:
         return shard_name(self.split, len(self.shards))
 
-    def write(self, chunks, count: int | None = None) -> tuple[Path, Shard]:
-        """The next shard, from ``chunks`` of uint8 images; returns its path and contents.
-        ``count``: how many images the chunks hold, when known, so that the header is written
-        first and the file's md5 is taken as it is written (:attr:`Shard.md5`)."""
+    def write(self, chunks, count: int) -> tuple[Path, Shard]:
+        """The next shard, from ``chunks`` of uint8 images, ``count`` of them in all (a range of
+        :meth:`plan`), so that the header goes first and the file's md5 is taken as it is
+        written (:attr:`Shard.md5`); returns its path and contents."""
         path = self.folder / self.next_name()
-        expected = count
-        digests, sums, squares, count = [], np.zeros_like(self.pixel_sum), np.zeros_like(self.pixel_sum), 0
-        md5 = hashlib.md5() if expected is not None else None
+        digests, sums, squares, written = [], np.zeros_like(self.pixel_sum), np.zeros_like(self.pixel_sum), 0
+        header = _npy_header((count, *self.image_shape))
+        md5 = hashlib.md5(header)
         with open(path, "wb") as handle:
-            header = _npy_header((expected or 0, *self.image_shape))
             handle.write(header)
-            if md5 is not None:
-                md5.update(header)
             for images in chunks:
                 if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
                     raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got "
@@ -142,21 +139,13 @@ class ShardWriter:
                     squares[c] += int(counts @ _SQUARES)
                 data = flat.tobytes()
                 handle.write(data)
-                if md5 is not None:
-                    md5.update(data)
-                count += len(images)
-            if expected is None:
-                header = _npy_header((count, *self.image_shape))
-                if len(header) != len(_npy_header((0, *self.image_shape))):
-                    raise AssertionError("npy header length changed with the count")
-                handle.seek(0)
-                handle.write(header)
-            elif count != expected:
-                raise AssertionError(f"{path.name}: {count} images written, {expected} announced")
+                md5.update(data)
+                written += len(images)
+            if written != count:
+                raise AssertionError(f"{path.name}: {written} images written, {count} announced")
             handle.flush()
             os.fsync(handle.fileno())
-        shard = Shard(count, b"".join(digests), sums.tolist(), squares.tolist(),
-                      md5.hexdigest() if md5 is not None else None)
+        shard = Shard(count, b"".join(digests), sums.tolist(), squares.tolist(), md5.hexdigest())
         self._record(path.name, shard)
         return path, shard
 
@@ -182,7 +171,7 @@ class ShardWriter:
         if len(keys) != len(images):
             raise ValueError("one key per image")
         for start, stop in self.plan(keys):
-            self.write(np.asarray(images[i:min(i + rows, stop)]) for i in range(start, stop, rows))
+            self.write((np.asarray(images[i:min(i + rows, stop)]) for i in range(start, stop, rows)), stop - start)
 
     def close(self) -> dict:
         """The split's layout ``{"count", "shards"}``."""
