@@ -40,11 +40,9 @@ import hashlib
 import json
 import os
 import signal
-import stat
 import sys
 import time
 import zipfile
-from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from byol_core import progress
+from byol_core.data import walk as walking
 from byol_core.errors import ByolError, printable
 from byol_core.io.storage import atomic_write
 
@@ -123,82 +122,33 @@ class Walked:
         return digest.digest()
 
 
-def _open_folder(name: str, dir_fd: int | None, shown: str) -> tuple[int, list[str], int]:
-    """(an fd of the folder, its entries but dot-names, sorted by name from the last, so that
-    ``pop()`` takes them in order; its mtime in ns, taken before it is listed)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
-    except OSError as exc:
-        raise ByolError(f"{printable(shown)}: cannot open it ({exc.strerror}). Make it readable, or move it out of "
-                        "data.source_dir.") from None
-    try:
-        mtime = os.fstat(fd).st_mtime_ns
-        return fd, sorted((name for name in os.listdir(fd) if not name.startswith(".")), reverse=True), mtime
-    except OSError as exc:
-        os.close(fd)
-        raise ByolError(f"{printable(shown)}: cannot list it ({exc.strerror}). Make it readable, or move it out of "
-                        "data.source_dir.") from None
-
-
-def walk(folder: Path) -> Walked:
+def walk(folder: Path, workers: int | None = None, parallel_from: int = walking.PARALLEL_FROM) -> Walked:
     """Every file below ``folder`` in listing order (a folder's entries by name, a subfolder's
-    files at its place), each adding bytes to flat buffers: only the names of the folders
-    being read are Python objects at any time. One ``lstat`` per entry, relative to its
-    folder's fd (a second ``stat`` for a symlink, to follow it)."""
-    odd, folder_links, folders = {}, 0, []
-    names, ends, sizes, mtimes = bytearray(), array("q"), array("q"), array("q")
-    fd, entries, mtime = _open_folder(os.fspath(folder), None, os.fspath(folder))
-    frames = [(fd, entries, "")]  # depth first
-    folders.append(("", mtime))
-    try:
-        while frames:
-            fd, entries, prefix = frames[-1]
-            while entries:
-                name = entries.pop()
-                try:
-                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    if stat.S_ISDIR(info.st_mode):
-                        sub, listed, mtime = _open_folder(name, fd, f"{folder}/{prefix}{name}")
-                        frames.append((sub, listed, f"{prefix}{name}/"))
-                        folders.append((f"{prefix}{name}", mtime))
-                        break
-                    if stat.S_ISLNK(info.st_mode):  # a link to a file is followed; to a folder, not
-                        info = os.stat(name, dir_fd=fd)
-                        folder_links += stat.S_ISDIR(info.st_mode)
-                    if not stat.S_ISREG(info.st_mode):
-                        continue  # a FIFO, socket or device, or a link to a folder
-                    size, mtime = info.st_size, info.st_mtime_ns
-                except FileNotFoundError:
-                    if not os.path.islink(f"{folder}/{prefix}{name}"):
-                        continue  # removed since its folder was listed
-                    size = mtime = -1  # a link to nothing: listed, so that ingest reports it
-                except OSError:
-                    size = mtime = -1  # a link that loops, say: listed, as above
-                relative = prefix + name
-                if not relative.isascii():
-                    shown = printable(relative)
-                    if shown != relative:
-                        odd[shown] = relative
-                        relative = shown
-                names += relative.encode()
-                ends.append(len(names))
-                sizes.append(size)
-                mtimes.append(mtime)
-            else:
-                os.close(frames.pop()[0])
-    finally:
-        for fd, _, _ in frames:
-            os.close(fd)
-    n = len(ends)
-    offsets = np.zeros(n + 1, dtype=np.int32 if len(names) < 2**31 else np.int64)
-    offsets[1:] = np.frombuffer(ends, dtype=np.int64) if n else []
+    files at its place), as flat buffers: only the names of the folders being read are Python
+    objects at any time. A large folder is walked by one worker process per core
+    (:mod:`byol_core.data.walk`, which says how)."""
+    mtime, parts = walking.walk(os.fspath(folder), workers, parallel_from)
+    n = sum(len(part.ends) for part in parts)
+    size = sum(len(part.names) for part in parts)
+    offsets = np.zeros(n + 1, dtype=np.int32 if size < 2**31 else np.int64)
+    sizes, mtimes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    odd, folder_links, folders, row, base = {}, 0, [("", mtime)], 0, 0
+    for part in parts:
+        count = len(part.ends)
+        if count:
+            offsets[row + 1:row + 1 + count] = np.frombuffer(part.ends, dtype=np.int64) + base
+            sizes[row:row + count] = np.frombuffer(part.sizes, dtype=np.int64)
+            mtimes[row:row + count] = np.frombuffer(part.mtimes, dtype=np.int64)
+        row, base = row + count, base + len(part.names)
+        odd.update(part.odd)
+        folder_links += part.folder_links
+        folders += part.folders
+    names = parts[0].names if len(parts) == 1 else b"".join(part.names for part in parts)
     kind = pa.string() if offsets.dtype == np.int32 else pa.large_string()
     paths = pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(names)])
     if odd:
         _refuse_twins(paths, odd)
-    empty = np.zeros(0, dtype=np.int64)
-    return Walked(paths, np.frombuffer(sizes, dtype=np.int64) if n else empty,
-                  np.frombuffer(mtimes, dtype=np.int64) if n else empty, odd, folder_links, folders)
+    return Walked(paths, sizes, mtimes, odd, folder_links, folders)
 
 
 def _refuse_twins(paths: pa.Array, odd: dict[str, str]) -> None:
