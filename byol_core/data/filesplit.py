@@ -144,14 +144,18 @@ class CheckedPixels:
         self.resolved, self.cache, self.name = resolved, cache, name
         self.images, self.index = cache.images(resolved.where)
 
-    def take(self, start: int, stop: int) -> np.ndarray:
-        """uint8 (stop - start, C, S, S): the pixels of files ``start:stop``."""
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, bytes]:
+        """(uint8 (stop - start, C, S, S): the pixels of files ``start:stop``, their digests back
+        to back), the digests taken from the pixels returned (the shard writer keeps them)."""
         pixels = self.images.take(self.index[start:stop])
-        got = np.frombuffer(b"".join(image_digest(image) for image in pixels), dtype=np.uint8)
-        damaged = np.flatnonzero((got.reshape(-1, DIGEST_BYTES) != self.resolved.digests[start:stop]).any(axis=1))
+        got = np.frombuffer(b"".join(image_digest(image) for image in pixels), dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+        damaged = np.flatnonzero((got != self.resolved.digests[start:stop]).any(axis=1))
         if len(damaged):
             pixels[damaged] = self._convert_again(start + damaged)
-        return pixels
+            got = got.copy()
+            got[damaged] = np.frombuffer(b"".join(image_digest(pixels[i]) for i in damaged),
+                                         dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+        return pixels, got.tobytes()
 
     def _convert_again(self, picked: np.ndarray) -> np.ndarray:
         split, listed = self.resolved.split, [self.resolved.files[i] for i in picked]

@@ -35,7 +35,7 @@ from byol_core.schema.data import DataConfig
 from byol_core.data.sources import imagefolder
 from byol_core.data.sources.common import FileSplit, SourceData, conform
 from byol_core.io.storage import replace_dir, staging_dir
-from byol_core.data.store import ShardWriter
+from byol_core.data.store import DIGEST_BYTES, ShardWriter
 
 if TYPE_CHECKING:
     from byol_core.data.scan import FileIndex
@@ -148,19 +148,22 @@ def _write_files(writer: ShardWriter, resolved: Resolved, cache: ConversionCache
 def build_manifest(written: dict[str, _Written], skipped: list[dict]) -> pd.DataFrame:
     """One row per prepared image, then one per skipped file. ``duplicate`` marks an image
     whose pixels equal an earlier row's (in train, test, unlabeled order)."""
-    frames = []
+    frames, heads = [], []
     for split, w in written.items():
         n = len(w.labels)
+        head = np.ascontiguousarray(w.writer.digest_rows()[:, :8])  # what content_hash shows
+        heads.append(head.view(np.uint64).reshape(-1))
+        shown = head.tobytes().hex()
         frames.append(pd.DataFrame({
             "index": np.arange(n, dtype=np.int64),
             "split": split,
             "label": w.labels,
-            "content_hash": [d[:8].hex() for d in w.writer.digests],
+            "content_hash": [shown[i:i + 16] for i in range(0, len(shown), 16)],
             "source": w.origins,
             "status": "ok",
         }))
     manifest = pd.concat(frames, ignore_index=True)
-    manifest.insert(5, "duplicate", manifest.content_hash.duplicated())
+    manifest.insert(5, "duplicate", _repeated(np.concatenate(heads)))
     if skipped:
         left_out = pd.DataFrame({
             "index": -1, "split": [s["split"] for s in skipped], "label": UNLABELED, "content_hash": "",
@@ -168,6 +171,13 @@ def build_manifest(written: dict[str, _Written], skipped: list[dict]) -> pd.Data
             "status": [f"skipped: {s['reason']}" for s in skipped]})
         manifest = pd.concat([manifest, left_out], ignore_index=True)
     return manifest
+
+
+def _repeated(keys: np.ndarray) -> np.ndarray:
+    """Whether each key equals an earlier one (pandas' ``duplicated``, as one sort)."""
+    repeated = np.ones(len(keys), dtype=bool)
+    repeated[np.unique(keys, return_index=True)[1]] = False
+    return repeated
 
 
 def _channel_stats(writer: ShardWriter, pixels_per_image: int) -> tuple[list[float], list[float]]:
@@ -188,8 +198,9 @@ def build_card(written: dict[str, _Written], manifest: pd.DataFrame, source: str
     channels, height, width = train.image_shape
     mean, std = _channel_stats(train, height * width)
     kept = manifest[manifest.status == "ok"]
-    train_digests = set(written["train"].writer.digests)
-    test_in_train = sum(d in train_digests for d in written["test"].writer.digests)
+    whole = np.dtype(f"S{DIGEST_BYTES}")  # a digest as one value (all DIGEST_BYTES bytes compared)
+    test_in_train = np.isin(written["test"].writer.digest_rows().copy().view(whole).reshape(-1),
+                            written["train"].writer.digest_rows().copy().view(whole).reshape(-1)).sum()
     return Card(
         source=source,
         channels=int(channels),
@@ -202,7 +213,7 @@ def build_card(written: dict[str, _Written], manifest: pd.DataFrame, source: str
         duplicates=int(kept.duplicate.sum()),
         test_in_train=int(test_in_train),
         skipped=skipped,
-        data_hash=data_hash({split: ((len(w.labels), *w.writer.image_shape), w.labels, b"".join(w.writer.digests))
+        data_hash=data_hash({split: ((len(w.labels), *w.writer.image_shape), w.labels, bytes(w.writer.digests))
                              for split, w in written.items()}),
     )
 

@@ -88,7 +88,7 @@ class ShardWriter:
     image_shape: tuple[int, int, int]
     shard_bytes: int
     shards: list[dict] = field(default_factory=list)
-    digests: list[bytes] = field(default_factory=list)
+    digests: bytearray = field(default_factory=bytearray)  # DIGEST_BYTES per image, back to back
 
     def __post_init__(self) -> None:
         self.image_bytes = int(np.prod(self.image_shape))
@@ -100,7 +100,11 @@ class ShardWriter:
 
     @property
     def count(self) -> int:
-        return len(self.digests)
+        return len(self.digests) // DIGEST_BYTES
+
+    def digest_rows(self) -> np.ndarray:
+        """The digests as uint8 (count, DIGEST_BYTES), a view."""
+        return np.frombuffer(self.digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
 
     def plan(self, keys: list[str]) -> list[tuple[int, int]]:
         """The shards as row ranges: one ends after a key that hashes below the threshold
@@ -120,19 +124,24 @@ class ShardWriter:
     def write(self, chunks, count: int) -> tuple[Path, Shard]:
         """The next shard, from ``chunks`` of uint8 images, ``count`` of them in all (a range of
         :meth:`plan`), so that the header goes first and the file's md5 is taken as it is
-        written (:attr:`Shard.md5`); returns its path and contents."""
+        written (:attr:`Shard.md5`); returns its path and contents. A chunk may come as
+        (images, their :func:`image_digest` back to back) when the caller took them already."""
         path = self.folder / self.next_name()
         digests, sums, squares, written = [], np.zeros_like(self.pixel_sum), np.zeros_like(self.pixel_sum), 0
         header = _npy_header((count, *self.image_shape))
         md5 = hashlib.md5(header)
         with open(path, "wb") as handle:
             handle.write(header)
-            for images in chunks:
+            for chunk in chunks:
+                images, taken = chunk if isinstance(chunk, tuple) else (chunk, None)
                 if images.shape[1:] != tuple(self.image_shape) or images.dtype != np.uint8:
                     raise ValueError(f"{self.split}: expected uint8 images {self.image_shape}, got "
                                      f"{images.dtype} {images.shape[1:]}")
                 flat = np.ascontiguousarray(images).reshape(len(images), -1)
-                digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
+                if taken is not None and len(taken) == len(images) * DIGEST_BYTES:
+                    digests.append(taken)
+                else:
+                    digests.extend(hashlib.blake2b(row.tobytes(), digest_size=DIGEST_BYTES).digest() for row in flat)
                 for c in range(images.shape[1]):  # exact sums from a histogram of the 256 values
                     counts = np.bincount(np.ascontiguousarray(images[:, c]).reshape(-1), minlength=256).astype(np.int64)
                     sums[c] += int(counts @ _VALUES)
@@ -162,7 +171,7 @@ class ShardWriter:
 
     def _record(self, name: str, shard: Shard) -> None:
         self.shards.append({"file": name, "count": shard.count})
-        self.digests.extend(shard.digests[i:i + DIGEST_BYTES] for i in range(0, len(shard.digests), DIGEST_BYTES))
+        self.digests += shard.digests
         self.pixel_sum += np.asarray(shard.pixel_sum, dtype=np.int64)
         self.pixel_sq_sum += np.asarray(shard.pixel_sq_sum, dtype=np.int64)
 
