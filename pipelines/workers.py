@@ -42,6 +42,7 @@ QUEUE_TAG = "dagster-celery/queue"
 GPU_QUEUE, CPU_QUEUE = "gpu", "cpu"
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
 PING_EVERY = 5.0  # seconds between two pings of the worker that holds a started step
+TICK_SECONDS = 0.1  # seconds between two looks of the orchestrator at its steps' results
 
 
 def _env_float(name: str, default: float) -> float:
@@ -162,6 +163,7 @@ def _step_failure(context, step):
 def _celery_executor():
     from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
     from dagster._core.execution.retries import RetryMode
+    from dagster_celery import core_execution_loop
     from dagster_celery.core_execution_loop import core_celery_execution_loop
     from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor, _submit_task
 
@@ -177,6 +179,10 @@ def _celery_executor():
                 result = _submit_task(app, context, step, queue, priority, known_state)
                 return WatchedResult(result, app, step.key, self.lost_after, _step_failure(context, step))
 
+            # dagster-celery's loop sleeps a second between two looks at the results, so each
+            # step of a chain started up to a second after the one before it ended (5 to 8 s of
+            # a run that restores everything); a look is one Redis round trip.
+            core_execution_loop.TICK_SECONDS = TICK_SECONDS
             return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
 
     @dg.executor(name="celery", config_schema=CELERY_CONFIG, requirements=multiple_process_executor_requirements())

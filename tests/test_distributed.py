@@ -33,6 +33,7 @@ from dagster._core.instance.ref import InstanceRef
 from conftest import ROOT, SOURCE, TINY_DVC, dvc, edit_params, git, make_project
 from helpers.devserver import working_in
 from helpers.services import postgres, redis, stop_group
+from pipelines.checks import MEASURED_IN, SUBJECT
 from pipelines.resources import LOCK_ENTRY, RESTORED
 from test_remote import machine, remote  # noqa: F401  (the sshd fixture)
 
@@ -150,8 +151,27 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dic
     return found
 
 
+def evaluations(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """Check name -> its evaluation in the run."""
+    return {record.dagster_event.event_specific_data.check_name: record.dagster_event.event_specific_data
+            for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
+
+
 def messages(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, str]]:
     return [(record.timestamp, record.user_message or "") for record in instance.all_logs(run_id)]
+
+
+def timeline(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The run's events, seconds from its first: where a run's time went."""
+    records = instance.all_logs(run_id)
+    first = records[0].timestamp if records else 0.0
+    lines = []
+    for record in records:
+        event = record.dagster_event
+        kind = event.event_type_value if event else "LOG"
+        text = " ".join((record.user_message or "").split())[:110]
+        lines.append(f"{record.timestamp - first:7.1f}s {record.step_key or '':22s} {kind:24s} {text}")
+    return "\n".join(lines)
 
 
 def transfers(made: dict[str, dict], ran_on: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -212,10 +232,17 @@ def test_steps_run_on_their_queues_workers_restore_from_the_run_cache_and_a_lost
     cluster.start_worker("cpu", cpu, "cpu")
     second, restoring = cluster.run("run")
     assert second["success"], cluster.worker_logs()
+    print(f"the second run, {restoring:.1f}s from the orchestrator's start:\n{timeline(instance, second['run_id'])}")
     made = materializations(instance, second["run_id"])
     assert sorted(made) == sorted(KEYS)
     for key in KEYS:
         assert made[key]["dvc stage"].value == RESTORED and not made[key]["recomputed"].value, (key, made[key])
+    # The checks of the same published outputs take the first run's figures, measured once.
+    checked = evaluations(instance, second["run_id"])
+    assert set(checked) == {"encoder_not_collapsed", "probe_beats_random_init", "onnx_matches_pytorch"}, checked
+    for name in ("encoder_not_collapsed", "onnx_matches_pytorch"):
+        assert checked[name].passed and checked[name].metadata[MEASURED_IN].value == first["run_id"], checked[name]
+        assert checked[name].metadata[SUBJECT] == evaluations(instance, first["run_id"])[name].metadata[SUBJECT]
     assert json.loads((cpu / "metrics" / "eval.json").read_text()) == \
         json.loads((reference / "metrics" / "eval.json").read_text())
 
