@@ -143,3 +143,14 @@ def test_a_worker_answers_each_task_and_stops_at_the_end_of_its_input(tmp_path):
     assert status == "ok" and fields[0] == bytearray() and len(fields[1]) == 0
     with pytest.raises(EOFError):
         pickle.load(answers)
+
+
+def test_a_worker_whose_parent_stopped_listening_exits_quietly(tmp_path):
+    folder = _tree(tmp_path)
+    worker = subprocess.Popen([sys.executable, *walking._WORKER, walking._PACKAGE_ROOT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker.stdout.close()  # as a parent that was killed: the answer has nowhere to go
+    pickle.dump((os.fspath(folder), ["many"]), worker.stdin)
+    worker.stdin.close()
+    assert worker.wait(timeout=60) == 0
+    assert worker.stderr.read() == b""

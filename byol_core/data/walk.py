@@ -218,8 +218,14 @@ def _in_workers(folder: str, tasks: list[list[str]], workers: int) -> list[Part]
     """Each task walked by the next free worker; the parts in task order. A worker's
     ByolError is raised here (the first task's, in order, when several failed); the tasks of a
     worker that died are walked here."""
-    procs = [subprocess.Popen([sys.executable, *_WORKER, _PACKAGE_ROOT], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE) for _ in range(workers)]
+    procs = []
+    try:
+        for _ in range(workers):
+            procs.append(subprocess.Popen([sys.executable, *_WORKER, _PACKAGE_ROOT], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE))
+    except OSError:  # no process to be had (a limit, say): what started does the work, or this one
+        if not procs:
+            return [walk_entries(folder, task) for task in tasks]
     parts: list[Part | None] = [None] * len(tasks)
     errors: dict[int, str] = {}
     todo = iter(range(len(tasks)))
@@ -291,5 +297,8 @@ def serve() -> None:
                              part.folders))
         except ByolError as exc:
             answer = ("error", str(exc))
-        pickle.dump(answer, writer, protocol=pickle.HIGHEST_PROTOCOL)
-        writer.flush()
+        try:
+            pickle.dump(answer, writer, protocol=pickle.HIGHEST_PROTOCOL)
+            writer.flush()
+        except BrokenPipeError:  # the parent is gone (stopped, killed): nobody to answer, nothing to flush
+            os._exit(0)
