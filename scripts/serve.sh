@@ -16,8 +16,8 @@
 # process (BYOL_EXECUTOR=celery, pipelines/workers.py), and this script also starts:
 #   Redis       the broker, on 127.0.0.1:$BYOL_REDIS_PORT (default 6379), unless
 #               BYOL_CELERY_BROKER names an existing one
-#   N workers   each in a clone of its own ($STATE/workers/worker-K: `git clone` of this
-#               repository's committed code, with this checkout's .dvc/config.local), sharing
+#   N workers   each in a clone of its own ($STATE/workers/worker-K: `git clone` of the
+#               project's committed code, with its .dvc/config.local), sharing
 #               nothing but the DVC remote that BYOL_DVC_REMOTE names (required) and the resume
 #               store (paths.resume); worker-1 takes the gpu queue (pretraining), the others the
 #               cpu queue (N=1: one worker takes both). The cpu workers' clones link the source
@@ -137,7 +137,7 @@ env_for_dagster() {
     export DAGSTER_PG_PASSWORD=${DAGSTER_PG_PASSWORD:-}
   fi
   export DAGSTER_HOME=$STATE/home
-  export BYOL_PROJECT_DIR=${BYOL_PROJECT_DIR:-$ROOT}
+  BYOL_PROJECT_DIR=$(realpath -m "${BYOL_PROJECT_DIR:-$ROOT}"); export BYOL_PROJECT_DIR
   # Where the pictures go and the URL the browser fetches them from (pipelines/figures.py);
   # BYOL_FIGURE_URL differs when the UI is reached through a tunnel or a proxy.
   export BYOL_FIGURE_DIR=$STATE/figures
@@ -167,21 +167,22 @@ start_redis() {
   exit 1
 }
 
-# Worker K's clone: this repository's committed code, this checkout's DVC remote settings and,
-# for a cpu worker, a link to the source files.
+# Worker K's clone: the committed code of the project the code location serves
+# (BYOL_PROJECT_DIR, default this checkout), its DVC remote settings and, for a cpu worker, a
+# link to its source files.
 worker_clone() {
-  local k=$1 clone=$STATE/workers/worker-$1 source
+  local k=$1 clone=$STATE/workers/worker-$1 source project=$BYOL_PROJECT_DIR
   if [ ! -d "$clone/.git" ]; then
     mkdir -p "$STATE/workers"
-    git clone -q "$ROOT" "$clone"
-    say "worker-$k: cloned $ROOT into $clone (update it with \`git -C $clone pull\`)" >&2
+    git clone -q "$project" "$clone"
+    say "worker-$k: cloned $project into $clone (update it with \`git -C $clone pull\`)" >&2
   fi
-  [ -f "$ROOT/.dvc/config.local" ] && cp "$ROOT/.dvc/config.local" "$clone/.dvc/config.local"
+  [ -f "$project/.dvc/config.local" ] && cp "$project/.dvc/config.local" "$clone/.dvc/config.local"
   if [ "$k" -gt 1 ] || [ "$WORKERS" -eq 1 ]; then
-    source=$(cd "$ROOT" && "$BIN/python" -c 'import os; from byol_core.config import load_params; print(os.path.relpath(load_params().data.source_dir))')
-    if [ "${source#../}" = "$source" ] && [ -e "$ROOT/$source" ] && [ ! -e "$clone/$source" ]; then
+    source=$(cd "$project" && "$BIN/python" -c 'import os; from byol_core.config import load_params; print(os.path.relpath(load_params().data.source_dir))')
+    if [ "${source#../}" = "$source" ] && [ -e "$project/$source" ] && [ ! -e "$clone/$source" ]; then
       mkdir -p "$(dirname "$clone/$source")"
-      ln -s "$ROOT/$source" "$clone/$source"
+      ln -s "$(realpath "$project/$source")" "$clone/$source"
     fi
   fi
   echo "$clone"

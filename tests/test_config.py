@@ -149,6 +149,18 @@ def test_relative_paths_cannot_leave_the_project_through_a_symlink(tmp_path):
         load_params(path)
 
 
+def test_the_source_folder_alone_may_be_a_symlink_to_another_disk(tmp_path):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (tmp_path / "big-disk" / "images").mkdir(parents=True)
+    (project / "data" / "images").symlink_to(tmp_path / "big-disk" / "images")  # only read: followed
+    params = load_params(write_params(project, {"data.source_dir": "data/images"}))
+    assert params.data.source_dir == project / "data" / "images"
+    path = write_params(project, {"data.source_dir": "data/images", "paths.prepared": "data/images/prepared"})
+    with pytest.raises(ByolError, match="paths.prepared: 'data/images/prepared' leads outside .*through a symlink"):
+        load_params(path)  # written through the same link: refused
+
+
 def test_absolute_paths_and_inner_symlinks_are_taken_as_written(tmp_path):
     project = tmp_path / "project"
     (project / "real").mkdir(parents=True)

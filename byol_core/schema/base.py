@@ -8,6 +8,7 @@ here. How a bad file is reported as a whole (and the checks that span sections) 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -139,16 +140,24 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def anchored(path: Path, info: ValidationInfo) -> Path:
+def anchored(path: Path, info: ValidationInfo, read_only: bool = False) -> Path:
     """Relative paths are taken from the params file's folder (passed as context "root"),
     and must stay inside it: a ``..`` or a symlink that leads out of the project is refused,
-    so a shared params file cannot make a stage read or replace files elsewhere. An
-    absolute path is the user's explicit choice and is taken as written."""
+    so a shared params file cannot make a stage read or replace files elsewhere. A folder
+    that is only read (``read_only``: the source files) may be a symlink the user made to
+    another disk, as its class folders may; a ``..`` out of the project is refused all the
+    same. An absolute path is the user's explicit choice and is taken as written."""
     root = (info.context or {}).get("root")
     if path.is_absolute() or root is None:
         return path
     anchored = Path(root) / path
     real_root, real = Path(root).resolve(), anchored.resolve()
+    if read_only:
+        real_root, lexical = Path(os.path.normpath(Path(root).absolute())), Path(os.path.normpath(anchored.absolute()))
+        if not within(lexical, real_root):
+            raise ValueError(f"'{path}' leads outside the project folder {real_root} (through '..', to {real}). "
+                             "Use a path inside the project, or write the absolute path if you mean to go outside it")
+        return anchored
     if not within(real, real_root):
         how = "through '..'" if ".." in path.parts else "through a symlink"
         raise ValueError(f"'{path}' leads outside the project folder {real_root} ({how}, to {real}). "

@@ -42,7 +42,7 @@ class DataConfig(Section):
     @field_validator("source_dir", mode="after")
     @classmethod
     def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
-        return anchored(value, info)
+        return anchored(value, info, read_only=True)  # only read: it may be a link to another disk
 
     @model_validator(mode="after")
     def _folder_needs_a_size(self) -> DataConfig:
