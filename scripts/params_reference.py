@@ -40,7 +40,8 @@ HEADER = """\
 validated config before any stage runs: every key must be present, and an unknown key, a wrong
 type or a value out of range stops the stage with a message naming the key. Numbers and flags
 are strict (`epochs: true` or `epochs: "3"` is refused). Relative paths are taken from the
-params file's folder and may not lead out of it.
+params file's folder and may not lead out of it (`data.source_dir`, only read, may be a symlink
+to another disk).
 
 Values that follow from others are computed, never written: steps per epoch and total steps
 (from `pretrain.epochs`, or `warm_epochs` for a warm start, the batch size and the data size; the
