@@ -152,14 +152,12 @@ def anchored(path: Path, info: ValidationInfo, read_only: bool = False) -> Path:
         return path
     anchored = Path(root) / path
     real_root, real = Path(root).resolve(), anchored.resolve()
-    if read_only:
-        real_root, lexical = Path(os.path.normpath(Path(root).absolute())), Path(os.path.normpath(anchored.absolute()))
-        if not within(lexical, real_root):
-            raise ValueError(f"'{path}' leads outside the project folder {real_root} (through '..', to {real}). "
-                             "Use a path inside the project, or write the absolute path if you mean to go outside it")
-        return anchored
-    if not within(real, real_root):
-        how = "through '..'" if ".." in path.parts else "through a symlink"
+    if read_only:  # links followed wherever they lead; only the path as written must stay inside
+        inside = within(Path(os.path.normpath(anchored.absolute())), Path(os.path.normpath(Path(root).absolute())))
+    else:
+        inside = within(real, real_root)
+    if not inside:
+        how = "through '..'" if read_only or ".." in path.parts else "through a symlink"
         raise ValueError(f"'{path}' leads outside the project folder {real_root} ({how}, to {real}). "
                          "Use a path inside the project, or write the absolute path if you mean to go outside it")
     return anchored
