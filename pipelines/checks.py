@@ -116,20 +116,23 @@ def encoder_not_collapsed(context: dg.AssetCheckExecutionContext, dvc: DvcProjec
 @dg.asset_check(asset=linear_eval, blocking=True, automation_condition=dg.AutomationCondition.eager(),
                 description="The linear probe on BYOL features beats the same probe on a random-init encoder.")
 def probe_beats_random_init(context: dg.AssetCheckExecutionContext, dvc: DvcProject) -> dg.AssetCheckResult:
+    subject = _subject(context, dvc, linear_eval)
+    earlier = _measured_before(context, subject)
+    if earlier is not None:
+        return earlier
     _bring(context, dvc, linear_eval)
     params = dvc.params()
     found = figures(EvalMetrics, params.paths.eval_metrics, "evaluate")
     margin = found.linear_top1 - found.random_init_linear_top1
     wanted = params.checks.min_probe_margin
     passed = margin >= wanted
-    return dg.AssetCheckResult(
-        passed=passed,
-        description=None if passed else (
+    return _result(
+        subject, passed,
+        None if passed else (
             f"probe top-1 {found.linear_top1:.4f} beats the random-init encoder's "
             f"{found.random_init_linear_top1:.4f} by {margin:+.4f}, less than the {wanted} required"),
-        metadata={"linear top-1": round(found.linear_top1, 4),
-                  "random-init top-1": round(found.random_init_linear_top1, 4),
-                  "margin": round(margin, 4), "required margin": wanted})
+        {"linear top-1": round(found.linear_top1, 4), "random-init top-1": round(found.random_init_linear_top1, 4),
+         "margin": round(margin, 4), "required margin": wanted})
 
 
 @dg.asset_check(asset=onnx_encoder, blocking=True, automation_condition=dg.AutomationCondition.eager(),
