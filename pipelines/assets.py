@@ -26,6 +26,7 @@ from byol_core.errors import ByolError
 from pipelines.k8s import PRETRAIN_POD
 from pipelines.plots import curves_markdown, picture
 from pipelines.resources import LOCK_ENTRY, DvcProject
+from pipelines.restore import Earlier
 from pipelines.workers import CPU_QUEUE, GPU_QUEUE, QUEUE_TAG
 
 GROUP = "byol"
@@ -133,6 +134,21 @@ def upstream_locks(context: dg.AssetExecutionContext) -> dict[str, dict]:
     return lock_entries(context.instance, context.assets_def.dependency_keys)
 
 
+def earlier_entries(context: dg.AssetExecutionContext, stage: str) -> list[Earlier]:
+    """This asset's earlier dvc.lock entries of ``stage``, newest first, each once (among its
+    last HISTORY materializations): runs whose outputs another machine may restore."""
+    found, seen = [], set()
+    for record in context.instance.fetch_materializations(context.asset_key, limit=HISTORY).records:
+        event = record.asset_materialization
+        value = getattr(event.metadata.get(LOCK_ENTRY), "value", None) if event is not None else None
+        if isinstance(value, dict) and value.get("stage") == stage and isinstance(value.get("entry"), dict):
+            key = json.dumps(value["entry"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                found.append(Earlier(record.run_id, value["entry"]))
+    return found
+
+
 def lock_entries(instance: dg.DagsterInstance, keys) -> dict[str, dict]:
     """Stage name -> dvc.lock entry, as the latest materialization of each asset in ``keys``
     recorded it (assets never materialized with a shared remote have none)."""
@@ -145,11 +161,10 @@ def lock_entries(instance: dg.DagsterInstance, keys) -> dict[str, dict]:
     return entries
 
 
-def _repro(context: dg.AssetExecutionContext, dvc: DvcProject, stage: str, force: bool,
-           upstream: dict[str, dict] | None = None):
+def _repro(context: dg.AssetExecutionContext, dvc: DvcProject, stage: str, force: bool, **kwargs):
     """``dvc.repro``, turning a failure that may pass (a held lock, a killed stage) into a retry."""
     try:
-        return dvc.repro(context, stage, force, upstream)
+        return dvc.repro(context, stage, force, **kwargs)
     except dg.Failure as failure:
         if failure.allow_retries and context.retry_number < MAX_RETRIES:
             raise dg.RetryRequested(max_retries=MAX_RETRIES,
@@ -170,8 +185,11 @@ def stage_asset(name: str, stage: str, deps: list, kinds: set[str], description:
               kinds={"dvc", *kinds}, description=description, automation_condition=automation)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, dvc: DvcProject) -> dg.MaterializeResult:
         upstream = upstream_locks(context) if dvc.remote else None
-        before = _repro(context, dvc, first, config.force) if first else None
-        run = _repro(context, dvc, stage, config.force, upstream)
+        # The first stage's outputs go to the remote with this stage's, in one push (or none,
+        # when this stage's inputs were run and pushed before).
+        before = _repro(context, dvc, first, config.force, publish=False) if first else None
+        run = _repro(context, dvc, stage, config.force, upstream=upstream,
+                     earlier=earlier_entries(context, stage) if dvc.remote else None, along=(first,) if first else ())
         # The figures come from the stage's outputs either way: those it just wrote, or, when
         # DVC skipped it, those DVC just found current (dvc.lock's hashes), which are the
         # figures of the run that made them. So every materialization shows them; the

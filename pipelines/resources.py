@@ -31,6 +31,7 @@ from pydantic import Field
 
 from byol_core.config import Params, load_params
 from byol_core.errors import ByolError
+from pipelines import restore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Failures that another attempt can fix: DVC's repo lock held by a process outside
@@ -47,8 +48,9 @@ LOCK_ENTRY = "dvc lock entry"  # metadata: the stage's dvc.lock entry, for machi
 STOP_GRACE = 20  # seconds a stopped stage has to clean up after SIGINT, before SIGKILL
 SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from its current outputs "
            "(not recomputed), those of the run that made them")
-RESTORED = ("restored by DVC from its run-cache: these inputs were run before; the figures are read from that "
-            "run's outputs (not recomputed)")
+RESTORED = ("restored: these inputs were run before (DVC's run-cache, or the dvc.lock entry an earlier run "
+            "recorded); that run's outputs were checked out, not recomputed, and the figures are read from them")
+RESTORED_FROM = "restored from"  # metadata: the run whose dvc.lock entry was adopted, or DVC's run-cache
 
 
 @contextmanager
@@ -105,7 +107,8 @@ class StageRun:
     seconds: float
     outs: dict[str, str]  # dvc.lock: output path -> md5
     reported: dict = field(default_factory=dict)  # what the byol command sent through Pipes
-    cached: bool = False  # DVC had run these inputs before and checked out that run's outputs
+    cached: bool = False  # these inputs were run before, and DVC checked out that run's outputs
+    restored_from: str | None = None  # the run whose dvc.lock entry was adopted (None: DVC's run-cache)
     transfers: dict = field(default_factory=dict)  # what went through the shared DVC remote, if any
 
     @property
@@ -119,6 +122,9 @@ class StageRun:
         meta = {"dvc stage": dg.MetadataValue.text(status)}
         if self.ran:
             meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))
+        elif self.cached:
+            meta[RESTORED_FROM] = dg.MetadataValue.text(
+                f"run {self.restored_from}" if self.restored_from else "DVC's run-cache")
         for path, md5 in self.outs.items():
             meta[f"dvc md5 {path}"] = dg.MetadataValue.text(md5)
         meta.update(self.transfers)
@@ -174,27 +180,29 @@ class DvcProject(dg.ConfigurableResource):
                 reasons.append(str(entry))
         return reasons or ([f"dvc status: {report}"] if report else [])
 
-    def push(self, context: dg.AssetExecutionContext, stage: str) -> dict:
-        """``dvc push`` of the stage's outputs and its run-cache entry to the shared remote, so
-        that another machine can restore the stage instead of running it. Returns figures."""
-        command = [self.dvc, "push", "--run-cache", "-r", self.remote, stage]
+    def push(self, context: dg.AssetExecutionContext, stages: list[str], run_cache: bool = True) -> dict:
+        """``dvc push`` of the stages' outputs and (``run_cache``) DVC's run-cache to the shared
+        remote, so that another machine can restore them instead of running them. Returns figures."""
+        stage = " ".join(stages)
+        command = [self.dvc, "push", *(["--run-cache"] if run_cache else []), "-r", self.remote, *stages]
         started = time.perf_counter()
         try:
             done = subprocess.run(tethered(command), cwd=self.root, capture_output=True, text=True,
                                   timeout=TRANSFER_TIMEOUT, start_new_session=True)
         except subprocess.TimeoutExpired:
-            raise dg.Failure(description=f"`dvc push` of stage '{stage}' to remote '{self.remote}' took more than "
+            raise dg.Failure(description=f"`dvc push` of {stage} to remote '{self.remote}' took more than "
                                          f"{TRANSFER_TIMEOUT}s", allow_retries=True) from None
         seconds = time.perf_counter() - started
         output = done.stdout + done.stderr
         if done.returncode != 0:
             last = " ".join([line.strip() for line in output.splitlines() if line.strip()][-2:])
-            raise dg.Failure(description=f"`dvc push --run-cache -r {self.remote} {stage}` failed (exit "
+            raise dg.Failure(description=f"`{' '.join(command[1:])}` failed (exit "
                                          f"{done.returncode}): {last}. Check that the remote is reachable with the "
                                          "credentials in DVC's config (`dvc remote list`, .dvc/config.local, the "
                                          "SSH agent).", allow_retries=True)
         files = sum(int(n) for n in re.findall(r"(\d+) files? pushed", output))
-        context.log.info(f"{stage}: pushed {files} files and its run-cache to remote '{self.remote}' in {seconds:.1f}s")
+        context.log.info(f"{stage}: pushed {files} files{' and the run-cache' if run_cache else ''} to remote "
+                         f"'{self.remote}' in {seconds:.1f}s")
         return {"dvc pushed files": dg.MetadataValue.int(files),
                 "dvc push seconds": dg.MetadataValue.float(round(seconds, 2))}
 
@@ -240,7 +248,7 @@ class DvcProject(dg.ConfigurableResource):
         if not entries:
             return
         path = self.root / "dvc.lock"
-        lock = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {"schema": "2.0"}
+        lock = (restore.load_yaml(path.read_text()) if path.is_file() else None) or {"schema": "2.0"}
         stages = lock.setdefault("stages", {})
         if all(stages.get(name) == entry for name, entry in entries.items()):
             return
@@ -252,26 +260,59 @@ class DvcProject(dg.ConfigurableResource):
     def lock_entry(self, stage: str) -> dict | None:
         """The stage's entry in this checkout's dvc.lock, as DVC wrote it; None when it has none."""
         lock_path = self.root / "dvc.lock"
-        lock = (yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else None) or {}
+        lock = (restore.load_yaml(lock_path.read_text()) if lock_path.is_file() else None) or {}
         return lock.get("stages", {}).get(stage)
 
     def repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False,
-              upstream: dict[str, dict] | None = None) -> StageRun:
+              upstream: dict[str, dict] | None = None, earlier: list[restore.Earlier] | None = None,
+              publish: bool = True, along: tuple[str, ...] = ()) -> StageRun:
         """Run the stage through DVC. With a shared remote, first adopt the upstream stages'
-        lock entries, and let DVC pull what is missing (`dvc repro --pull`: the inputs, and a
-        run-cache entry with its outputs when these inputs ran anywhere); then push."""
-        if self.remote:
-            self.use_remote()
-            self.adopt(upstream or {})
-        run = self._repro(context, stage, force)
-        if self.remote:
-            run.transfers = self.push(context, stage)
-            entry = self.lock_entry(stage)
-            if entry is not None:
-                run.transfers[LOCK_ENTRY] = dg.MetadataValue.json({"stage": stage, "entry": entry})
+        lock entries and, when one of ``earlier`` (this stage's entries as earlier runs recorded
+        them, newest first) repeats the stage as it stands, that one too: DVC then finds the
+        stage unchanged and pulls that run's outputs only (pipelines/restore.py). Otherwise
+        `dvc repro --pull` (the inputs, and DVC's run-cache for runs made outside Dagster).
+        Then (``publish``) push what is new: this stage's outputs and those of the stages
+        ``along`` (run before it in the same step, not pushed then)."""
+        if not self.remote:
+            return self._repro(context, stage, force)
+        self.use_remote()
+        self.adopt(upstream or {})
+        defined = restore.spec(self.root, stage)
+        always = defined is not None and defined.always_changed
+        found = None
+        if not force and defined is not None and not always and earlier:
+            lock_path = self.root / "dvc.lock"
+            lock = (restore.load_yaml(lock_path.read_text()) if lock_path.is_file() else None) or {}
+            found = restore.matching(defined, self.root, lock, stage, earlier)
+        if found is not None:
+            context.log.info(f"{stage}: run {found.run_id} ran these inputs (the same cmd, params, code and data): "
+                             "its dvc.lock entry is adopted, and DVC pulls its outputs if it agrees")
+            self.adopt({stage: found.entry})
+        # DVC's run-cache is left alone where it cannot help: a stage that always runs, or one
+        # whose earlier run is known (pulling it copies every entry the remote holds).
+        run = self._repro(context, stage, force, run_cache=found is None and not always)
+        if found is not None and not run.ran:
+            run.cached, run.restored_from = True, found.run_id
+        if not publish:
+            return run
+        # An adopted entry was recorded only after its run had pushed its outputs, and its
+        # inputs (the outputs of the stages along, which it names by md5).
+        recorded = {(dep["path"], dep.get("md5")) for dep in found.entry.get("deps", [])} if found else set()
+        unpushed = [name for name in along if not set(self.lock_outs(name).items()) <= recorded]
+        if run.cached and found is not None and not unpushed:
+            context.log.info(f"{stage}: nothing to push: run {found.run_id} pushed these outputs and inputs before "
+                             f"it recorded them, and they came from remote '{self.remote}'")
+            run.transfers = {"dvc pushed files": dg.MetadataValue.int(0)}
+        else:
+            targets = unpushed + ([stage] if not run.cached or found is None else [])
+            run.transfers = self.push(context, targets, run_cache=not always)
+        entry = self.lock_entry(stage)
+        if entry is not None:
+            run.transfers[LOCK_ENTRY] = dg.MetadataValue.json({"stage": stage, "entry": entry})
         return run
 
-    def _repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False) -> StageRun:
+    def _repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False,
+               run_cache: bool = True) -> StageRun:
         started = time.perf_counter()
         # With a shared remote, `dvc repro --pull` decides alone: a worker's clone lacks the
         # inputs until it pulls them, so a `dvc status` first would only say so, at the cost of
@@ -286,7 +327,7 @@ class DvcProject(dg.ConfigurableResource):
                 context.log.info(f"{stage}: DVC reruns it for " + "; ".join(reasons[:12])
                                  + (f"; and {len(reasons) - 12} more" if len(reasons) > 12 else ""))
         command = [self.dvc, "repro", "--single-item", stage] + (["--force"] if force else []) \
-            + (["--pull"] if self.remote else [])
+            + (["--pull"] if self.remote else []) + ([] if run_cache else ["--no-run-cache"])
         context.log.info(f"running `{' '.join(command[1:])}` in {self.root}")
         tail: deque[str] = deque(maxlen=60)
         # "started": DVC ran the stage's command; "cached": DVC checked out the outputs of an
@@ -306,8 +347,9 @@ class DvcProject(dg.ConfigurableResource):
                     tail.append(line.rstrip("\n"))
                     if line.startswith(f"Running stage '{stage}'"):
                         seen.add("started")
-                    elif line.startswith(f"Stage '{stage}' is cached - skipping run"):
-                        seen.add("cached")
+                    elif line.startswith((f"Stage '{stage}' is cached - skipping run",
+                                          f"Pulling data for stage: '{stage}'")):
+                        seen.add("cached")  # from DVC's run-cache, or an adopted entry's outputs pulled
                 code = process.wait()
             except BaseException:  # cancelled from the UI, SIGTERM/SIGINT to the run: stop dvc and byol
                 seen.add("stopped")
@@ -333,8 +375,8 @@ class DvcProject(dg.ConfigurableResource):
         ran = "started" in seen or bool(messages)
         run = StageRun(stage, ran, seconds, self.lock_outs(stage), messages[-1] if messages else {},
                        cached=not ran and "cached" in seen)
-        done = ("ran" if ran else "restored from DVC's run-cache (these inputs were run before)" if run.cached
-                else "skipped (inputs unchanged)")
+        done = ("ran" if ran else "restored (these inputs were run before: DVC checked out that run's outputs)"
+                if run.cached else "skipped (inputs unchanged)")
         context.log.info(f"{stage}: {done} in {seconds:.1f}s")
         return run
 

@@ -34,7 +34,7 @@ from conftest import ROOT, SOURCE, TINY_DVC, dvc, edit_params, git, make_project
 from helpers.devserver import working_in
 from helpers.services import postgres, redis, stop_group
 from pipelines.checks import MEASURED_IN, SUBJECT
-from pipelines.resources import LOCK_ENTRY, RESTORED
+from pipelines.resources import LOCK_ENTRY, RESTORED, RESTORED_FROM
 from test_remote import machine, remote  # noqa: F401  (the sshd fixture)
 
 KEYS = ("prepared_dataset", "byol_encoder", "linear_eval", "onnx_encoder", "image_embeddings")
@@ -237,10 +237,13 @@ def test_steps_run_on_their_queues_workers_restore_from_the_run_cache_and_a_lost
     assert sorted(made) == sorted(KEYS)
     for key in KEYS:
         assert made[key]["dvc stage"].value == RESTORED and not made[key]["recomputed"].value, (key, made[key])
+        # from the first run's dvc.lock entry, with nothing to push
+        assert made[key][RESTORED_FROM].value == f"run {first['run_id']}", (key, made[key][RESTORED_FROM])
+        assert made[key]["dvc pushed files"].value == 0, (key, made[key])
     # The checks of the same published outputs take the first run's figures, measured once.
     checked = evaluations(instance, second["run_id"])
     assert set(checked) == {"encoder_not_collapsed", "probe_beats_random_init", "onnx_matches_pytorch"}, checked
-    for name in ("encoder_not_collapsed", "onnx_matches_pytorch"):
+    for name in ("encoder_not_collapsed", "probe_beats_random_init", "onnx_matches_pytorch"):
         assert checked[name].passed and checked[name].metadata[MEASURED_IN].value == first["run_id"], checked[name]
         assert checked[name].metadata[SUBJECT] == evaluations(instance, first["run_id"])[name].metadata[SUBJECT]
     assert json.loads((cpu / "metrics" / "eval.json").read_text()) == \

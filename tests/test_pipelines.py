@@ -341,7 +341,7 @@ def test_outputs_dvc_restores_from_its_run_cache_are_not_called_a_run_nor_a_skip
                             resources={"dvc": DvcProject(project_dir=str(tmp_path), dvc=str(dvc))})
     assert _materializations(result)["stage"].metadata["dvc stage"].value == RESTORED
     messages = [r.user_message for r in instance.all_logs(result.run_id) if r.user_message]
-    assert "ingest: restored from DVC's run-cache (these inputs were run before)" in " ".join(messages)
+    assert "ingest: restored (these inputs were run before: DVC checked out that run's outputs)" in " ".join(messages)
     assert not [m for m in messages if "[pipes]" in m]
 
 

@@ -6,55 +6,22 @@ pulls the prepared data; then machine A asks for pretrain with the same inputs a
 restores it from the run-cache B pushed, bit for bit, instead of training again."""
 
 import hashlib
-import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from conftest import SOURCE, TINY_DVC, dvc, git, make_project
-from helpers.devserver import free_port
+from helpers.services import sshd
 from pipelines.assets import byol_encoder, prepared_dataset
-from pipelines.resources import LOCK_ENTRY, DvcProject
-
-SSHD = Path("/usr/sbin/sshd")
-
+from pipelines.resources import LOCK_ENTRY, RESTORED, RESTORED_FROM, DvcProject
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
-    """An sshd on 127.0.0.1 that accepts one key made here; yields (url, key file)."""
-    if not SSHD.is_file():
-        pytest.fail(f"{SSHD} is missing: run `make setup` (it installs Debian's openssh-server)")
-    base = tmp_path_factory.mktemp("ssh")
-    for name in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
-    shutil.copy(base / "user.pub", base / "authorized_keys")
-    (base / "authorized_keys").chmod(0o600)
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
-    port = free_port()
-    (base / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\nAuthorizedKeysFile {base / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {base / 'sshd.pid'}\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
-    sshd = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(base / "sshd_config")],
-                            stderr=(base / "sshd.log").open("w"))
-    deadline = time.monotonic() + 20
-    while subprocess.run(["ssh", "-q", "-i", str(base / "user"), "-p", str(port), "-o", "BatchMode=yes",
-                          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                          f"{os.environ.get('USER') or 'root'}@127.0.0.1", "true"]).returncode != 0:
-        assert time.monotonic() < deadline and sshd.poll() is None, (base / "sshd.log").read_text()
-        time.sleep(0.3)
-    (base / "store").mkdir()
-    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    try:
-        yield f"ssh://{user}@127.0.0.1:{port}{base / 'store'}", base / "user", base / "store"
-    finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
+    """An sshd on 127.0.0.1 that accepts one key made here; yields (url, key file, store folder)."""
+    with sshd(tmp_path_factory.mktemp("ssh")) as found:
+        yield found
 
 
 def machine(root: Path, url: str, key: Path) -> DvcProject:
@@ -95,14 +62,29 @@ def test_a_stage_runs_on_another_machine_and_a_third_run_is_restored_from_the_ru
     assert trained["dvc pushed files"].value >= 2
     assert md5(b_root / "data" / "prepared" / "card.json") == md5(a_root / "data" / "prepared" / "card.json")
 
+    # A asks for pretrain with B's inputs: the instance holds B's dvc.lock entry, so A adopts it
+    # and pulls B's outputs, without moving DVC's run-cache, and has nothing to push.
     restored = materialize(byol_encoder, a, instance)
-    assert restored["dvc stage"].value.startswith("restored by DVC from its run-cache"), restored["dvc stage"].value
+    assert restored["dvc stage"].value == RESTORED, restored["dvc stage"].value
+    assert restored[RESTORED_FROM].value.startswith("run ") and restored["dvc pushed files"].value == 0
     for name in ("encoder.pt", "checkpoint.pt"):
         assert md5(a_root / "models" / name) == md5(b_root / "models" / name)
     assert dvc(a_root, "status", "pretrain").stdout.strip().endswith("up to date.")
     # Nothing but the remote was shared: no credential or URL entered a committed file.
     assert "store" not in (a_root / ".dvc" / "config").read_text()
     assert any((store / "runs").rglob("*"))  # the run-cache entries travelled through the remote
-    for name, meta in (("ingest on A", ingested), ("pretrain on B", trained), ("pretrain on A", restored)):
-        print(f"{name}: {meta['dvc stage'].value.split(':')[0]}, pushed {meta['dvc pushed files'].value} files "
-              f"in {meta['dvc push seconds'].value}s")
+
+    # A third machine whose Dagster instance has no record of pretrain (runs made outside this
+    # instance, by `dvc repro` and `dvc push --run-cache`): DVC's own run-cache restores it.
+    subprocess.run(["git", "clone", "-q", str(a_root), str(tmp_path / "c")], check=True)
+    c_root = tmp_path / "c"
+    other = dg.DagsterInstance.ephemeral()
+    assert materialize(prepared_dataset, a, other)["dvc stage"].value != "ran"  # A's data, recorded in `other`
+    from_cache = materialize(byol_encoder, machine(c_root, url, key), other)
+    assert from_cache["dvc stage"].value == RESTORED and from_cache[RESTORED_FROM].value == "DVC's run-cache"
+    assert md5(c_root / "models" / "encoder.pt") == md5(b_root / "models" / "encoder.pt")
+    for name, meta in (("ingest on A", ingested), ("pretrain on B", trained), ("pretrain on A", restored),
+                       ("pretrain on C", from_cache)):
+        pushed = meta["dvc pushed files"].value
+        took = f" in {meta['dvc push seconds'].value}s" if pushed else ""
+        print(f"{name}: {meta['dvc stage'].value.split(':')[0]}, pushed {pushed} files{took}")

@@ -1,5 +1,6 @@
 """Servers of a test's own, on 127.0.0.1 and free ports, each stopped by the test that started
-it: a PostgreSQL cluster in a scratch folder and a Redis server without persistence."""
+it: a PostgreSQL cluster in a scratch folder, a Redis server without persistence, and an sshd
+for a DVC remote over SSH."""
 
 import contextlib
 import os
@@ -16,6 +17,7 @@ import pytest
 from helpers.devserver import free_port
 
 REDIS = Path("/usr/bin/redis-server")
+SSHD = Path("/usr/sbin/sshd")
 
 
 def _pg_bin() -> Path:
@@ -76,6 +78,40 @@ def redis(folder: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_group(server)
+
+
+@contextlib.contextmanager
+def sshd(base: Path) -> Iterator[tuple[str, Path, Path]]:
+    """An sshd on 127.0.0.1 that accepts one key made here, for a DVC remote over SSH; yields
+    (the remote's URL, the key file, the store folder the URL names)."""
+    if not SSHD.is_file():
+        pytest.fail(f"{SSHD} is missing: run `make setup` (it installs Debian's openssh-server)")
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
+    shutil.copy(base / "user.pub", base / "authorized_keys")
+    (base / "authorized_keys").chmod(0o600)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    port = free_port()
+    (base / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\nAuthorizedKeysFile {base / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {base / 'sshd.pid'}\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(base / "sshd_config")],
+                              stderr=(base / "sshd.log").open("w"))
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["ssh", "-q", "-i", str(base / "user"), "-p", str(port), "-o", "BatchMode=yes",
+                              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                              f"{os.environ.get('USER') or 'root'}@127.0.0.1", "true"]).returncode != 0:
+            assert time.monotonic() < deadline and server.poll() is None, (base / "sshd.log").read_text()
+            time.sleep(0.3)
+        (base / "store").mkdir()
+        user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        yield f"ssh://{user}@127.0.0.1:{port}{base / 'store'}", base / "user", base / "store"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
