@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ SKIPPED = ("skipped by DVC: its inputs did not change; the figures are read from
            "(not recomputed), those of the run that made them")
 RESTORED = ("restored: these inputs were run before (DVC's run-cache, or the dvc.lock entry an earlier run "
             "recorded); that run's outputs were checked out, not recomputed, and the figures are read from them")
+OWN_ENTRY = "this checkout's dvc.lock"  # restored from the entry the checkout already held
 RESTORED_FROM = "restored from"  # metadata: the run whose dvc.lock entry was adopted, or DVC's run-cache
 
 
@@ -108,7 +110,7 @@ class StageRun:
     outs: dict[str, str]  # dvc.lock: output path -> md5
     reported: dict = field(default_factory=dict)  # what the byol command sent through Pipes
     cached: bool = False  # these inputs were run before, and DVC checked out that run's outputs
-    restored_from: str | None = None  # the run whose dvc.lock entry was adopted (None: DVC's run-cache)
+    restored_from: str | None = None  # "run <id>" whose dvc.lock entry was adopted, OWN_ENTRY; None: DVC's run-cache
     transfers: dict = field(default_factory=dict)  # what went through the shared DVC remote, if any
 
     @property
@@ -123,8 +125,7 @@ class StageRun:
         if self.ran:
             meta["dvc seconds"] = dg.MetadataValue.float(round(self.seconds, 2))
         elif self.cached:
-            meta[RESTORED_FROM] = dg.MetadataValue.text(
-                f"run {self.restored_from}" if self.restored_from else "DVC's run-cache")
+            meta[RESTORED_FROM] = dg.MetadataValue.text(self.restored_from or "DVC's run-cache")
         for path, md5 in self.outs.items():
             meta[f"dvc md5 {path}"] = dg.MetadataValue.text(md5)
         meta.update(self.transfers)
@@ -214,13 +215,13 @@ class DvcProject(dg.ConfigurableResource):
             return
         self.use_remote()
         self.adopt(entries)
-        command = [self.dvc, "pull", *entries]
+        command = [self.dvc, "pull", "--force", *entries]
         try:
             done = subprocess.run(tethered(command), cwd=self.root, capture_output=True, text=True,
                                   timeout=TRANSFER_TIMEOUT, start_new_session=True)
         except subprocess.TimeoutExpired:
-            raise dg.Failure(description=f"`dvc pull {' '.join(entries)}` took more than {TRANSFER_TIMEOUT}s",
-                             allow_retries=True) from None
+            raise dg.Failure(description=f"`dvc pull --force {' '.join(entries)}` took more than "
+                                         f"{TRANSFER_TIMEOUT}s", allow_retries=True) from None
         if done.returncode != 0:
             last = " ".join([line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()][-2:])
             raise dg.Failure(description=f"`dvc pull {' '.join(entries)}` from remote '{self.remote}' failed (exit "
@@ -241,21 +242,52 @@ class DvcProject(dg.ConfigurableResource):
                                          f"--local {self.remote} ...` (or the SSH agent).", allow_retries=False)
         _DEFAULTED.add((str(self.root), self.remote))
 
-    def adopt(self, entries: dict[str, dict]) -> None:
-        """Write upstream stages' dvc.lock entries, as the machines that ran them recorded them,
-        into this checkout's dvc.lock: DVC then pulls exactly those outputs as this stage's
-        inputs. (Each machine's dvc.lock is its own; the Dagster run carries the entries.)"""
+    def adopt(self, entries: dict[str, dict | None]) -> list[str]:
+        """Write stages' dvc.lock entries, as the machines that ran them recorded them, into
+        this checkout's dvc.lock (an entry None: drop the stage's entry): DVC then pulls
+        exactly those outputs as this stage's inputs (each machine's dvc.lock is its own; the
+        Dagster run carries the entries).
+
+        Where an entry replaces another, this checkout's files of that stage are of the other
+        run, and they are removed (they stay in DVC's cache). DVC pulls only the inputs that
+        are missing (`dvc repro --pull`); one it finds in place is used as it is, so a worker
+        that kept an earlier run's prepared data would train on it. Returns what was removed."""
         if not entries:
-            return
+            return []
         path = self.root / "dvc.lock"
         lock = (restore.load_yaml(path.read_text()) if path.is_file() else None) or {"schema": "2.0"}
         stages = lock.setdefault("stages", {})
-        if all(stages.get(name) == entry for name, entry in entries.items()):
-            return
-        stages.update(entries)
+        replaced = [name for name, entry in entries.items() if stages.get(name) != entry]
+        if not replaced:
+            return []
+        removed = []
+        for name in replaced:
+            for out in (stages.get(name) or {}).get("outs", []) + (entries[name] or {}).get("outs", []):
+                target = self.root / out["path"]
+                if not target.resolve().is_relative_to(self.root.resolve()):
+                    continue  # an entry names outputs inside the project only; never touch anything else
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                else:
+                    continue
+                removed.append(out["path"])
+        for name in replaced:
+            if entries[name] is None:
+                stages.pop(name, None)
+            else:
+                stages[name] = entries[name]
         temp = path.with_name(f".dvc.lock.{os.getpid()}")
         temp.write_text(yaml.safe_dump(lock, sort_keys=False))
         os.replace(temp, path)
+        return removed
+
+    @staticmethod
+    def _say_removed(context, removed: list[str]) -> None:
+        if removed:
+            context.log.info(f"removed {', '.join(removed)}: made by another run than the one this step uses "
+                             "(DVC's cache keeps them; DVC pulls the recorded ones where a stage needs them)")
 
     def lock_entry(self, stage: str) -> dict | None:
         """The stage's entry in this checkout's dvc.lock, as DVC wrote it; None when it has none."""
@@ -276,35 +308,46 @@ class DvcProject(dg.ConfigurableResource):
         if not self.remote:
             return self._repro(context, stage, force)
         self.use_remote()
-        self.adopt(upstream or {})
+        self._say_removed(context, self.adopt(upstream or {}))
         defined = restore.spec(self.root, stage)
         always = defined is not None and defined.always_changed
         found = None
-        if not force and defined is not None and not always and earlier:
+        if not force and defined is not None and not always:
             lock_path = self.root / "dvc.lock"
             lock = (restore.load_yaml(lock_path.read_text()) if lock_path.is_file() else None) or {}
-            found = restore.matching(defined, self.root, lock, stage, earlier)
-        if found is not None:
-            context.log.info(f"{stage}: run {found.run_id} ran these inputs (the same cmd, params, code and data): "
-                             "its dvc.lock entry is adopted, and DVC pulls its outputs if it agrees")
-            self.adopt({stage: found.entry})
+            own = (lock.get("stages") or {}).get(stage)
+            # DVC takes a missing input as unchanged (it pulls it if the stage must run), so a
+            # checkout's own entry of other inputs would let it skip the stage or pull its old
+            # outputs: that entry counts only if it repeats the stage as it stands.
+            if own is not None and restore.repeats(defined, own, self.root, restore.produced(lock, stage)):
+                found = restore.Earlier(OWN_ENTRY, own)
+            else:
+                found = restore.matching(defined, self.root, lock, stage, earlier or [])
+                if found is not None:
+                    context.log.info(f"{stage}: run {found.run_id} ran these inputs (the same cmd, params, code and "
+                                     "data): its dvc.lock entry is adopted, and DVC pulls its outputs if it agrees")
+                self._say_removed(context, self.adopt({stage: found.entry if found is not None else None}))
         # DVC's run-cache is left alone where it cannot help: a stage that always runs, or one
         # whose earlier run is known (pulling it copies every entry the remote holds).
         run = self._repro(context, stage, force, run_cache=found is None and not always)
-        if found is not None and not run.ran:
-            run.cached, run.restored_from = True, found.run_id
+        adopted = found is not None and found.run_id != OWN_ENTRY and not run.ran
+        if adopted:
+            run.cached, run.restored_from = True, f"run {found.run_id}"
+        elif run.cached and found is not None:
+            run.restored_from = OWN_ENTRY
         if not publish:
             return run
         # An adopted entry was recorded only after its run had pushed its outputs, and its
-        # inputs (the outputs of the stages along, which it names by md5).
-        recorded = {(dep["path"], dep.get("md5")) for dep in found.entry.get("deps", [])} if found else set()
+        # inputs (the outputs of the stages along, which it names by md5). This checkout's own
+        # entry may never have been pushed (a failed push, a dvc.lock from git): it is pushed.
+        recorded = {(dep["path"], dep.get("md5")) for dep in found.entry.get("deps", [])} if adopted else set()
         unpushed = [name for name in along if not set(self.lock_outs(name).items()) <= recorded]
-        if run.cached and found is not None and not unpushed:
+        if adopted and not unpushed:
             context.log.info(f"{stage}: nothing to push: run {found.run_id} pushed these outputs and inputs before "
                              f"it recorded them, and they came from remote '{self.remote}'")
             run.transfers = {"dvc pushed files": dg.MetadataValue.int(0)}
         else:
-            targets = unpushed + ([stage] if not run.cached or found is None else [])
+            targets = unpushed + ([] if adopted else [stage])
             run.transfers = self.push(context, targets, run_cache=not always)
         entry = self.lock_entry(stage)
         if entry is not None:

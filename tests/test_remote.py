@@ -6,13 +6,14 @@ pulls the prepared data; then machine A asks for pretrain with the same inputs a
 restores it from the run-cache B pushed, bit for bit, instead of training again."""
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from conftest import SOURCE, TINY_DVC, dvc, git, make_project
+from conftest import SOURCE, TINY_DVC, dvc, git, make_fashion_files, make_project
 from helpers.services import sshd
 from pipelines.assets import byol_encoder, prepared_dataset
 from pipelines.resources import LOCK_ENTRY, RESTORED, RESTORED_FROM, DvcProject
@@ -88,3 +89,48 @@ def test_a_stage_runs_on_another_machine_and_a_third_run_is_restored_from_the_ru
         pushed = meta["dvc pushed files"].value
         took = f" in {meta['dvc push seconds'].value}s" if pushed else ""
         print(f"{name}: {meta['dvc stage'].value.split(':')[0]}, pushed {pushed} files{took}")
+
+
+def test_a_worker_that_kept_an_earlier_runs_files_takes_this_runs_inputs(tmp_path, remote):
+    """Workers live on. B still holds the prepared data it trained on when A ingests new files;
+    DVC pulls only the inputs that are missing, so B's next pretraining would use the old data
+    in place unless it goes. It must train on A's new data; and when the first files come back,
+    B restores its first encoder instead of training again, though its own files are newer."""
+    url, key, _ = remote
+    a_root = make_project(tmp_path / "a", TINY_DVC)
+    git(a_root, "add", "-A")
+    git(a_root, "commit", "-qm", "project")
+    subprocess.run(["git", "clone", "-q", str(a_root), str(tmp_path / "b")], check=True)
+    b_root = tmp_path / "b"
+    a, b = machine(a_root, url, key), machine(b_root, url, key)
+    instance = dg.DagsterInstance.ephemeral()
+    make_fashion_files(a_root / SOURCE, n_train=260, n_test=130, seed=8)  # files no other test pushed a run of
+    first_files = shutil.copytree(a_root / SOURCE, tmp_path / "first-files")
+
+    def prepared_md5(made: dict) -> str:
+        return next(out["md5"] for out in made[LOCK_ENTRY].value["entry"]["outs"] if out["path"] == "data/prepared")
+
+    def trained_on(made: dict) -> str:
+        return next(dep["md5"] for dep in made[LOCK_ENTRY].value["entry"]["deps"] if dep["path"] == "data/prepared")
+
+    first_data = materialize(prepared_dataset, a, instance)
+    first = materialize(byol_encoder, b, instance)
+    assert first["dvc stage"].value == "ran" and trained_on(first) == prepared_md5(first_data)
+    first_encoder = md5(b_root / "models" / "encoder.pt")
+
+    make_fashion_files(a_root / SOURCE, n_train=300, n_test=150, seed=9)  # other files, in place
+    second_data = materialize(prepared_dataset, a, instance)
+    assert second_data["dvc stage"].value == "ran" and prepared_md5(second_data) != prepared_md5(first_data)
+    second = materialize(byol_encoder, b, instance)
+    assert second["dvc stage"].value == "ran"
+    assert trained_on(second) == prepared_md5(second_data)  # not the prepared data B held
+    assert md5(b_root / "data" / "prepared" / "card.json") == md5(a_root / "data" / "prepared" / "card.json")
+
+    shutil.rmtree(a_root / SOURCE)
+    shutil.copytree(first_files, a_root / SOURCE)
+    again = materialize(prepared_dataset, a, instance)
+    assert again["dvc stage"].value == RESTORED and prepared_md5(again) == prepared_md5(first_data)
+    restored = materialize(byol_encoder, b, instance)
+    assert restored["dvc stage"].value == RESTORED and restored[RESTORED_FROM].value.startswith("run ")
+    assert md5(b_root / "models" / "encoder.pt") == first_encoder
+    assert trained_on(restored) == prepared_md5(first_data)

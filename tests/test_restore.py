@@ -2,7 +2,6 @@
 finds the stage unchanged; and a step that adopts one pulls that run's outputs alone (no
 run-cache transfer, no push), while a step without one keeps DVC's run-cache."""
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import dagster as dg
 import yaml
 
 from conftest import dvc
-from pipelines.resources import LOCK_ENTRY, RESTORED, RESTORED_FROM, DvcProject
+from pipelines.resources import LOCK_ENTRY, OWN_ENTRY, RESTORED, RESTORED_FROM, DvcProject
 from pipelines.restore import Earlier, load_yaml, matching, produced, repeats, spec
 
 DVC_YAML = """\
@@ -166,8 +165,21 @@ def test_a_step_that_adopts_an_entry_pulls_its_outputs_only_and_pushes_nothing(t
     assert made["dvc pushed files"].value == 0 and made[LOCK_ENTRY].value["entry"] == recorded
     assert lock(root)["stages"]["use"] == recorded
 
+    # The checkout's own entry repeats the stage: DVC decides from it, without the run-cache;
+    # it may never have been pushed (a dvc.lock from git), so the outputs are pushed.
     log.unlink()
-    made = step([Earlier("run-7", stale)])  # nothing repeats the stage: DVC's run-cache, then a push
+    made = step([Earlier("run-7", stale)])
+    assert log.read_text().splitlines() == ["repro --single-item use --pull --no-run-cache",
+                                            "push --run-cache -r store use"]
+    assert made[RESTORED_FROM].value == OWN_ENTRY and lock(root)["stages"]["use"] == recorded
+
+    # An own entry of other inputs is dropped, and its outputs go (DVC would take the missing
+    # input as unchanged and keep them); nothing repeats the stage: DVC's run-cache, then a push.
+    current = lock(root)
+    current["stages"]["use"] = stale
+    (root / "dvc.lock").write_text(yaml.safe_dump(current, sort_keys=False))
+    log.unlink()
+    made = step([Earlier("run-7", stale)])
     assert log.read_text().splitlines() == ["repro --single-item use --pull", "push --run-cache -r store use"]
     assert made["dvc stage"].value == "ran" and made["dvc pushed files"].value == 1
-    assert hashlib.md5((root / "use.py").read_bytes()).hexdigest() == recorded["deps"][1]["md5"]
+    assert not (root / "used.txt").exists() and "use" not in lock(root)["stages"]  # the fake dvc wrote nothing
