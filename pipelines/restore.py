@@ -4,8 +4,9 @@ With a shared remote, DVC finds an earlier run of the same inputs in its run-cac
 moves the whole run-cache to do so: `dvc repro --pull` first copies *every* entry of the
 remote's run-cache to the machine, and `dvc push --run-cache` copies every local entry back
 (dvc/stage/cache.py transfers them all, each time). A restored step then costs time in
-proportion to the remote's history: with 805 entries (about 160 runs of the five stages),
-6.5 s to restore and 11 s to push, per stage, over SSH on loopback (docs/machines.md).
+proportion to the remote's history: 5.1 s with 2 entries, 17.9 s with 800 (about 160 runs of
+the five stages), over SSH on loopback, against 2.8 and 3.3 s this way
+(benchmarks/restore_history.py, docs/machines.md).
 
 Dagster already holds that history. Each materialization made with a remote records its
 stage's dvc.lock entry (the cmd, the params and the md5 of every dep and output), and only
