@@ -43,13 +43,20 @@ def materialize(asset, project: DvcProject, instance) -> dict:
     return event.step_materialization_data.materialization.metadata
 
 
-def test_a_stage_runs_on_another_machine_and_a_third_run_is_restored_from_the_run_cache(tmp_path, remote):
-    url, key, store = remote
+def two_machines(tmp_path: Path) -> tuple[Path, Path]:
+    """Machine A: the project in a git repository, with the raw files; machine B: a clone of
+    it, without them."""
     a_root = make_project(tmp_path / "a", TINY_DVC)
     git(a_root, "add", "-A")
     git(a_root, "commit", "-qm", "project")
-    subprocess.run(["git", "clone", "-q", str(a_root), str(tmp_path / "b")], check=True)
     b_root = tmp_path / "b"
+    subprocess.run(["git", "clone", "-q", str(a_root), str(b_root)], check=True)
+    return a_root, b_root
+
+
+def test_a_stage_runs_on_another_machine_and_a_third_run_is_restored_from_the_run_cache(tmp_path, remote):
+    url, key, store = remote
+    a_root, b_root = two_machines(tmp_path)
     assert not (b_root / SOURCE).exists()  # machine B never sees the raw files
     a, b = machine(a_root, url, key), machine(b_root, url, key)
     instance = dg.DagsterInstance.ephemeral()  # the deployment's one instance, which both machines report to
@@ -97,11 +104,7 @@ def test_a_worker_that_kept_an_earlier_runs_files_takes_this_runs_inputs(tmp_pat
     in place unless it goes. It must train on A's new data; and when the first files come back,
     B restores its first encoder instead of training again, though its own files are newer."""
     url, key, _ = remote
-    a_root = make_project(tmp_path / "a", TINY_DVC)
-    git(a_root, "add", "-A")
-    git(a_root, "commit", "-qm", "project")
-    subprocess.run(["git", "clone", "-q", str(a_root), str(tmp_path / "b")], check=True)
-    b_root = tmp_path / "b"
+    a_root, b_root = two_machines(tmp_path)
     a, b = machine(a_root, url, key), machine(b_root, url, key)
     instance = dg.DagsterInstance.ephemeral()
     make_fashion_files(a_root / SOURCE, n_train=260, n_test=130, seed=8)  # files no other test pushed a run of
