@@ -32,7 +32,7 @@ from pydantic import Field
 
 from byol_core.config import Params, load_params
 from byol_core.errors import ByolError
-from pipelines import restore
+from pipelines import dvclock, restore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Failures that another attempt can fix: DVC's repo lock held by a process outside
@@ -305,6 +305,9 @@ class DvcProject(dg.ConfigurableResource):
         `dvc repro --pull` (the inputs, and DVC's run-cache for runs made outside Dagster).
         Then (``publish``) push what is new: this stage's outputs and those of the stages
         ``along`` (run before it in the same step, not pushed then)."""
+        healed = dvclock.heal(self.root)  # a run stopped while dvc wrote its lock table
+        if healed:
+            context.log.warning(f"{stage}: {healed}")
         if not self.remote:
             return self._repro(context, stage, force)
         self.use_remote()
@@ -430,6 +433,7 @@ class DvcProject(dg.ConfigurableResource):
         materialization as current. Returns None when they are in place, else what went wrong."""
         if not self.lock_outs(stage):
             return None  # never reproduced: nothing to put back
+        dvclock.heal(self.root)  # the stopped dvc may have been killed while writing its lock table
         process = subprocess.Popen(tethered([self.dvc, "checkout", stage]), cwd=self.root, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
