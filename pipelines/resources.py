@@ -255,7 +255,7 @@ class DvcProject(dg.ConfigurableResource):
         if not entries:
             return []
         path = self.root / "dvc.lock"
-        lock = (restore.load_yaml(path.read_text()) if path.is_file() else None) or {"schema": "2.0"}
+        lock = self.lock() or {"schema": "2.0"}
         stages = lock.setdefault("stages", {})
         replaced = [name for name, entry in entries.items() if stages.get(name) != entry]
         if not replaced:
@@ -289,11 +289,14 @@ class DvcProject(dg.ConfigurableResource):
             context.log.info(f"removed {', '.join(removed)}: made by another run than the one this step uses "
                              "(DVC's cache keeps them; DVC pulls the recorded ones where a stage needs them)")
 
+    def lock(self) -> dict:
+        """This checkout's dvc.lock, read as DVC reads it ({} when there is none)."""
+        path = self.root / "dvc.lock"
+        return (restore.load_yaml(path.read_text()) if path.is_file() else None) or {}
+
     def lock_entry(self, stage: str) -> dict | None:
         """The stage's entry in this checkout's dvc.lock, as DVC wrote it; None when it has none."""
-        lock_path = self.root / "dvc.lock"
-        lock = (restore.load_yaml(lock_path.read_text()) if lock_path.is_file() else None) or {}
-        return lock.get("stages", {}).get(stage)
+        return self.lock().get("stages", {}).get(stage)
 
     def repro(self, context: dg.AssetExecutionContext, stage: str, force: bool = False,
               upstream: dict[str, dict] | None = None, earlier: list[restore.Earlier] | None = None,
@@ -316,8 +319,7 @@ class DvcProject(dg.ConfigurableResource):
         always = defined is not None and defined.always_changed
         found = None
         if not force and defined is not None and not always:
-            lock_path = self.root / "dvc.lock"
-            lock = (restore.load_yaml(lock_path.read_text()) if lock_path.is_file() else None) or {}
+            lock = self.lock()
             own = (lock.get("stages") or {}).get(stage)
             # DVC takes a missing input as unchanged (it pulls it if the stage must run), so a
             # checkout's own entry of other inputs would let it skip the stage or pull its old
